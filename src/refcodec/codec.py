@@ -1,0 +1,131 @@
+"""Image <-> padded tensor <-> model <-> container bytes.
+
+The encoder pads the image to a multiple of the model's alignment by repeating
+its last row and column, and records the padding and the original mode; the
+decoder crops back and restores the mode. Grayscale images are coded as RGB and
+returned as grayscale; images with transparency are refused (the alpha channel
+would be lost).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .bitstream import BitstreamError, Header, pack, unpack
+from .entropy.coder import CodingError
+from .models.base import ALIGNMENT, CompressionModel
+from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model
+
+MAX_PIXELS = 8192 * 8192
+_CONVERTIBLE = {"P", "CMYK", "YCbCr", "LAB", "HSV", "I;16", "I;16B", "I;16L", "I", "F", "1"}
+
+
+class ImageInputError(ValueError):
+    """The input is not an image refcodec can code."""
+
+
+def load_image(source: str | Path | Image.Image) -> Image.Image:
+    """Open (and EXIF-orient) an image file, or pass a PIL image through."""
+    if isinstance(source, Image.Image):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise ImageInputError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageInputError(f"{path}: not a file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageInputError(f"{path}: not a readable image ({e})") from None
+
+
+def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
+    """The RGB image to code and the mode to give back."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        raise ImageInputError(f"images with an alpha channel ({image.mode}) are not supported: convert to RGB first")
+    if image.mode == "RGB":
+        return image, "RGB"
+    if image.mode == "L":
+        return image.convert("RGB"), "L"
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I") and arr.max() > 255 else 255.0
+        gray = Image.fromarray(np.clip(np.round(arr / top * 255), 0, 255).astype(np.uint8))
+        return gray.convert("RGB"), "L"
+    if image.mode in _CONVERTIBLE:
+        return image.convert("RGB"), "RGB"
+    raise ImageInputError(f"unsupported image mode {image.mode}")
+
+
+def _resolve_model(model: CompressionModel | str | None, quality: int | None) -> CompressionModel:
+    if isinstance(model, CompressionModel):
+        return model
+    return load_model(model or DEFAULT_MODEL, quality or DEFAULT_QUALITY, DEFAULT_PRESET)
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+
+
+def tensor_to_image(x: torch.Tensor) -> Image.Image:
+    arr = torch.round(x.clamp(0, 1)[0].permute(1, 2, 0) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def compress(
+    image: str | Path | Image.Image,
+    model: CompressionModel | str | None = None,
+    quality: int | None = None,
+) -> bytes:
+    """Compress an image (path or PIL image) into a refcodec bitstream."""
+    rgb, mode = _to_rgb(load_image(image))
+    width, height = rgb.size
+    if width * height > MAX_PIXELS:
+        raise ImageInputError(f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS} pixels")
+    net = _resolve_model(model, quality)
+    pad_right, pad_bottom = -width % ALIGNMENT, -height % ALIGNMENT
+    x = F.pad(image_to_tensor(rgb), (0, pad_right, 0, pad_bottom), mode="replicate")
+    streams = net.compress(x)
+    header = Header(
+        model=net.id,
+        weights_hash=net.weights_hash(),
+        schedule=net.schedule.name,
+        width=width,
+        height=height,
+        mode=mode,
+        pad_right=pad_right,
+        pad_bottom=pad_bottom,
+        stream_lengths=tuple(len(s) for s in streams),
+    )
+    return pack(header, streams)
+
+
+def decompress(data: bytes, model: CompressionModel | None = None) -> Image.Image:
+    """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder)."""
+    header, streams = unpack(bytes(data))
+    if model is None:
+        try:
+            model = load_model(header.model)
+        except ModelNotFoundError as e:
+            raise BitstreamError(f"file needs model {header.model!r}, which is not available ({e})") from None
+    if model.weights_hash() != header.weights_hash:
+        raise BitstreamError(f"file was written with other weights for {header.model!r} (weights hash mismatch)")
+    model.use_schedule(header.schedule)
+    if len(streams) != model.stream_count():
+        raise BitstreamError(f"file has {len(streams)} streams, model {header.model!r} needs {model.stream_count()}")
+    height, width = header.height + header.pad_bottom, header.width + header.pad_right
+    if height % ALIGNMENT or width % ALIGNMENT:
+        raise BitstreamError("padded size in the header is not a multiple of 64")
+    try:
+        x_hat = model.decompress(streams, height, width)
+    except CodingError as e:
+        raise BitstreamError(str(e)) from None
+    image = tensor_to_image(x_hat[:, :, : header.height, : header.width])
+    return image.convert("L") if header.mode == "L" else image

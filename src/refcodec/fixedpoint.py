@@ -1,0 +1,104 @@
+"""Bit-exact inference for everything that selects a probability or a reference.
+
+An encoder and a decoder that compute a mean, a scale or a reference position
+differently by one bit produce a corrupt image. Floating-point convolutions are
+not reproducible across thread counts, kernels or machines, because summation
+order changes the rounding. This module removes the rounding instead of trying
+to control the order: weights are snapped to a grid of 2**-WEIGHT_BITS,
+activations to 2**-ACT_BITS, and products are summed in float64. Every product
+is then an exact multiple of 2**-(WEIGHT_BITS + ACT_BITS), and as long as every
+partial sum stays below 2**53 of those units (checked once per layer by
+:func:`check_exact`), every sum is exact, so any order, any thread count, a full
+convolution in the encoder and a per-position matrix product in the decoder all
+give the same bits. Element-wise operations (one IEEE operation each: +, *, /,
+sqrt, comparisons) are correctly rounded and therefore reproducible too;
+transcendental functions are not, so none is used on the coding path (scales
+come from a fixed table, see ``entropy.gaussian``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHT_BITS = 16
+ACT_BITS = 12
+ACT_MAX = 2.0**12  # activations are clamped to [-ACT_MAX, ACT_MAX] before each layer
+_EXACT_LIMIT = 2.0 ** (53 - WEIGHT_BITS - ACT_BITS)
+
+
+def snap(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
+    """Round to the grid 2**-bits in float64 (scaling by a power of two is exact)."""
+    scale = float(1 << bits)
+    return torch.round(x.double() * scale) / scale
+
+
+def exact_params(layer: nn.Conv2d | nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Snapped float64 weight (masked, for a masked convolution) and bias of a layer, checked for exactness."""
+    weight = getattr(layer, "masked_weight", layer.weight)
+    w = snap(weight.detach(), WEIGHT_BITS)
+    b = None if layer.bias is None else snap(layer.bias.detach(), WEIGHT_BITS + ACT_BITS)
+    # Worst case over outputs of sum |w| * ACT_MAX + |b|; for a transposed conv the
+    # outputs are indexed by dim 1, so sum over everything else of that slice.
+    out_dim = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+    worst = w.abs().transpose(0, out_dim).flatten(1).sum(1) * ACT_MAX
+    if b is not None:
+        worst = worst + b.abs()
+    if float(worst.max()) >= _EXACT_LIMIT:
+        raise ValueError(f"{type(layer).__name__} too large for exact fixed-point inference")
+    return w, b
+
+
+def activation(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """Apply ReLU / LeakyReLU (one correctly rounded multiply) and snap back to the grid."""
+    if isinstance(layer, nn.ReLU):
+        return torch.clamp_min(x, 0.0)
+    if isinstance(layer, nn.LeakyReLU):
+        return snap(torch.where(x >= 0, x, x * layer.negative_slope))
+    raise TypeError(f"no exact version of {type(layer).__name__}")
+
+
+class ExactNet:
+    """A frozen, bit-exact float64 copy of a feed-forward network.
+
+    Supports nn.Sequential of Conv2d (including masked), ConvTranspose2d, ReLU,
+    LeakyReLU and Identity. Inputs are snapped to the activation grid; every layer
+    output is snapped again, so results are identical for any thread count and
+    for a full convolution or the same layer evaluated at a few positions.
+    """
+
+    def __init__(self, net: nn.Module):
+        layers = list(net) if isinstance(net, nn.Sequential) else [net]
+        self.ops: list[tuple[str, object]] = []
+        for layer in layers:
+            if isinstance(layer, nn.Identity):
+                continue
+            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                self.ops.append(("conv", (layer, *exact_params(layer))))
+            else:
+                activation(torch.zeros(1, dtype=torch.float64), layer)  # fail early if unsupported
+                self.ops.append(("act", layer))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = snap(x)
+        for kind, op in self.ops:
+            if kind == "act":
+                x = activation(x, op)
+                continue
+            layer, w, b = op
+            x = x.clamp(-ACT_MAX, ACT_MAX)
+            if isinstance(layer, nn.ConvTranspose2d):
+                y = F.conv_transpose2d(x, w, b, layer.stride, layer.padding, layer.output_padding)
+            elif x.dim() == 2:  # rows of features: a 1x1 conv as a matrix product
+                y = F.linear(x, w.flatten(1), b)
+            else:
+                y = F.conv2d(x, w, b, layer.stride, layer.padding)
+            x = snap(y)
+        return x
+
+
+def conv_at(patches: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """An exact convolution evaluated only where ``patches`` (rows of C*k*k inputs) are given."""
+    y = patches.clamp(-ACT_MAX, ACT_MAX) @ w.flatten(1).T
+    return snap(y if b is None else y + b)

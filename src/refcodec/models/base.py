@@ -1,0 +1,147 @@
+"""The interface every model shares, quantization, and the transforms of Minnen et al. (2018).
+
+A model has two faces:
+- ``forward(x)`` for training: reconstruction and likelihoods (the rate of each
+  entropy-model stage and of z), with the mixed quantization of section 3
+  (Minnen & Singh 2020): additive uniform noise for the rate terms, rounding with
+  a straight-through gradient for everything the decoder sees.
+- ``compress(x) -> streams`` and ``decompress(streams, shape) -> x_hat`` for coding.
+  Everything that selects a probability runs bit-exactly (see ``fixedpoint``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..entropy.coder import Decoder, Encoder
+from ..entropy.factorized import FactorizedDensity
+from ..layers.gdn import GSDN, IGSDN
+from ..schedule import Schedule
+
+ALIGNMENT = 64  # image sides are padded to a multiple of this (16x analysis, 4x hyper analysis)
+
+
+def add_noise(x: torch.Tensor) -> torch.Tensor:
+    """Training proxy of rounding for the rate: x + U(-1/2, 1/2); rounding in eval mode."""
+    return x + torch.empty_like(x).uniform_(-0.5, 0.5)
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round with a straight-through gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+def conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+
+
+def analysis_transform(n: int, m: int, gsdn: bool) -> nn.Sequential:
+    """g_a: four stride-2 5x5 convolutions with GSDN (or GDN) between them (Table 1)."""
+    return nn.Sequential(
+        conv(3, n), GSDN(n, subtractive=gsdn),
+        conv(n, n), GSDN(n, subtractive=gsdn),
+        conv(n, n), GSDN(n, subtractive=gsdn),
+        conv(n, m),
+    )  # fmt: skip
+
+
+def synthesis_transform(n: int, m: int, gsdn: bool) -> nn.Sequential:
+    """g_s: four stride-2 5x5 transposed convolutions with IGSDN (or IGDN) between them."""
+    return nn.Sequential(
+        deconv(m, n), IGSDN(n, subtractive=gsdn),
+        deconv(n, n), IGSDN(n, subtractive=gsdn),
+        deconv(n, n), IGSDN(n, subtractive=gsdn),
+        deconv(n, 3),
+    )  # fmt: skip
+
+
+def hyper_analysis(n: int, m: int) -> nn.Sequential:
+    """h_a of Minnen et al. (2018)."""
+    return nn.Sequential(
+        conv(m, n, 3, 1), nn.LeakyReLU(inplace=True),
+        conv(n, n), nn.LeakyReLU(inplace=True),
+        conv(n, n),
+    )  # fmt: skip
+
+
+def hyper_synthesis(n: int, m: int) -> nn.Sequential:
+    """h_s of Minnen et al. (2018): 2M output channels (mean and log-scale features)."""
+    return nn.Sequential(
+        deconv(n, m), nn.LeakyReLU(inplace=True),
+        deconv(m, m * 3 // 2), nn.LeakyReLU(inplace=True),
+        conv(m * 3 // 2, 2 * m, 3, 1),
+    )  # fmt: skip
+
+
+class CompressionModel(nn.Module):
+    """Base class: the coding interface, the decode schedule and the weights hash."""
+
+    N: int
+    M: int
+    schedule = Schedule("raster")  # models without a context model decode all latents at once
+
+    def use_schedule(self, name: str) -> None:
+        """Code with another decode schedule; refused if it would change what the model sees."""
+        if name != self.schedule.name:
+            raise ValueError(f"this model codes with the {self.schedule.name} schedule, not {name}")
+
+    def stream_count(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
+        """Streams and quantized latents y_hat of a padded image batch of one."""
+        raise NotImplementedError
+
+    def decode(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
+        """Quantized latents y_hat of a padded image of the given size, from the streams."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor) -> list[bytes]:
+        return self.encode(x)[0]
+
+    @torch.no_grad()
+    def decompress(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
+        """Reconstruction (1, 3, height, width), unclamped, of a padded image."""
+        return self.g_s(self.decode(streams, height, width))
+
+    def update(self) -> None:
+        """Tabulate every factorized density for coding (call after training)."""
+        for module in self.modules():
+            if isinstance(module, FactorizedDensity):
+                module.update()
+
+    def weights_hash(self) -> bytes:
+        """16-byte digest of every parameter and buffer, in name order (stored in each file)."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.digest()[:16]
+
+
+def encode_factorized(density: FactorizedDensity, x_hat: torch.Tensor) -> bytes:
+    """Code integer symbols (1, C, H, W) channel by channel with the tabulated pmfs."""
+    enc = Encoder()
+    symbols = (x_hat[0].flatten(1) - density.pmf_offset.view(-1, 1)).long().numpy()
+    for c, table in enumerate(density.tables()):
+        enc.categorical(symbols[c], table)
+    return enc.finish()
+
+
+def decode_factorized(density: FactorizedDensity, data: bytes, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`encode_factorized`: (1, C, height, width) float integers."""
+    dec = Decoder(data)
+    rows = [dec.categorical(height * width, table) for table in density.tables()]
+    symbols = torch.from_numpy(np.stack(rows).astype(np.int64)) + density.pmf_offset.view(-1, 1).long()
+    return symbols.view(1, -1, height, width).float()

@@ -1,0 +1,278 @@
+"""The global reference model (paper section 3, Figure 5) and its ablations.
+
+The entropy model predicts (mu, log-sigma) for every latent in progressive
+stages. Each stage adds one source of information and a parameter network
+(1x1 convolutions) that sees the features so far and the previous stage's
+prediction, and refines it additively:
+
+    stage 1, context:    (mu1, s1) = P1(ctx)
+    stage 2, reference:  (mu2, s2) = (mu1, s1) + P2(ctx, ref, mu1, s1)
+    stage 3, hyperprior: (mu3, s3) = (mu2, s2) + P3(ctx, ref, hyper, mu2, s2)
+
+where ctx is a masked convolution of the decoded latents, ref the global
+reference (``layers.reference``) scaled by similarity S and confidence U
+(computed from stage 1), and hyper the hyper-synthesis output. Only the last
+stage drives the entropy coder; training weights the rates of all stages.
+
+Flags give the ablation of Figure 7 from one class: ``reference``, ``confidence``,
+``hyperprior`` and ``gsdn``. With ``progressive=False`` all features go to one
+parameter network: with the reference off this is the joint context + hyperprior
+model of Minnen et al. (2018).
+
+Coding: the encoder computes every prediction at once from the quantized latents;
+the decoder repeats them step by step in the order of the decode schedule. Both
+run the entropy model bit-exactly (``fixedpoint``), so their predictions agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..entropy.coder import SYMBOL_MAX, Decoder, Encoder
+from ..entropy.factorized import FactorizedDensity
+from ..entropy.gaussian import coding_scale, exact_likelihood, likelihood
+from ..fixedpoint import ExactNet, conv_at, exact_params, snap
+from ..layers.masked_conv import MaskedConv2d
+from ..layers.reference import masked_patches, patches_at, search
+from ..schedule import Schedule
+from .base import (
+    CompressionModel,
+    add_noise,
+    analysis_transform,
+    decode_factorized,
+    encode_factorized,
+    hyper_analysis,
+    hyper_synthesis,
+    ste_round,
+    synthesis_transform,
+)
+
+
+def parameter_network(cin: int, m: int) -> nn.Sequential:
+    """Three 1x1 convolutions, as the entropy parameters of Minnen et al. (2018); 2M outputs."""
+    return nn.Sequential(
+        nn.Conv2d(cin, m * 10 // 3, 1), nn.LeakyReLU(inplace=True),
+        nn.Conv2d(m * 10 // 3, m * 8 // 3, 1), nn.LeakyReLU(inplace=True),
+        nn.Conv2d(m * 8 // 3, 2 * m, 1),
+    )  # fmt: skip
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N*H*W, C)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _unrows(t: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    return t.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _linear_rows(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A network of 1x1 convolutions applied to rows of features."""
+    for layer in net:
+        x = F.linear(x, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(x)
+    return x
+
+
+class GRM(CompressionModel):
+    """Context -> reference -> hyperprior entropy model over a GSDN autoencoder."""
+
+    def __init__(
+        self,
+        N: int = 192,
+        M: int = 384,
+        reference: bool = True,
+        confidence: bool = True,
+        hyperprior: bool = True,
+        gsdn: bool = True,
+        progressive: bool = True,
+        schedule: str = "wavefront",
+        context_kernel: int = 5,
+        reference_kernel: int = 3,
+    ):
+        super().__init__()
+        if confidence and not reference:
+            raise ValueError("confidence needs the reference")
+        if reference and not progressive:
+            raise ValueError("the reference needs progressive stages (its confidence comes from stage 1)")
+        self.N, self.M = N, M
+        self.reference, self.confidence, self.hyperprior = reference, confidence, hyperprior
+        self.schedule = Schedule(schedule)
+        self.g_a = analysis_transform(N, M, gsdn)
+        self.g_s = synthesis_transform(N, M, gsdn)
+        if hyperprior:
+            self.h_a = hyper_analysis(N, M)
+            self.h_s = hyper_synthesis(N, M)
+            self.density = FactorizedDensity(N)
+        self.context = MaskedConv2d(M, 2 * M, context_kernel, mask=self.schedule.visible(context_kernel, False))
+        if reference:
+            self.transfer = MaskedConv2d(M, 2 * M, reference_kernel, mask=self.schedule.visible(reference_kernel, True))
+            self.register_buffer("search_mask", self.schedule.visible(reference_kernel, False), persistent=False)
+        kinds = ["context"] + ["reference"] * reference + ["hyperprior"] * hyperprior
+        self.stages = [[k] for k in kinds] if progressive else [kinds]
+        self.param_nets = nn.ModuleList()
+        features = 0
+        for i, stage in enumerate(self.stages):
+            features += 2 * M * len(stage)
+            self.param_nets.append(parameter_network(features + (2 * M if i else 0), M))
+            if i:  # later stages start as the identity refinement
+                nn.init.zeros_(self.param_nets[i][-1].weight)
+                nn.init.zeros_(self.param_nets[i][-1].bias)
+
+    def use_schedule(self, name: str) -> None:
+        """Switch decode order if every causal mask stays the same (true for raster/wavefront at k <= 5)."""
+        new = Schedule(name)
+        masks = [(self.context.mask, False)] + ([(self.transfer.mask, True)] if self.reference else [])
+        for mask, centre in masks:
+            if not torch.equal(new.visible(mask.shape[-1], centre), mask.cpu()):
+                raise ValueError(f"the {name} schedule changes this model's causal masks")
+        self.schedule = new
+
+    def _predict(self, ctx, hyper, reference_fn, run) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(mu, log-sigma) rows of every stage; ``run(i, rows)`` applies parameter network i."""
+        features, preds = [], []
+        for i, stage in enumerate(self.stages):
+            for kind in stage:
+                if kind == "context":
+                    features.append(ctx)
+                elif kind == "reference":
+                    features.append(reference_fn(*preds[0]))
+                else:
+                    features.append(hyper)
+            inputs = torch.cat(features + (list(preds[-1]) if preds else []), 1)
+            mean, log_scale = run(i, inputs).chunk(2, 1)
+            preds.append((mean, log_scale) if not preds else (preds[-1][0] + mean, preds[-1][1] + log_scale))
+        return preds
+
+    # -- training ---------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> dict:
+        y = self.g_a(x)
+        n, _, h, w = y.shape
+        y_hat = ste_round(y)
+        y_rate = add_noise(y) if self.training else torch.round(y)
+        out = {"likelihoods": {}}
+        hyper = None
+        if self.hyperprior:
+            z = self.h_a(y)
+            z_rate = add_noise(z) if self.training else torch.round(z)
+            out["likelihoods"]["z"] = self.density.likelihood(z_rate)
+            hyper = _rows(self.h_s(ste_round(z)))
+
+        def reference_fn(mean1, log_scale1):
+            feats = _rows(self.transfer(y_hat))
+            conf = likelihood(_rows(y_hat), mean1, log_scale1).mean(1) if self.confidence else None
+            steps = self.schedule.steps(h, w).flatten().to(y.device)
+            q = masked_patches(y_hat, self.search_mask)
+            ref = []
+            for i in range(n):
+                index, s = search(q[i], steps, q[i], steps)
+                index = index + i * h * w
+                weight = s if conf is None else s * conf[index]
+                ref.append(feats[index] * weight.unsqueeze(1))
+            return torch.cat(ref)
+
+        preds = self._predict(_rows(self.context(y_hat)), hyper, reference_fn, lambda i, r: _linear_rows(self.param_nets[i], r))
+        rows = _rows(y_rate)
+        out["likelihoods"]["y"] = [_unrows(likelihood(rows, m, s), n, h, w) for m, s in preds]
+        out["x_hat"] = self.g_s(y_hat)
+        return out
+
+    # -- coding -----------------------------------------------------------------------------
+
+    def stream_count(self) -> int:
+        return 1 + self.hyperprior
+
+    def _exact_nets(self):
+        return [ExactNet(net) for net in self.param_nets]
+
+    def _confidence(self, y_rows, mean1, log_scale1) -> torch.Tensor:
+        """U: channel average of the exact stage-1 probabilities, on the fixed-point grid."""
+        if not self.confidence:
+            return torch.ones(len(y_rows), dtype=torch.float64)
+        return snap(exact_likelihood(y_rows, mean1, log_scale1).sum(1) / self.M)
+
+    @staticmethod
+    def _transfer(feats, conf, index, s) -> torch.Tensor:
+        return snap(snap(feats[index] * snap(s).unsqueeze(1)) * conf[index].unsqueeze(1))
+
+    def _hyper_rows(self, z_hat: torch.Tensor) -> torch.Tensor:
+        return _rows(ExactNet(self.h_s)(z_hat))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
+        y = self.g_a(x)
+        _, _, h, w = y.shape
+        y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX).double()
+        streams, hyper = [], None
+        if self.hyperprior:
+            z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
+            streams.append(encode_factorized(self.density, z_hat))
+            hyper = self._hyper_rows(z_hat)
+        y_rows = _rows(y_hat)
+        steps = self.schedule.steps(h, w).flatten()
+
+        def reference_fn(mean1, log_scale1):
+            keys = masked_patches(y_hat, self.search_mask)[0]
+            index, s = search(keys, steps, keys, steps)
+            feats = _rows(ExactNet(self.transfer)(y_hat))
+            return self._transfer(feats, self._confidence(y_rows, mean1, log_scale1), index, s)
+
+        nets = self._exact_nets()
+        preds = self._predict(_rows(ExactNet(self.context)(y_hat)), hyper, reference_fn, lambda i, r: nets[i](r))
+        mean, log_scale = preds[-1]
+        order = self.schedule.coding_permutation(h, w)
+        enc = Encoder()
+        enc.gaussian(y_rows[order].flatten().numpy(), mean[order].flatten().numpy(), coding_scale(log_scale[order]).flatten().numpy())
+        streams.append(enc.finish())
+        return streams, y_hat.float()
+
+    @torch.no_grad()
+    def decode(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
+        h, w, m = height // 16, width // 16, self.M
+        hyper = None
+        if self.hyperprior:
+            hyper = self._hyper_rows(decode_factorized(self.density, streams[0], h // 4, w // 4))
+        dec = Decoder(streams[-1])
+        nets = self._exact_nets()
+        pad = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1) // 2
+        y_pad = torch.zeros(m, h + 2 * pad, w + 2 * pad, dtype=torch.float64)
+        steps = self.schedule.steps(h, w).flatten()
+        ctx_w, ctx_b = exact_params(self.context)
+        ctx_mask = self.context.mask.bool()
+
+        def at(rows, cols, layer_mask, weight=None, bias=None):
+            k = layer_mask.shape[-1]
+            p = patches_at(y_pad, rows + pad - k // 2, cols + pad - k // 2, layer_mask)
+            return p if weight is None else conv_at(p, weight[:, :, layer_mask].flatten(1), bias)
+
+        if self.reference:
+            tr_w, tr_b = exact_params(self.transfer)
+            tr_mask = self.transfer.mask.bool()
+            search_mask = self.search_mask.bool()
+            keys = torch.zeros(h * w, m * int(search_mask.sum()), dtype=torch.float64)
+            feats = torch.zeros(h * w, 2 * m, dtype=torch.float64)
+            conf = torch.zeros(h * w, dtype=torch.float64)
+
+        for positions in self.schedule.order(h, w):
+            rows, cols = positions // w, positions % w
+            stage1 = {}
+
+            def reference_fn(mean1, log_scale1):
+                stage1["pred"] = (mean1, log_scale1)
+                keys[positions] = at(rows, cols, search_mask)
+                index, s = search(keys[positions], steps[positions], keys, steps)
+                return self._transfer(feats, conf, index, s)
+
+            ctx = at(rows, cols, ctx_mask, ctx_w, ctx_b)
+            preds = self._predict(ctx, None if hyper is None else hyper[positions], reference_fn, lambda i, r: nets[i](r))
+            mean, log_scale = preds[-1]
+            symbols = dec.gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+            y_new = torch.from_numpy(symbols.astype(np.float64)).view(len(positions), m)
+            y_pad[:, rows + pad, cols + pad] = y_new.T
+            if self.reference:
+                feats[positions] = at(rows, cols, tr_mask, tr_w, tr_b)
+                conf[positions] = self._confidence(y_new, *stage1["pred"])
+        return y_pad[:, pad : pad + h, pad : pad + w].unsqueeze(0).float()

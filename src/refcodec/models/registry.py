@@ -1,0 +1,104 @@
+"""Model zoo: names, size presets, quality levels and shipped weights.
+
+A model is identified by ``name/preset/q<quality>`` (for example ``grm/small/q3``);
+that id and a hash of the weights go into every file, so a decoder can find the
+same weights and refuse others. Weights are safetensors files whose metadata
+holds the architecture (``config``) so that a checkpoint rebuilds its own model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from .base import CompressionModel
+from .baselines import FactorizedPrior, MeanScaleHyperprior
+from .grm import GRM
+
+MODELS = {
+    "factorized": FactorizedPrior,
+    "hyperprior": MeanScaleHyperprior,
+    "joint": partial(GRM, reference=False, confidence=False, gsdn=False, progressive=False),
+    "grm": GRM,
+}
+
+PRESETS = {
+    "paper": {"N": 192, "M": 384},  # Table 1
+    "small": {"N": 64, "M": 96},  # trainable on a CPU
+}
+
+# MSE lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * 255^2 * MSE).
+LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "grm"
+DEFAULT_PRESET = "small"
+DEFAULT_QUALITY = 3
+
+
+class ModelNotFoundError(LookupError):
+    """No weights for the requested model id."""
+
+
+def build(name: str, preset: str = DEFAULT_PRESET, **flags) -> CompressionModel:
+    """A freshly initialized model of the registry."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return MODELS[name](**PRESETS[preset], **flags)
+
+
+def model_id(name: str, preset: str, quality: int) -> str:
+    return f"{name}/{preset}/q{quality}"
+
+
+def weights_path(model_ref: str) -> Path:
+    """File of a shipped model id, or the path itself for a user's safetensors file."""
+    path = Path(model_ref)
+    if path.suffix == ".safetensors":
+        return path
+    parts = model_ref.split("/")
+    if len(parts) != 3:
+        raise ModelNotFoundError(f"bad model id {model_ref!r} (expected name/preset/qN or a .safetensors file)")
+    return WEIGHTS_DIR / f"{parts[0]}-{parts[1]}-{parts[2]}.safetensors"
+
+
+def save(model: CompressionModel, path: str | Path, config: dict) -> None:
+    """Write weights (float32) with the config that rebuilds the model; coding tables must be current."""
+    model.update()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = Path(path).with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(config, sort_keys=True)})
+    os.replace(tmp, path)
+
+
+def read_config(path: str | Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["config"])
+
+
+def load_model(name: str = DEFAULT_MODEL, quality: int = DEFAULT_QUALITY, preset: str = DEFAULT_PRESET) -> CompressionModel:
+    """Load shipped weights by name (or a model id, or a .safetensors path), ready for coding.
+
+    The returned model carries ``model.id`` (stored in bitstreams) and ``model.config``.
+    """
+    ref = name if ("/" in name or name.endswith(".safetensors")) else model_id(name, preset, quality)
+    path = weights_path(ref)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))) or "none"
+        raise ModelNotFoundError(f"no weights for {ref!r} (shipped: {shipped})")
+    config = read_config(path)
+    model = MODELS[config["name"]](N=config["N"], M=config["M"], **config.get("flags", {}))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state)
+    model.eval()
+    model.id = config.get("id", ref)
+    model.config = config
+    return model
