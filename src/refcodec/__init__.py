@@ -1,0 +1,27 @@
+"""refcodec: learned image compression with the global-reference entropy model (Qian et al., ICLR 2021).
+
+Public API::
+
+    data = refcodec.compress("photo.png", quality=3)   # bytes
+    image = refcodec.decompress(data)                  # PIL.Image
+    model = refcodec.load_model("grm", quality=3)
+
+Attributes are imported on first use, so ``refcodec.bitstream`` loads without torch.
+"""
+
+from .errors import RefcodecError
+
+__all__ = ["RefcodecError", "compress", "decompress", "load_model"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in ("compress", "decompress"):
+        from . import codec
+
+        return getattr(codec, name)
+    if name == "load_model":
+        from .models.registry import load_model
+
+        return load_model
+    raise AttributeError(f"module 'refcodec' has no attribute {name!r}")

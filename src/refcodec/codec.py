@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .bitstream import BitstreamError, Header, pack, unpack
 from .entropy.coder import CodingError
+from .errors import RefcodecError
 from .models.base import ALIGNMENT, CompressionModel
 from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model
 
@@ -25,7 +26,7 @@ MAX_PIXELS = 8192 * 8192
 _CONVERTIBLE = {"P", "CMYK", "YCbCr", "LAB", "HSV", "I;16", "I;16B", "I;16L", "I", "F", "1"}
 
 
-class ImageInputError(ValueError):
+class ImageInputError(RefcodecError):
     """The input is not an image refcodec can code."""
 
 
@@ -107,7 +108,13 @@ def compress(
     return pack(header, streams)
 
 
-def decompress(data: bytes, model: CompressionModel | None = None) -> Image.Image:
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """PSNR in dB between two 8-bit images of the same size and mode."""
+    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+
+
+def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False) -> Image.Image:
     """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder)."""
     header, streams = unpack(bytes(data))
     if model is None:
@@ -124,7 +131,7 @@ def decompress(data: bytes, model: CompressionModel | None = None) -> Image.Imag
     if height % ALIGNMENT or width % ALIGNMENT:
         raise BitstreamError("padded size in the header is not a multiple of 64")
     try:
-        x_hat = model.decompress(streams, height, width)
+        x_hat = model.decompress(streams, height, width, progress)
     except CodingError as e:
         raise BitstreamError(str(e)) from None
     image = tensor_to_image(x_hat[:, :, : header.height, : header.width])

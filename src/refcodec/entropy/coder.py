@@ -11,11 +11,13 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
+from ..errors import RefcodecError
+
 SYMBOL_MAX = 255  # latents are clamped to [-SYMBOL_MAX, SYMBOL_MAX] by the encoder
 _GAUSSIAN = constriction.stream.model.QuantizedGaussian(-SYMBOL_MAX, SYMBOL_MAX)
 
 
-class CodingError(ValueError):
+class CodingError(RefcodecError):
     """The payload cannot be decoded with this model (corrupt or foreign data)."""
 
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gaussian import LIKELIHOOD_MIN, lower_bound
+from ..layers.bound import lower_bound
+from .gaussian import LIKELIHOOD_MIN
 
 TAIL_MASS = 1e-6
 PMF_BITS = 16

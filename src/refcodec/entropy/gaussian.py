@@ -18,6 +18,7 @@ import math
 import torch
 
 from ..fixedpoint import snap
+from ..layers.bound import lower_bound
 
 SCALE_MIN = 0.11
 SCALE_MAX = 256.0
@@ -26,26 +27,6 @@ SCALES_PER_E = 64
 _LOG_LO = round(math.log(SCALE_MIN) * SCALES_PER_E)
 _LOG_HI = round(math.log(SCALE_MAX) * SCALES_PER_E)
 SCALE_TABLE = snap(torch.exp(torch.arange(_LOG_LO, _LOG_HI + 1, dtype=torch.float64) / SCALES_PER_E), 24)
-
-
-class _LowerBound(torch.autograd.Function):
-    """max(x, bound), passing gradients that would increase x (Ballé et al. 2018)."""
-
-    @staticmethod
-    def forward(ctx, x, bound):
-        ctx.save_for_backward(x)
-        ctx.bound = bound
-        return x.clamp_min(bound)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        pass_through = (x >= ctx.bound) | (grad < 0)
-        return grad * pass_through, None
-
-
-def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
-    return _LowerBound.apply(x, bound)
 
 
 def scale_from_log(log_scale: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ class CompressionModel(nn.Module):
         """Streams and quantized latents y_hat of a padded image batch of one."""
         raise NotImplementedError
 
-    def decode(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
+    def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
         """Quantized latents y_hat of a padded image of the given size, from the streams."""
         raise NotImplementedError
 
@@ -109,9 +109,9 @@ class CompressionModel(nn.Module):
         return self.encode(x)[0]
 
     @torch.no_grad()
-    def decompress(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
+    def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
         """Reconstruction (1, 3, height, width), unclamped, of a padded image."""
-        return self.g_s(self.decode(streams, height, width))
+        return self.g_s(self.decode(streams, height, width, progress))
 
     def update(self) -> None:
         """Tabulate every factorized density for coding (call after training)."""

@@ -49,7 +49,7 @@ class FactorizedPrior(CompressionModel):
         return [encode_factorized(self.density, y_hat)], y_hat
 
     @torch.no_grad()
-    def decode(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
+    def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
         return decode_factorized(self.density, streams[0], height // 16, width // 16)
 
 
@@ -89,7 +89,7 @@ class MeanScaleHyperprior(CompressionModel):
         return [encode_factorized(self.density, z_hat), enc.finish()], y_hat
 
     @torch.no_grad()
-    def decode(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
+    def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
         z_hat = decode_factorized(self.density, streams[0], height // 64, width // 64)
         mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
         symbols = Decoder(streams[1]).gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())

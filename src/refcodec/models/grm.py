@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ..entropy.coder import SYMBOL_MAX, Decoder, Encoder
 from ..entropy.factorized import FactorizedDensity
@@ -159,12 +160,20 @@ class GRM(CompressionModel):
             z = self.h_a(y)
             z_rate = add_noise(z) if self.training else torch.round(z)
             out["likelihoods"]["z"] = self.density.likelihood(z_rate)
-            hyper = _rows(self.h_s(ste_round(z)))
+            hyper = self.h_s(ste_round(z))
+        rows = _rows(y_rate)
+        out["likelihoods"]["y"] = [_unrows(likelihood(rows, m, s), n, h, w) for m, s in self.predict(y_hat, hyper)]
+        out["x_hat"] = self.g_s(y_hat)
+        return out
+
+    def predict(self, y_hat: torch.Tensor, hyper: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Training-time (mu, log-sigma) rows (N*H*W, M) of every stage from latents (N, M, H, W)."""
+        n, _, h, w = y_hat.shape
 
         def reference_fn(mean1, log_scale1):
             feats = _rows(self.transfer(y_hat))
             conf = likelihood(_rows(y_hat), mean1, log_scale1).mean(1) if self.confidence else None
-            steps = self.schedule.steps(h, w).flatten().to(y.device)
+            steps = self.schedule.steps(h, w).flatten().to(y_hat.device)
             q = masked_patches(y_hat, self.search_mask)
             ref = []
             for i in range(n):
@@ -174,11 +183,8 @@ class GRM(CompressionModel):
                 ref.append(feats[index] * weight.unsqueeze(1))
             return torch.cat(ref)
 
-        preds = self._predict(_rows(self.context(y_hat)), hyper, reference_fn, lambda i, r: _linear_rows(self.param_nets[i], r))
-        rows = _rows(y_rate)
-        out["likelihoods"]["y"] = [_unrows(likelihood(rows, m, s), n, h, w) for m, s in preds]
-        out["x_hat"] = self.g_s(y_hat)
-        return out
+        hyper_rows = None if hyper is None else _rows(hyper)
+        return self._predict(_rows(self.context(y_hat)), hyper_rows, reference_fn, lambda i, r: _linear_rows(self.param_nets[i], r))
 
     # -- coding -----------------------------------------------------------------------------
 
@@ -201,36 +207,41 @@ class GRM(CompressionModel):
     def _hyper_rows(self, z_hat: torch.Tensor) -> torch.Tensor:
         return _rows(ExactNet(self.h_s)(z_hat))
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
-        y = self.g_a(x)
-        _, _, h, w = y.shape
-        y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX).double()
-        streams, hyper = [], None
-        if self.hyperprior:
-            z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
-            streams.append(encode_factorized(self.density, z_hat))
-            hyper = self._hyper_rows(z_hat)
-        y_rows = _rows(y_hat)
+    def exact_predict(self, y_hat: torch.Tensor, hyper: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Coding-time (mu, log-sigma) rows of every stage for a whole latent (1, M, H, W), bit-exact."""
+        _, _, h, w = y_hat.shape
+        y_hat = y_hat.double()
         steps = self.schedule.steps(h, w).flatten()
 
         def reference_fn(mean1, log_scale1):
             keys = masked_patches(y_hat, self.search_mask)[0]
             index, s = search(keys, steps, keys, steps)
             feats = _rows(ExactNet(self.transfer)(y_hat))
-            return self._transfer(feats, self._confidence(y_rows, mean1, log_scale1), index, s)
+            return self._transfer(feats, self._confidence(_rows(y_hat), mean1, log_scale1), index, s)
 
         nets = self._exact_nets()
-        preds = self._predict(_rows(ExactNet(self.context)(y_hat)), hyper, reference_fn, lambda i, r: nets[i](r))
-        mean, log_scale = preds[-1]
-        order = self.schedule.coding_permutation(h, w)
-        enc = Encoder()
-        enc.gaussian(y_rows[order].flatten().numpy(), mean[order].flatten().numpy(), coding_scale(log_scale[order]).flatten().numpy())
-        streams.append(enc.finish())
-        return streams, y_hat.float()
+        return self._predict(_rows(ExactNet(self.context)(y_hat)), hyper, reference_fn, lambda i, r: nets[i](r))
 
     @torch.no_grad()
-    def decode(self, streams: list[bytes], height: int, width: int) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
+        y = self.g_a(x)
+        _, _, h, w = y.shape
+        y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX)
+        streams, hyper = [], None
+        if self.hyperprior:
+            z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
+            streams.append(encode_factorized(self.density, z_hat))
+            hyper = self._hyper_rows(z_hat)
+        mean, log_scale = self.exact_predict(y_hat, hyper)[-1]
+        order = self.schedule.coding_permutation(h, w)
+        enc = Encoder()
+        symbols = _rows(y_hat)[order].flatten().numpy()
+        enc.gaussian(symbols, mean[order].flatten().numpy(), coding_scale(log_scale[order]).flatten().numpy())
+        streams.append(enc.finish())
+        return streams, y_hat
+
+    @torch.no_grad()
+    def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
         h, w, m = height // 16, width // 16, self.M
         hyper = None
         if self.hyperprior:
@@ -256,7 +267,7 @@ class GRM(CompressionModel):
             feats = torch.zeros(h * w, 2 * m, dtype=torch.float64)
             conf = torch.zeros(h * w, dtype=torch.float64)
 
-        for positions in self.schedule.order(h, w):
+        for positions in tqdm(self.schedule.order(h, w), desc="decode", unit="step", disable=not progress, leave=False):
             rows, cols = positions // w, positions % w
             stage1 = {}
 

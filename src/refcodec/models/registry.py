@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
+from ..errors import RefcodecError
 from .base import CompressionModel
 from .baselines import FactorizedPrior, MeanScaleHyperprior
 from .grm import GRM
@@ -42,7 +43,7 @@ DEFAULT_PRESET = "small"
 DEFAULT_QUALITY = 3
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(RefcodecError):
     """No weights for the requested model id."""
 
 

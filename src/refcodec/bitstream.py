@@ -1,0 +1,241 @@
+"""The refcodec container format: a small header, the payload streams, a CRC32.
+
+Stdlib only (no torch, no numpy), so the parser can be fuzzed on its own.
+
+Versioning rule: ``FORMAT_VERSION`` is bumped whenever the byte layout or the
+meaning of any field changes. A reader refuses every version it does not know.
+
+Byte layout of version 1 (all integers little-endian, unsigned)::
+
+    offset          size  field
+    0               4     magic b"RFCD"
+    4               1     format version (1)
+    5               1     schedule code (0 = raster, 1 = wavefront)
+    6               1     mode code (0 = RGB, 1 = L)
+    7               1     n: byte length of the model id (1..255)
+    8               1     k: number of payload streams (1..16)
+    9               16    weights hash
+    25              2     width (1..65535)
+    27              2     height (1..65535)
+    29              2     pad_right (0..65535)
+    31              2     pad_bottom (0..65535)
+    33              n     model id, UTF-8
+    33+n            4*k   byte length of each stream (u32 each)
+    33+n+4k         P     the k streams, concatenated (P = sum of the lengths)
+    33+n+4k+P       4     CRC32 (zlib.crc32) of every byte before it
+
+A file ends exactly after the CRC; anything longer or shorter is rejected.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+MAGIC = b"RFCD"
+FORMAT_VERSION = 1
+
+MAX_STREAMS = 16
+HASH_SIZE = 16
+
+_SCHEDULES = ("raster", "wavefront")  # index = byte code
+_MODES = ("RGB", "L")  # index = byte code
+
+_PREAMBLE = struct.Struct("<4sB")  # magic, version
+_FIXED = struct.Struct(f"<BBBB{HASH_SIZE}sHHHH")  # offsets 5..32
+_HEADER_FIXED_SIZE = _PREAMBLE.size + _FIXED.size  # 33
+_STREAM_LENGTH = struct.Struct("<I")
+_CRC = struct.Struct("<I")
+
+_U16_MAX = 0xFFFF
+_U32_MAX = 0xFFFF_FFFF
+
+
+class BitstreamError(ValueError):
+    """A byte string is not a valid refcodec file this version can read."""
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    """Raise ValueError unless ``value`` is an int in ``lo..hi``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything a decoder needs besides the payload streams."""
+
+    model: str
+    weights_hash: bytes
+    schedule: str
+    width: int
+    height: int
+    mode: str
+    pad_right: int
+    pad_bottom: int
+    stream_lengths: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        """Validate every field against what the format can store."""
+        if not isinstance(self.model, str):
+            raise ValueError(f"model must be a str, got {type(self.model).__name__}")
+        try:
+            model_size = len(self.model.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError(f"model id {self.model!r} is not encodable as UTF-8") from None
+        if not 1 <= model_size <= 255:
+            raise ValueError(f"model id must be 1..255 UTF-8 bytes, got {model_size}")
+        if not isinstance(self.weights_hash, bytes) or len(self.weights_hash) != HASH_SIZE:
+            raise ValueError(f"weights_hash must be {HASH_SIZE} bytes, got {self.weights_hash!r}")
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
+        _check_int("width", self.width, 1, _U16_MAX)
+        _check_int("height", self.height, 1, _U16_MAX)
+        _check_int("pad_right", self.pad_right, 0, _U16_MAX)
+        _check_int("pad_bottom", self.pad_bottom, 0, _U16_MAX)
+        object.__setattr__(self, "stream_lengths", tuple(self.stream_lengths))
+        if not 1 <= len(self.stream_lengths) <= MAX_STREAMS:
+            raise ValueError(f"need 1..{MAX_STREAMS} streams, got {len(self.stream_lengths)}")
+        for i, length in enumerate(self.stream_lengths):
+            _check_int(f"stream_lengths[{i}]", length, 0, _U32_MAX)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable view (hash as hex), for ``refcodec info``."""
+        return {
+            "model": self.model,
+            "weights_hash": self.weights_hash.hex(),
+            "schedule": self.schedule,
+            "width": self.width,
+            "height": self.height,
+            "mode": self.mode,
+            "pad_right": self.pad_right,
+            "pad_bottom": self.pad_bottom,
+            "stream_lengths": list(self.stream_lengths),
+        }
+
+
+def pack(header: Header, streams: list[bytes]) -> bytes:
+    """Serialize ``header`` and ``streams`` (whose lengths the header lists) to a file."""
+    if len(streams) != len(header.stream_lengths):
+        raise ValueError(
+            f"header lists {len(header.stream_lengths)} streams, got {len(streams)}"
+        )
+    for i, (stream, length) in enumerate(zip(streams, header.stream_lengths)):
+        if len(stream) != length:
+            raise ValueError(f"stream {i} is {len(stream)} bytes, header says {length}")
+    model = header.model.encode("utf-8")
+    parts = [
+        _PREAMBLE.pack(MAGIC, FORMAT_VERSION),
+        _FIXED.pack(
+            _SCHEDULES.index(header.schedule),
+            _MODES.index(header.mode),
+            len(model),
+            len(streams),
+            header.weights_hash,
+            header.width,
+            header.height,
+            header.pad_right,
+            header.pad_bottom,
+        ),
+        model,
+        *(_STREAM_LENGTH.pack(length) for length in header.stream_lengths),
+        *streams,
+    ]
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _truncated(data: bytes, needed: int) -> None:
+    """Raise unless ``data`` holds at least ``needed`` bytes."""
+    if len(data) < needed:
+        raise BitstreamError(f"truncated file: header needs {needed} bytes, found {len(data)}")
+
+
+def _parse(data: bytes) -> tuple[Header, int]:
+    """Validate a whole file; return its header and the offset of the first stream."""
+    if not MAGIC.startswith(data[: len(MAGIC)]):
+        raise BitstreamError("not a refcodec file (bad magic)")
+    _truncated(data, _PREAMBLE.size)
+    version = data[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        raise BitstreamError(
+            f"unsupported format version {version} (this refcodec reads version {FORMAT_VERSION})"
+        )
+    _truncated(data, _HEADER_FIXED_SIZE)
+    schedule_code, mode_code, model_size, n_streams, weights_hash, *sizes = _FIXED.unpack_from(
+        data, _PREAMBLE.size
+    )
+    if not 1 <= n_streams <= MAX_STREAMS:
+        raise BitstreamError(f"bad stream count {n_streams} (must be 1..{MAX_STREAMS})")
+
+    # Framing: every size is known before any payload byte is touched.
+    lengths_at = _HEADER_FIXED_SIZE + model_size
+    payload_at = lengths_at + _STREAM_LENGTH.size * n_streams
+    _truncated(data, payload_at)
+    stream_lengths = tuple(
+        _STREAM_LENGTH.unpack_from(data, lengths_at + _STREAM_LENGTH.size * i)[0]
+        for i in range(n_streams)
+    )
+    payload_size = sum(stream_lengths)
+    expected = payload_at + payload_size + _CRC.size
+    if len(data) < expected:
+        raise BitstreamError(
+            f"truncated file: header says {payload_size} payload bytes "
+            f"({expected} bytes in all), found {len(data)} bytes"
+        )
+    if len(data) > expected:
+        raise BitstreamError(
+            f"trailing garbage: {len(data) - expected} bytes after the end of the file "
+            f"({expected} bytes expected)"
+        )
+
+    body = memoryview(data)[: expected - _CRC.size]
+    if zlib.crc32(body) != _CRC.unpack_from(data, len(body))[0]:
+        raise BitstreamError("checksum mismatch: file is corrupted")
+
+    # Field meanings: a file that passes the checksum but fails here was written wrong.
+    if schedule_code >= len(_SCHEDULES):
+        raise BitstreamError(f"unknown schedule code {schedule_code}")
+    if mode_code >= len(_MODES):
+        raise BitstreamError(f"unknown image mode code {mode_code}")
+    try:
+        model = data[_HEADER_FIXED_SIZE:lengths_at].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BitstreamError("model id is not valid UTF-8") from None
+    width, height, pad_right, pad_bottom = sizes
+    try:
+        header = Header(
+            model=model,
+            weights_hash=weights_hash,
+            schedule=_SCHEDULES[schedule_code],
+            width=width,
+            height=height,
+            mode=_MODES[mode_code],
+            pad_right=pad_right,
+            pad_bottom=pad_bottom,
+            stream_lengths=stream_lengths,
+        )
+    except ValueError as e:
+        raise BitstreamError(f"invalid header: {e}") from None
+    return header, payload_at
+
+
+def unpack(data: bytes) -> tuple[Header, list[bytes]]:
+    """Parse and validate a file; return its header and payload streams."""
+    header, offset = _parse(data)
+    streams = []
+    for length in header.stream_lengths:
+        streams.append(data[offset : offset + length])
+        offset += length
+    return header, streams
+
+
+def read_header(data: bytes) -> Header:
+    """Validate a whole file (checksum included) and return only its header."""
+    return _parse(data)[0]

@@ -1,0 +1,216 @@
+"""Command line: argument parsing only; every command calls a module.
+
+Expected failures (bad input, corrupt files, missing models, unwritable outputs)
+print one line ``refcodec: error: ...`` and exit with status 1; usage errors exit
+with 2. Outputs are written to a temporary file and renamed into place, and an
+existing file is only replaced with ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import RefcodecError
+
+EXIT_ERROR = 1
+EXIT_INTERNAL = 3
+
+
+class CliError(Exception):
+    """A failure to report as one line."""
+
+
+def _write_atomic(path: Path, data: bytes, force: bool) -> None:
+    if path.exists() and not force:
+        raise CliError(f"{path} exists (use --force to overwrite)")
+    if path.is_dir():
+        raise CliError(f"{path} is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as e:
+        raise CliError(f"cannot write to {path.parent}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _emit(args, record: dict, line: str) -> None:
+    print(json.dumps(record) if args.json else line)
+
+
+def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[Path]:
+    if len(inputs) == 1 and out and not Path(out).is_dir():
+        return [Path(out)]
+    if out is None:
+        return [Path(i).with_suffix(suffix) for i in inputs]
+    if not Path(out).is_dir():
+        raise CliError(f"{out}: with several inputs, -o must be an existing folder")
+    return [Path(out) / (Path(i).stem + suffix) for i in inputs]
+
+
+def cmd_compress(args) -> int:
+    from . import codec
+    from .models.registry import load_model
+
+    model = load_model(args.model, args.quality)
+    if args.schedule:
+        model.use_schedule(args.schedule)
+    failures = []
+    for src, dst in zip(args.images, _outputs(args.images, args.output, ".rfc")):
+        try:
+            if dst.exists() and not args.force:
+                raise CliError(f"{dst} exists (use --force to overwrite)")
+            start = time.perf_counter()
+            image = codec.load_image(src)
+            data = codec.compress(image, model)
+            seconds = time.perf_counter() - start
+            _write_atomic(dst, data, args.force)
+            bpp = 8 * len(data) / (image.width * image.height)
+            record = {"input": src, "output": str(dst), "bytes": len(data), "bpp": bpp, "seconds": seconds, "model": model.id}
+            _emit(args, record, f"{src} -> {dst}: {len(data)} bytes, {bpp:.4f} bpp, {seconds:.2f} s")
+        except (CliError, RefcodecError, OSError) as e:
+            if len(args.images) == 1:
+                raise
+            failures.append(f"{src}: {e}")
+    for f in failures:
+        print(f"refcodec: error: {f}", file=sys.stderr)
+    return EXIT_ERROR if failures else 0
+
+
+def cmd_decompress(args) -> int:
+    from . import codec
+
+    src = Path(args.file)
+    dst = Path(args.output) if args.output else src.with_suffix(".png")
+    if dst.exists() and not args.force:
+        raise CliError(f"{dst} exists (use --force to overwrite)")
+    data = _read(src)
+    start = time.perf_counter()
+    image = codec.decompress(data, progress=not args.json and sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+    from io import BytesIO
+
+    buf = BytesIO()
+    image.save(buf, format="PNG")
+    _write_atomic(dst, buf.getvalue(), args.force)
+    record = {"input": str(src), "output": str(dst), "width": image.width, "height": image.height, "seconds": seconds}
+    _emit(args, record, f"{src} -> {dst}: {image.width}x{image.height}, {seconds:.2f} s")
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    if not path.exists():
+        raise CliError(f"{path}: no such file")
+    if not path.is_file():
+        raise CliError(f"{path}: not a file")
+    return path.read_bytes()
+
+
+def cmd_info(args) -> int:
+    from .bitstream import read_header
+
+    data = _read(Path(args.file))
+    header = read_header(data).to_dict()
+    header["file_bytes"] = len(data)
+    header["bpp"] = 8 * len(data) / (header["width"] * header["height"])
+    _emit(args, header, "\n".join(f"{k}: {v}" for k, v in header.items()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import codec
+    from .models.registry import load_model
+    from .sample import sample_image
+
+    model = load_model(args.model, args.quality)
+    image = sample_image()
+    start = time.perf_counter()
+    data = codec.compress(image, model)
+    mid = time.perf_counter()
+    back = codec.decompress(data, model)
+    end = time.perf_counter()
+    psnr = codec.psnr(image, back)
+    bpp = 8 * len(data) / (image.width * image.height)
+    record = {"model": model.id, "width": image.width, "height": image.height, "bytes": len(data), "bpp": bpp,
+              "psnr": psnr, "encode_seconds": mid - start, "decode_seconds": end - mid}  # fmt: skip
+    _emit(args, record, f"{model.id} on a {image.width}x{image.height} sample: {bpp:.4f} bpp, PSNR {psnr:.2f} dB, "
+                        f"encode {mid - start:.2f} s, decode {end - mid:.2f} s")  # fmt: skip
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, LAMBDAS
+
+    p = argparse.ArgumentParser(prog="refcodec", description="Learned image codec with a global-reference entropy model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, model=False):
+        sp.add_argument("--json", action="store_true", help="print one JSON object per result")
+        if model:
+            sp.add_argument("--model", default=DEFAULT_MODEL, help="model name, model id (grm/small/q3) or .safetensors file")
+            sp.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=sorted(LAMBDAS), help="quality level")
+
+    c = sub.add_parser("compress", help="compress images into .rfc files")
+    c.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, ...)")
+    c.add_argument("-o", "--output", help="output file (one input) or existing folder (several inputs)")
+    c.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    c.add_argument("--schedule", choices=["raster", "wavefront"], help="decode order (default: the model's)")
+    common(c, model=True)
+    c.set_defaults(func=cmd_compress)
+
+    d = sub.add_parser("decompress", help="decompress a .rfc file into a PNG")
+    d.add_argument("file")
+    d.add_argument("-o", "--output", help="output PNG (default: FILE with .png)")
+    d.add_argument("--force", action="store_true", help="overwrite an existing output")
+    common(d)
+    d.set_defaults(func=cmd_decompress)
+
+    i = sub.add_parser("info", help="print the header of a .rfc file")
+    i.add_argument("file")
+    common(i)
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("demo", help="compress and decompress a generated sample image; print bpp and PSNR")
+    common(m, model=True)
+    m.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model (see refcodec train --help)", add_help=False)
+    t.set_defaults(func=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from .train.trainer import main as train_main
+
+        train_main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("refcodec: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, RefcodecError, OSError) as e:
+        print(f"refcodec: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # a bug: still one line, but say so
+        print(f"refcodec: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The container format: round trips, every rejection path, and fuzzing."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refcodec.bitstream import (
+    FORMAT_VERSION,
+    MAGIC,
+    BitstreamError,
+    Header,
+    pack,
+    read_header,
+    unpack,
+)
+
+HASH = bytes(range(16))
+
+
+def make(streams: list[bytes], **fields: object) -> tuple[Header, list[bytes]]:
+    """A header describing ``streams``, with defaults for the other fields."""
+    args: dict[str, object] = dict(
+        model="grm/small/q3",
+        weights_hash=HASH,
+        schedule="raster",
+        width=768,
+        height=512,
+        mode="RGB",
+        pad_right=0,
+        pad_bottom=0,
+        stream_lengths=tuple(len(s) for s in streams),
+    )
+    args.update(fields)
+    return Header(**args), streams  # type: ignore[arg-type]
+
+
+SMALL = pack(*make([b"abc", b"", b"\x00\xff"], model="m"))
+
+
+def recrc(data: bytes) -> bytes:
+    """Replace the trailing CRC so a deliberately edited file passes the checksum."""
+    body = data[:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def patched(data: bytes, offset: int, new: bytes) -> bytes:
+    """``data`` with ``new`` written at ``offset`` and a fresh CRC."""
+    return recrc(data[:offset] + new + data[offset + len(new) :])
+
+
+@pytest.mark.parametrize(
+    ("streams", "fields"),
+    [
+        ([b"x" * 100], {}),
+        ([b"", b"y"], {"schedule": "wavefront", "mode": "L", "pad_right": 5, "pad_bottom": 63}),
+        ([bytes(range(256))] * 16, {"width": 1, "height": 65535, "pad_right": 65535}),
+        ([b"z"], {"model": "ü" * 127, "weights_hash": b"\xff" * 16, "width": 65535, "height": 1}),
+    ],
+)
+def test_round_trip(streams: list[bytes], fields: dict[str, object]) -> None:
+    header, streams = make(streams, **fields)
+    data = pack(header, streams)
+    assert unpack(data) == (header, streams)
+    assert read_header(data) == header
+    assert data[:4] == MAGIC and data[4] == FORMAT_VERSION
+
+
+def test_layout_offsets() -> None:
+    header, streams = make(
+        [b"AB", b"CDE"], model="m1", schedule="wavefront", mode="L",
+        width=0x0102, height=0x0304, pad_right=7, pad_bottom=9,
+    )
+    data = pack(header, streams)
+    assert data[5:9] == bytes([1, 1, 2, 2])  # schedule, mode, model length, stream count
+    assert data[9:25] == HASH
+    assert struct.unpack_from("<HHHH", data, 25) == (0x0102, 0x0304, 7, 9)
+    assert data[33:35] == b"m1"
+    assert struct.unpack_from("<II", data, 35) == (2, 3)
+    assert data[43:48] == b"ABCDE"
+    assert struct.unpack_from("<I", data, 48)[0] == zlib.crc32(data[:48])
+    assert len(data) == 52
+
+
+def test_to_dict_is_json() -> None:
+    header, _ = make([b"ab", b"c"])
+    d = header.to_dict()
+    assert d["weights_hash"] == HASH.hex()
+    assert d["stream_lengths"] == [2, 1]
+    assert json.loads(json.dumps(d)) == d
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "truncated file"),
+        (b"RF", "truncated file"),
+        (b"PNG\x00" + SMALL[4:], "bad magic"),
+        (b"\x89PNG", "bad magic"),
+        (SMALL[:4] + b"\x07" + SMALL[5:], "unsupported format version 7"),
+        (SMALL[:20], "truncated file: header needs 33 bytes, found 20"),
+        (SMALL[:8] + b"\x11" + SMALL[9:], "bad stream count 17"),
+        (SMALL[:8] + b"\x00" + SMALL[9:], "bad stream count 0"),
+        (SMALL[:-1], "truncated file: header says 5 payload bytes"),
+        (SMALL + b"\x00", "trailing garbage: 1 bytes"),
+        (SMALL[:-1] + bytes([SMALL[-1] ^ 1]), "checksum mismatch"),
+        (SMALL[:46] + b"?" + SMALL[47:], "checksum mismatch"),  # a payload byte
+        (patched(SMALL, 5, b"\x02"), "unknown schedule code 2"),
+        (patched(SMALL, 6, b"\x09"), "unknown image mode code 9"),
+        (patched(SMALL, 33, b"\xff"), "model id is not valid UTF-8"),
+        (patched(SMALL, 25, b"\x00\x00"), "invalid header: width must be in 1..65535, got 0"),
+        (patched(SMALL, 27, b"\x00\x00"), "invalid header: height must be in 1..65535, got 0"),
+        (
+            recrc(SMALL[:7] + b"\x00" + SMALL[8:33] + SMALL[34:]),  # drop the 1-byte model id
+            "invalid header: model id must be 1..255",
+        ),
+    ],
+)
+def test_rejects(data: bytes, message: str) -> None:
+    for parse in (unpack, read_header):
+        with pytest.raises(BitstreamError, match=message) as info:
+            parse(data)
+        assert "\n" not in str(info.value)
+
+
+def test_huge_claimed_lengths_fail_fast() -> None:
+    header, streams = make([b"a"] * 16)
+    data = bytearray(pack(header, streams))
+    lengths_at = 33 + len(header.model)
+    data[lengths_at : lengths_at + 64] = b"\xff" * 64
+    with pytest.raises(BitstreamError, match="truncated file"):
+        unpack(bytes(data))
+
+
+def test_every_truncation_is_rejected() -> None:
+    data = pack(*make([b"payload", b"more"]))
+    for n in range(len(data)):
+        with pytest.raises(BitstreamError):
+            unpack(data[:n])
+
+
+def test_every_single_bit_flip_is_detected() -> None:
+    for i in range(len(SMALL)):
+        for bit in range(8):
+            flipped = bytearray(SMALL)
+            flipped[i] ^= 1 << bit
+            with pytest.raises(BitstreamError):
+                unpack(bytes(flipped))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"model": ""},
+        {"model": "x" * 256},
+        {"model": "\udcff"},
+        {"weights_hash": b"\x00" * 15},
+        {"schedule": "zigzag"},
+        {"mode": "RGBA"},
+        {"width": 0},
+        {"height": 65536},
+        {"pad_right": -1},
+        {"pad_bottom": 1.0},
+        {"width": True},
+        {"stream_lengths": ()},
+        {"stream_lengths": (1,) * 17},
+        {"stream_lengths": (2**32,)},
+    ],
+)
+def test_header_rejects_bad_fields(fields: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        make([b"a"], **fields)
+
+
+def test_pack_checks_streams_match_header() -> None:
+    header, _ = make([b"ab", b"c"])
+    with pytest.raises(ValueError, match="lists 2 streams, got 1"):
+        pack(header, [b"ab"])
+    with pytest.raises(ValueError, match="stream 1 is 2 bytes, header says 1"):
+        pack(header, [b"ab", b"cd"])
+
+
+headers = st.builds(
+    lambda model, h, sched, w, hgt, mode, pr, pb, streams: make(
+        streams, model=model, weights_hash=h, schedule=sched, width=w, height=hgt, mode=mode,
+        pad_right=pr, pad_bottom=pb,
+    ),
+    st.text(min_size=1, max_size=63).filter(lambda s: s.isprintable()),
+    st.binary(min_size=16, max_size=16),
+    st.sampled_from(["raster", "wavefront"]),
+    st.integers(1, 65535),
+    st.integers(1, 65535),
+    st.sampled_from(["RGB", "L"]),
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+    st.lists(st.binary(max_size=32), min_size=1, max_size=16),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(headers)
+def test_round_trip_property(case: tuple[Header, list[bytes]]) -> None:
+    header, streams = case
+    assert unpack(pack(header, streams)) == (header, streams)
+
+
+def check_only_bitstream_errors(data: bytes) -> None:
+    """Parsing either fails with BitstreamError or yields a file that packs back to ``data``."""
+    try:
+        header, streams = unpack(data)
+    except BitstreamError:
+        return
+    assert pack(header, streams) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.binary(max_size=200).map(lambda b: MAGIC + b"\x01" + b))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    check_only_bitstream_errors(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fuzz_mutations(draw: st.DataObject) -> None:
+    data = bytearray(pack(*make([b"abc", b"", b"0123456789"], model="grm/small/q3")))
+    for _ in range(draw.draw(st.integers(1, 4))):
+        at = draw.draw(st.integers(0, len(data)))
+        op = draw.draw(st.sampled_from(["set", "insert", "delete", "cut"]))
+        if op == "set" and at < len(data):
+            data[at] = draw.draw(st.integers(0, 255))
+        elif op == "insert":
+            data[at:at] = draw.draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del data[at : at + draw.draw(st.integers(1, 8))]
+        else:
+            del data[at:]
+    check_only_bitstream_errors(bytes(data))

@@ -1,0 +1,118 @@
+"""Models: training outputs, causality of the entropy model, and bit-exact coding round trips."""
+
+import pytest
+import torch
+
+from refcodec.models.grm import GRM
+from refcodec.models.registry import MODELS
+from refcodec.schedule import Schedule
+
+N, M = 16, 24
+
+
+def make(name: str, seed: int = 0, **flags):
+    """A small random model whose latents are spread over many integers (a harder test than near-zero latents)."""
+    torch.manual_seed(seed)
+    model = MODELS[name](N=N, M=M, **flags)
+    with torch.no_grad():
+        model.g_a[-1].weight.mul_(60)
+    model.eval()
+    model.update()
+    return model
+
+
+def image(h: int, w: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, h // 8 + 1, w // 8 + 1, generator=g)
+    smooth = torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear", align_corners=False)
+    return (smooth + 0.05 * torch.rand(1, 3, h, w, generator=g)).clamp(0, 1)
+
+
+VARIANTS = [
+    ("factorized", {}),
+    ("hyperprior", {}),
+    ("joint", {}),
+    ("grm", {}),
+    ("grm", {"schedule": "raster"}),
+    ("grm", {"hyperprior": False}),
+    ("grm", {"confidence": False, "gsdn": False}),
+]
+
+
+@pytest.mark.parametrize("name,flags", VARIANTS, ids=[f"{n}-{'-'.join(f) or 'default'}" for n, f in VARIANTS])
+def test_round_trip_two_threads_then_one(name, flags):
+    model = make(name, **flags)
+    x = image(128, 192)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        streams, y_hat = model.encode(x)
+        x_enc = model.g_s(y_hat)
+        torch.set_num_threads(1)
+        y_dec = model.decode(streams, 128, 192)
+        x_dec = model.g_s(y_dec)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(streams) == model.stream_count()
+    assert y_hat.abs().max() > 2, "test latents should not be trivially zero"
+    assert torch.equal(y_hat.float(), y_dec)
+    assert torch.equal(torch.round(x_enc.clamp(0, 1) * 255), torch.round(x_dec.clamp(0, 1) * 255))
+
+
+def test_training_outputs():
+    x = image(64, 64).repeat(2, 1, 1, 1)
+    grm = make("grm").train()
+    out = grm(x)
+    assert out["x_hat"].shape == x.shape
+    assert len(out["likelihoods"]["y"]) == 3
+    assert all(p.shape == (2, M, 4, 4) for p in out["likelihoods"]["y"])
+    assert out["likelihoods"]["z"].shape == (2, N, 1, 1)
+    loss = sum(-torch.log2(p).sum() for p in out["likelihoods"]["y"]) + ((out["x_hat"] - x) ** 2).sum()
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in grm.parameters())
+    assert len(make("joint")(x)["likelihoods"]["y"]) == 1
+    assert len(make("grm", reference=False, confidence=False)(x)["likelihoods"]["y"]) == 2
+
+
+def test_flags_validate():
+    with pytest.raises(ValueError):
+        GRM(N=N, M=M, reference=False, confidence=True)
+    with pytest.raises(ValueError):
+        GRM(N=N, M=M, progressive=False)
+
+
+@pytest.mark.parametrize("schedule", ["raster", "wavefront"])
+@pytest.mark.parametrize("exact", [False, True], ids=["training", "coding"])
+def test_predictions_are_causal(schedule, exact):
+    """Changing latents not yet decoded never changes any stage's prediction at a position."""
+    model = make("grm", hyperprior=False, schedule=schedule)
+    torch.manual_seed(3)
+    h, w = 6, 7
+    y = torch.randint(-4, 5, (1, M, h, w)).float()
+    steps = Schedule(schedule).steps(h, w).flatten()
+    predict = model.exact_predict if exact else model.predict
+    with torch.no_grad():
+        base = predict(y, None)
+        for target in [0, 9, 20, 41]:
+            later = (steps >= steps[target]).view(h, w)
+            y2 = y.clone()
+            y2[0, :, later] = torch.randint(-4, 5, (M, int(later.sum()))).float()
+            changed = predict(y2, None)
+            for (m0, s0), (m1, s1) in zip(base, changed):
+                assert torch.equal(m0[target], m1[target]) and torch.equal(s0[target], s1[target])
+
+
+def test_reference_finds_a_repeated_pattern():
+    """A latent patch that repeats exactly is found with similarity 1."""
+    from refcodec.layers.reference import masked_patches, search
+
+    mask = Schedule("wavefront").visible(3, False)
+    y = torch.zeros(1, 4, 5, 8)
+    y[0, :, 1, 1] = torch.tensor([1.0, 2, 3, 4])
+    y[0, :, 3, 5] = torch.tensor([1.0, 2, 3, 4])
+    q = masked_patches(y, mask)[0]
+    steps = Schedule("wavefront").steps(5, 8).flatten()
+    index, s = search(q, steps, q, steps)
+    target = 4 * 8 + 6  # (4, 6) sees (3, 5) as its top-left neighbour, like (2, 2) sees (1, 1)
+    assert index[target] == 2 * 8 + 2 and s[target] == pytest.approx(1.0)
+    assert s[0] == 0  # nothing decoded before the first position
