@@ -34,6 +34,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import RefcodecError
+
 MAGIC = b"RFCD"
 FORMAT_VERSION = 1
 
@@ -53,7 +55,7 @@ _U16_MAX = 0xFFFF
 _U32_MAX = 0xFFFF_FFFF
 
 
-class BitstreamError(ValueError):
+class BitstreamError(RefcodecError):
     """A byte string is not a valid refcodec file this version can read."""
 
 
@@ -151,7 +153,7 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def _truncated(data: bytes, needed: int) -> None:
+def _require_size(data: bytes, needed: int) -> None:
     """Raise unless ``data`` holds at least ``needed`` bytes."""
     if len(data) < needed:
         raise BitstreamError(f"truncated file: header needs {needed} bytes, found {len(data)}")
@@ -161,13 +163,13 @@ def _parse(data: bytes) -> tuple[Header, int]:
     """Validate a whole file; return its header and the offset of the first stream."""
     if not MAGIC.startswith(data[: len(MAGIC)]):
         raise BitstreamError("not a refcodec file (bad magic)")
-    _truncated(data, _PREAMBLE.size)
+    _require_size(data, _PREAMBLE.size)
     version = data[len(MAGIC)]
     if version != FORMAT_VERSION:
         raise BitstreamError(
             f"unsupported format version {version} (this refcodec reads version {FORMAT_VERSION})"
         )
-    _truncated(data, _HEADER_FIXED_SIZE)
+    _require_size(data, _HEADER_FIXED_SIZE)
     schedule_code, mode_code, model_size, n_streams, weights_hash, *sizes = _FIXED.unpack_from(
         data, _PREAMBLE.size
     )
@@ -177,7 +179,7 @@ def _parse(data: bytes) -> tuple[Header, int]:
     # Framing: every size is known before any payload byte is touched.
     lengths_at = _HEADER_FIXED_SIZE + model_size
     payload_at = lengths_at + _STREAM_LENGTH.size * n_streams
-    _truncated(data, payload_at)
+    _require_size(data, payload_at)
     stream_lengths = tuple(
         _STREAM_LENGTH.unpack_from(data, lengths_at + _STREAM_LENGTH.size * i)[0]
         for i in range(n_streams)

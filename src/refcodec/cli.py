@@ -64,9 +64,7 @@ def cmd_compress(args) -> int:
     from . import codec
     from .models.registry import load_model
 
-    model = load_model(args.model, args.quality)
-    if args.schedule:
-        model.use_schedule(args.schedule)
+    model = None
     failures = []
     for src, dst in zip(args.images, _outputs(args.images, args.output, ".rfc")):
         try:
@@ -74,6 +72,10 @@ def cmd_compress(args) -> int:
                 raise CliError(f"{dst} exists (use --force to overwrite)")
             start = time.perf_counter()
             image = codec.load_image(src)
+            if model is None:  # loaded once, after the first readable input
+                model = load_model(args.model, args.quality)
+                if args.schedule:
+                    model.use_schedule(args.schedule)
             data = codec.compress(image, model)
             seconds = time.perf_counter() - start
             _write_atomic(dst, data, args.force)
@@ -97,8 +99,13 @@ def cmd_decompress(args) -> int:
     if dst.exists() and not args.force:
         raise CliError(f"{dst} exists (use --force to overwrite)")
     data = _read(src)
+    model = None
+    if args.model:
+        from .models.registry import load_model
+
+        model = load_model(args.model)
     start = time.perf_counter()
-    image = codec.decompress(data, progress=not args.json and sys.stderr.isatty())
+    image = codec.decompress(data, model, progress=not args.json and sys.stderr.isatty())
     seconds = time.perf_counter() - start
     from io import BytesIO
 
@@ -174,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("file")
     d.add_argument("-o", "--output", help="output PNG (default: FILE with .png)")
     d.add_argument("--force", action="store_true", help="overwrite an existing output")
+    d.add_argument("--model", help="weights to decode with (default: the shipped model named in the file)")
     common(d)
     d.set_defaults(func=cmd_decompress)
 

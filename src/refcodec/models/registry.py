@@ -71,10 +71,14 @@ def weights_path(model_ref: str) -> Path:
     return WEIGHTS_DIR / f"{parts[0]}-{parts[1]}-{parts[2]}.safetensors"
 
 
-def save(model: CompressionModel, path: str | Path, config: dict) -> None:
-    """Write weights (float32) with the config that rebuilds the model; coding tables must be current."""
+def save(model: CompressionModel, path: str | Path, config: dict, dtype: torch.dtype = torch.float32) -> None:
+    """Write weights with the config that rebuilds the model, after tabulating the coding tables.
+
+    Shipped weights use float16 (half the size); they load as float32, and the
+    weights hash is taken after loading, so it is the same in every process.
+    """
     model.update()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = Path(path).with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"config": json.dumps(config, sort_keys=True)})
     os.replace(tmp, path)
