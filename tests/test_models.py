@@ -100,19 +100,3 @@ def test_predictions_are_causal(schedule, exact):
             changed = predict(y2, None)
             for (m0, s0), (m1, s1) in zip(base, changed):
                 assert torch.equal(m0[target], m1[target]) and torch.equal(s0[target], s1[target])
-
-
-def test_reference_finds_a_repeated_pattern():
-    """A latent patch that repeats exactly is found with similarity 1."""
-    from refcodec.layers.reference import masked_patches, search
-
-    mask = Schedule("wavefront").visible(3, False)
-    y = torch.zeros(1, 4, 5, 8)
-    y[0, :, 1, 1] = torch.tensor([1.0, 2, 3, 4])
-    y[0, :, 3, 5] = torch.tensor([1.0, 2, 3, 4])
-    q = masked_patches(y, mask)[0]
-    steps = Schedule("wavefront").steps(5, 8).flatten()
-    index, s = search(q, steps, q, steps)
-    target = 4 * 8 + 6  # (4, 6) sees (3, 5) as its top-left neighbour, like (2, 2) sees (1, 1)
-    assert index[target] == 2 * 8 + 2 and s[target] == pytest.approx(1.0)
-    assert s[0] == 0  # nothing decoded before the first position

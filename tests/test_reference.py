@@ -1,0 +1,58 @@
+"""Global reference search (section 3, eq. 4): masked patches, causality, exactness, ties."""
+
+import pytest
+import torch
+
+from refcodec.layers.reference import masked_patches, patches_at, search
+from refcodec.schedule import Schedule
+
+
+def test_masked_patches_match_per_position_patches():
+    mask = Schedule("wavefront").visible(3, False)
+    y = torch.randint(-5, 6, (1, 4, 6, 7)).double()
+    q = masked_patches(y, mask)[0]
+    pad = torch.nn.functional.pad(y[0], (1, 1, 1, 1))
+    rows, cols = torch.meshgrid(torch.arange(6), torch.arange(7), indexing="ij")
+    assert torch.equal(q, patches_at(pad, rows.flatten(), cols.flatten(), mask.bool()))
+    assert q.shape == (42, 4 * 4)
+
+
+def test_reference_finds_a_repeated_pattern():
+    """A latent patch that repeats exactly is found with similarity 1."""
+    mask = Schedule("wavefront").visible(3, False)
+    y = torch.zeros(1, 4, 5, 8)
+    y[0, :, 1, 1] = torch.tensor([1.0, 2, 3, 4])
+    y[0, :, 3, 5] = torch.tensor([1.0, 2, 3, 4])
+    q = masked_patches(y, mask)[0]
+    steps = Schedule("wavefront").steps(5, 8).flatten()
+    index, s = search(q, steps, q, steps)
+    target = 4 * 8 + 6  # (4, 6) sees (3, 5) as its top-left neighbour, like (2, 2) sees (1, 1)
+    assert index[target] == 2 * 8 + 2 and s[target] == pytest.approx(1.0)
+    assert s[0] == 0 and index[0] == 0  # nothing decoded before the first position
+
+
+@pytest.mark.parametrize("name", ["raster", "wavefront"])
+def test_search_only_returns_earlier_positions(name):
+    torch.manual_seed(0)
+    q = torch.randint(-3, 4, (60, 8)).double()
+    steps = Schedule(name).steps(6, 10).flatten()
+    index, s = search(q, steps, q, steps)
+    has_earlier = steps > 0
+    assert torch.all(steps[index][has_earlier] < steps[has_earlier])
+    assert torch.all(s >= 0) and torch.all(s <= 1 + 1e-12)
+
+
+def test_ties_go_to_the_lowest_index_and_blocks_do_not_matter(monkeypatch):
+    q = torch.ones(40, 3).double()  # every candidate ties
+    steps = torch.arange(40)
+    index, _ = search(q, steps, q, steps)
+    assert torch.all(index[1:] == 0)
+    torch.manual_seed(1)
+    q = torch.randint(-2, 3, (300, 12)).double()
+    steps = torch.arange(300) // 3
+    full = search(q, steps, q, steps)
+    import refcodec.layers.reference as ref
+
+    monkeypatch.setattr(ref, "SEARCH_BLOCK", 7)
+    blocked = search(q, steps, q, steps)
+    assert torch.equal(full[0], blocked[0]) and torch.equal(full[1], blocked[1])
