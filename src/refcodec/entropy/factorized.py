@@ -104,5 +104,6 @@ class FactorizedDensity(nn.Module):
         return torch.maximum(torch.minimum(x, hi), lo)
 
     def tables(self) -> list[np.ndarray]:
-        """Per channel, the probability row the coder uses (float64, from the integer counts)."""
-        return [self.pmf[c, : int(self.pmf_length[c])].double().numpy() / (1 << PMF_BITS) for c in range(self.channels)]
+        """Per channel, the probability row the coder uses (float64, normalized integer counts)."""
+        rows = [self.pmf[c, : int(self.pmf_length[c])].double().numpy() for c in range(self.channels)]
+        return [r / r.sum() for r in rows]
