@@ -100,3 +100,17 @@ def test_predictions_are_causal(schedule, exact):
             changed = predict(y2, None)
             for (m0, s0), (m1, s1) in zip(base, changed):
                 assert torch.equal(m0[target], m1[target]) and torch.equal(s0[target], s1[target])
+
+
+def test_paper_preset_builds_and_runs():
+    """Table 1 sizes: N=192, M=384; GSDN layers hold 2(N + N^2) parameters each."""
+    from refcodec.layers.gdn import GSDN
+    from refcodec.models.registry import build
+
+    model = build("grm", "paper")
+    assert (model.N, model.M) == (192, 384)
+    gsdn = [m for m in model.g_a if isinstance(m, GSDN)]
+    assert len(gsdn) == 3 and all(sum(p.numel() for p in g.parameters()) == 2 * (192 + 192**2) for g in gsdn)
+    with torch.no_grad():
+        out = model.eval()(torch.rand(1, 3, 64, 64))
+    assert out["x_hat"].shape == (1, 3, 64, 64) and len(out["likelihoods"]["y"]) == 3

@@ -73,9 +73,13 @@ def cmd_compress(args) -> int:
             start = time.perf_counter()
             image = codec.load_image(src)
             if model is None:  # loaded once, after the first readable input
-                model = load_model(args.model, args.quality)
+                net = load_model(args.model, args.quality)
                 if args.schedule:
-                    model.use_schedule(args.schedule)
+                    try:
+                        net.use_schedule(args.schedule)
+                    except ValueError as e:
+                        raise CliError(str(e)) from None
+                model = net
             data = codec.compress(image, model)
             seconds = time.perf_counter() - start
             _write_atomic(dst, data, args.force)
@@ -194,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(m, model=True)
     m.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="train a model (see refcodec train --help)", add_help=False)
-    t.set_defaults(func=None)
+    sub.add_parser("train", help="train a model (see refcodec train --help)", add_help=False)
+    sub.add_parser("eval", help="evaluate a model on a folder with real bitstreams (see refcodec eval --help)", add_help=False)
     return p
 
 
@@ -206,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
 
         train_main(argv[1:])
         return 0
+    if argv[:1] == ["eval"]:
+        from .eval.evaluate import main as eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -117,6 +117,11 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
 def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False) -> Image.Image:
     """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder)."""
     header, streams = unpack(bytes(data))
+    if header.pad_right >= ALIGNMENT or header.pad_bottom >= ALIGNMENT or header.width * header.height > MAX_PIXELS:
+        raise BitstreamError(
+            f"implausible image size in the header ({header.width}x{header.height}, "
+            f"padding {header.pad_right}x{header.pad_bottom})"
+        )
     if model is None:
         try:
             model = load_model(header.model)
@@ -124,15 +129,21 @@ def decompress(data: bytes, model: CompressionModel | None = None, progress: boo
             raise BitstreamError(f"file needs model {header.model!r}, which is not available ({e})") from None
     if model.weights_hash() != header.weights_hash:
         raise BitstreamError(f"file was written with other weights for {header.model!r} (weights hash mismatch)")
-    model.use_schedule(header.schedule)
     if len(streams) != model.stream_count():
         raise BitstreamError(f"file has {len(streams)} streams, model {header.model!r} needs {model.stream_count()}")
     height, width = header.height + header.pad_bottom, header.width + header.pad_right
     if height % ALIGNMENT or width % ALIGNMENT:
         raise BitstreamError("padded size in the header is not a multiple of 64")
+    own_schedule = model.schedule.name
+    try:
+        model.use_schedule(header.schedule)
+    except ValueError as e:
+        raise BitstreamError(f"file's {header.schedule} schedule does not fit model {header.model!r} ({e})") from None
     try:
         x_hat = model.decompress(streams, height, width, progress)
     except CodingError as e:
         raise BitstreamError(str(e)) from None
+    finally:
+        model.use_schedule(own_schedule)  # the caller's model keeps its own decode order
     image = tensor_to_image(x_hat[:, :, : header.height, : header.width])
     return image.convert("L") if header.mode == "L" else image

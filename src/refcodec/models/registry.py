@@ -99,10 +99,13 @@ def load_model(name: str = DEFAULT_MODEL, quality: int = DEFAULT_QUALITY, preset
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))) or "none"
         raise ModelNotFoundError(f"no weights for {ref!r} (shipped: {shipped})")
-    config = read_config(path)
-    model = MODELS[config["name"]](N=config["N"], M=config["M"], **config.get("flags", {}))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state)
+    try:
+        config = read_config(path)
+        model = MODELS[config["name"]](N=config["N"], M=config["M"], **config.get("flags", {}))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        model.load_state_dict(state)
+    except Exception as e:  # damaged file, foreign file, or weights of another architecture
+        raise ModelNotFoundError(f"{path}: not usable refcodec weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     model.eval()
     model.id = config.get("id", ref)
     model.config = config

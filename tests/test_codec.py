@@ -1,0 +1,251 @@
+"""The image API (``refcodec.codec``): round trips, input modes, refusals, and the rate of the coded file."""
+
+import dataclasses
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import natural_image, save_tiny
+from PIL import Image
+
+from refcodec import codec
+from refcodec.bitstream import BitstreamError, pack, read_header, unpack
+from refcodec.errors import RefcodecError
+from refcodec.models import registry
+
+# The range coder's probabilities have 24 bits of precision: no symbol costs more than ~24 bits,
+# however badly the model predicts it (the training likelihood is floored lower, at 1e-9 ~ 30 bits).
+CODER_MAX_BITS = 24
+
+
+def padded(image: Image.Image) -> torch.Tensor:
+    """The padded tensor the encoder codes (same padding as ``codec.compress``)."""
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    return F.pad(codec.image_to_tensor(rgb), (0, -w % codec.ALIGNMENT, 0, -h % codec.ALIGNMENT), mode="replicate")
+
+
+@pytest.fixture(scope="module")
+def small_file(tiny_model):
+    """A small coded image (40x30, one 64x64 block) and the image."""
+    image = natural_image(40, 30, seed=3)
+    return codec.compress(image, tiny_model), image
+
+
+@pytest.fixture
+def threads():
+    saved = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width,height", [(1, 1), (1, 37), (17, 33), (65, 64), (192, 256)])
+def test_round_trip_odd_sizes_deterministic_across_threads(tiny_model, threads, width, height):
+    image = natural_image(width, height, seed=width + height)
+    torch.set_num_threads(2)
+    data = codec.compress(image, tiny_model)
+    assert codec.compress(image, tiny_model) == data, "compress must be deterministic"
+    header = read_header(data)
+    assert (header.width, header.height, header.mode) == (width, height, "RGB")
+    assert (header.width + header.pad_right) % 64 == 0 and (header.height + header.pad_bottom) % 64 == 0
+
+    # What the encoder reconstructs from its own quantized latents (2 threads).
+    x = padded(image)
+    with torch.no_grad():
+        streams, y_hat = tiny_model.encode(x)
+        encoder_side = codec.tensor_to_image(tiny_model.g_s(y_hat)[:, :, :height, :width])
+    assert streams == unpack(data)[1], "the test's padding must match the codec's"
+
+    large = width * height > 128 * 128  # decoded with 2 threads only at the smaller sizes, for speed
+    decoded_2 = None if large else codec.decompress(data, tiny_model)
+    torch.set_num_threads(1)
+    decoded_1 = codec.decompress(data, tiny_model)
+
+    assert decoded_1.size == (width, height) and decoded_1.mode == "RGB"
+    assert math.isfinite(codec.psnr(image, decoded_1))
+    assert np.array_equal(np.asarray(decoded_1), np.asarray(encoder_side))
+    if decoded_2 is not None:
+        assert np.array_equal(np.asarray(decoded_1), np.asarray(decoded_2))
+
+
+def test_path_input_same_as_image_input(tiny_model, tmp_path):
+    image = natural_image(20, 12, seed=4)
+    image.save(tmp_path / "a.png")
+    assert codec.compress(str(tmp_path / "a.png"), tiny_model) == codec.compress(image, tiny_model)
+
+
+# -- input modes --------------------------------------------------------------------------------
+
+
+def test_grayscale_round_trips_as_grayscale(tiny_model):
+    image = natural_image(21, 13, seed=6).convert("L")
+    data = codec.compress(image, tiny_model)
+    assert read_header(data).mode == "L"
+    out = codec.decompress(data, tiny_model)
+    assert out.mode == "L" and out.size == (21, 13)
+    assert math.isfinite(codec.psnr(image, out))
+
+
+def test_palette_is_coded_as_rgb(tiny_model):
+    image = natural_image(19, 11, seed=7).convert("P")
+    assert "transparency" not in image.info
+    data = codec.compress(image, tiny_model)
+    assert read_header(data).mode == "RGB"
+    assert data == codec.compress(image.convert("RGB"), tiny_model)  # so it decodes as that RGB image
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
+def test_alpha_is_refused(tiny_model, mode):
+    image = natural_image(8, 8).convert("RGBA").convert(mode)
+    with pytest.raises(RefcodecError, match="alpha"):
+        codec.compress(image, tiny_model)
+
+
+def test_palette_with_transparency_is_refused(tiny_model):
+    image = natural_image(8, 8).convert("P")
+    image.info["transparency"] = 0
+    with pytest.raises(RefcodecError, match="alpha"):
+        codec.compress(image, tiny_model)
+
+
+def test_16_bit_png_is_accepted_as_grayscale(tiny_model, tmp_path):
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 65536, (13, 22), dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    data = codec.compress(tmp_path / "deep.png", tiny_model)
+    # the 16-bit samples are scaled to 8 bits: the same file as for that 8-bit image
+    eight_bit = Image.fromarray(np.round(values / 65535 * 255).astype(np.uint8), "L")
+    assert data == codec.compress(eight_bit, tiny_model)
+    out = codec.decompress(data, tiny_model)
+    assert out.mode == "L" and out.size == (22, 13)
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def test_other_weights_are_refused_before_decoding(small_file, tmp_path, monkeypatch):
+    data, _ = small_file
+    other = registry.load_model(str(save_tiny(tmp_path / "other.safetensors", seed=1)))
+    assert other.id == read_header(data).model  # same model id, other weights
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoded with the wrong weights")
+
+    monkeypatch.setattr(other, "decompress", must_not_decode)
+    monkeypatch.setattr(other, "decode", must_not_decode)
+    with pytest.raises(BitstreamError, match="weights hash"):
+        codec.decompress(data, other)
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    natural_image(16, 16).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _flip_middle(data: bytes) -> bytes:
+    b = bytearray(data)
+    b[len(b) // 2] ^= 0x5A
+    return bytes(b)
+
+
+CORRUPTIONS = {
+    "flipped byte": _flip_middle,
+    "truncated": lambda d: d[: len(d) - 7],
+    "truncated header": lambda d: d[:20],
+    "trailing bytes": lambda d: d + b"\0",
+    "empty": lambda d: b"",
+    "random bytes": lambda d: np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+    "random after magic": lambda d: d[:5] + np.random.default_rng(2).integers(0, 256, 200, dtype=np.uint8).tobytes(),
+    "png file": lambda d: _png_bytes(),
+}
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_bad_bytes_raise_refcodec_error(small_file, tiny_model, kind):
+    bad = CORRUPTIONS[kind](small_file[0])
+    assert bad != small_file[0]
+    with pytest.raises(RefcodecError):  # any other exception type propagates and fails the test
+        codec.decompress(bad, tiny_model)
+    with pytest.raises(RefcodecError):  # without a model (none is shipped)
+        codec.decompress(bad)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_corrupt_payload_with_valid_checksum_never_raises_foreign_errors(small_file, tiny_model, seed):
+    """A payload damaged before the checksum was computed decodes to something or fails cleanly."""
+    data, _ = small_file
+    header, streams = unpack(data)
+    rng = np.random.default_rng(seed)
+    streams = [bytearray(s) for s in streams]
+    for s in streams:
+        for i in rng.integers(0, len(s), 3):
+            s[i] ^= int(rng.integers(1, 256))
+    try:
+        out = codec.decompress(pack(header, [bytes(s) for s in streams]), tiny_model)
+    except RefcodecError:
+        return
+    assert out.size == (header.width, header.height)
+
+
+def test_header_claiming_a_huge_image_is_refused_before_decoding(small_file, tmp_path, monkeypatch):
+    data, _ = small_file
+    header, streams = unpack(data)
+    model = registry.load_model(str(save_tiny(tmp_path / "same.safetensors", seed=0)))
+    assert model.weights_hash() == header.weights_hash
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("started decoding an implausible header")
+
+    monkeypatch.setattr(model, "decompress", must_not_decode)
+    for fields in ({"width": 65535, "height": 65535, "pad_right": 1, "pad_bottom": 1}, {"pad_right": header.pad_right + 64}):
+        crafted = pack(dataclasses.replace(header, **fields), streams)
+        with pytest.raises(BitstreamError):
+            codec.decompress(crafted, model)
+
+
+def test_schedule_the_model_cannot_use_is_a_bitstream_error(tmp_path):
+    model = registry.load_model(str(save_tiny(tmp_path / "factorized.safetensors", name="factorized")))
+    data = codec.compress(natural_image(10, 10), model)
+    header, streams = unpack(data)
+    assert header.schedule == "raster"
+    with pytest.raises(BitstreamError, match="schedule"):
+        codec.decompress(pack(dataclasses.replace(header, schedule="wavefront"), streams), model)
+
+
+def test_missing_shipped_model_is_a_bitstream_error(small_file):
+    with pytest.raises(BitstreamError, match="grm/test/q3"):
+        codec.decompress(small_file[0])
+
+
+# -- rate ---------------------------------------------------------------------------------------
+
+
+def test_file_size_matches_estimated_rate(tiny_model):
+    image = natural_image(256, 192)
+    x = padded(image)
+    assert tiny_model.training is False
+    with torch.no_grad():
+        likelihoods = tiny_model(x)["likelihoods"]
+    streams = tiny_model.compress(x)
+
+    def bits(p: torch.Tensor, cap: float = math.inf) -> float:
+        return float((-torch.log2(p.double())).clamp_max(cap).sum())
+
+    actual = 8 * sum(len(s) for s in streams)
+    y_last, z = likelihoods["y"][-1], likelihoods["z"]
+    # The coder cannot spend more than CODER_MAX_BITS on one symbol; the random tiny model
+    # mispredicts a few percent of its latents by more than that, so cap each symbol's cost.
+    estimate = bits(y_last, CODER_MAX_BITS) + bits(z, CODER_MAX_BITS)
+    assert abs(actual - estimate) <= 0.01 * estimate, (actual, estimate)
+    # Uncapped, the estimate is an upper bound of the file size.
+    assert actual <= 1.01 * (bits(y_last) + bits(z))
