@@ -109,13 +109,13 @@ def main(argv=None) -> None:
         optimizer,
         lambda s: min(1.0, (s + 1) / args.lr_warmup) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, s / args.steps))),
     )
-    step, ckpt = 0, out / "checkpoint.pt"
+    step, elapsed, ckpt = 0, 0.0, out / "checkpoint.pt"
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        step = state["step"]
+        step, elapsed = state["step"], state.get("elapsed", 0.0)
         random.setstate(state["rng"]["python"]), np.random.set_state(state["rng"]["numpy"]), torch.set_rng_state(state["rng"]["torch"])
     data = ImageFolder(args.data, args.crop)
     val = ImageFolder(args.val, args.crop, train=False) if args.val else None
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     if log.tell() == 0:
         writer.writerow(["step", "time", "loss", "bpp", "psnr", "val_bpp", "val_psnr"])
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
-    start = time.time()
+    start = time.time() - elapsed  # wall time accumulates across resumes
     model.train()
     while step < args.steps:
         for x in loader:
@@ -145,7 +145,7 @@ def main(argv=None) -> None:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", bpp=f"{metrics['bpp']:.3f}", psnr=f"{metrics['psnr']:.2f}")
-            row = [step, round(time.time() - start, 1), float(metrics["loss"]), float(metrics["bpp"]), float(metrics["psnr"]), "", ""]
+            row = [step, round(time.time() - start, 1), *(float(metrics[k].detach()) for k in ("loss", "bpp", "psnr")), "", ""]
             if val is not None and (step % args.val_every == 0 or step == args.steps):
                 v = validate(model, val, lmbda)
                 row[5:] = [v["coding_bpp"], v["psnr"]]
@@ -155,7 +155,8 @@ def main(argv=None) -> None:
                 log.flush()
                 rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
                 save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "schedule": schedule.state_dict(), "step": step, "rng": rng, "config": config})  # fmt: skip
+                                       "schedule": schedule.state_dict(), "step": step, "rng": rng, "config": config,
+                                       "elapsed": time.time() - start})  # fmt: skip
                 registry.save(model, out / "weights.safetensors", {**config, "steps": step})
                 model.train()
             if step >= args.steps:
