@@ -66,6 +66,14 @@ def validate(model, images: ImageFolder, lmbda: float) -> dict:
     return {k: float(torch.stack([r[k] for r in rows]).mean()) for k in ("coding_bpp", "psnr", "loss")}
 
 
+def _logged_time(log: Path) -> float:
+    """Wall time of the last logged step (for checkpoints written before elapsed time was stored)."""
+    if not log.exists():
+        return 0.0
+    rows = list(csv.reader(open(log)))
+    return float(rows[-1][1]) if len(rows) > 1 else 0.0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="refcodec train", description="Train a registry model on a folder of images.")
     p.add_argument("--data", required=True, nargs="+", help="folders of training images (searched recursively)")
@@ -115,7 +123,7 @@ def main(argv=None) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        step, elapsed = state["step"], state.get("elapsed", 0.0)
+        step, elapsed = state["step"], state.get("elapsed", _logged_time(out / "log.csv"))
         random.setstate(state["rng"]["python"]), np.random.set_state(state["rng"]["numpy"]), torch.set_rng_state(state["rng"]["torch"])
     data = ImageFolder(args.data, args.crop)
     val = ImageFolder(args.val, args.crop, train=False) if args.val else None
