@@ -47,7 +47,7 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
         raise ImageInputError(f"{path}: not a readable image ({e})") from None
 
 
-def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
+def to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
     """The RGB image to code and the mode to give back."""
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         raise ImageInputError(f"images with an alpha channel ({image.mode}) are not supported: convert to RGB first")
@@ -86,7 +86,7 @@ def compress(
     quality: int | None = None,
 ) -> bytes:
     """Compress an image (path or PIL image) into a refcodec bitstream."""
-    rgb, mode = _to_rgb(load_image(image))
+    rgb, mode = to_rgb(load_image(image))
     width, height = rgb.size
     if width * height > MAX_PIXELS:
         raise ImageInputError(f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS} pixels")

@@ -26,7 +26,7 @@ from ..train.data import find_images
 
 
 def _estimated_bits(model, image) -> float:
-    rgb, _ = codec._to_rgb(image)
+    rgb, _ = codec.to_rgb(image)
     x = codec.image_to_tensor(rgb)
     h, w = x.shape[2:]
     x = F.pad(x, (0, -w % ALIGNMENT, 0, -h % ALIGNMENT), mode="replicate")
@@ -39,7 +39,7 @@ def _estimated_bits(model, image) -> float:
 
 
 def evaluate_image(model, path: Path, estimate: bool) -> dict:
-    image = codec._to_rgb(codec.load_image(path))[0]
+    image = codec.to_rgb(codec.load_image(path))[0]
     start = time.perf_counter()
     data = codec.compress(image, model)
     encoded = time.perf_counter()
