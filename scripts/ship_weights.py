@@ -10,7 +10,6 @@ bpp/PSNR/MS-SSIM, encode/decode times and the gap between file size and estimate
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ import torch
 from refcodec.eval.evaluate import evaluate_image, summarize
 from refcodec.models import registry
 from refcodec.train.data import find_images
+from refcodec.train.trainer import logged_time
 
 
 def main() -> None:
@@ -32,7 +32,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     state = torch.load(args.run / "checkpoint.pt", weights_only=False)
-    config = {**state["config"], "steps": state["step"]}
+    hours = state.get("elapsed", logged_time(args.run / "log.csv")) / 3600
+    config = {**state["config"], "steps": state["step"], "wall_seconds": round(hours * 3600)}
     model = registry.MODELS[config["name"]](N=config["N"], M=config["M"], **config["flags"])
     model.load_state_dict(state["model"])
     model.eval()
@@ -43,9 +44,6 @@ def main() -> None:
     shipped = registry.load_model(str(out))
     rows = [evaluate_image(shipped, f, estimate=True) for f in find_images(args.eval)]
     mean = summarize(rows)
-    with open(args.run / "log.csv") as f:
-        log = list(csv.DictReader(f))
-    hours = float(log[-1]["time"]) / 3600 if log else float("nan")
     card = {
         "id": shipped.id,
         "architecture": {"model": config["name"], "preset": config["preset"], "N": config["N"], "M": config["M"], "flags": config["flags"]},

@@ -40,3 +40,15 @@ def test_train_export_and_resume(tmp_path):
     model = registry.load_model(str(out / "weights.safetensors"))
     assert model.id == "grm/small/q3" and model.config["steps"] == 4
     assert not torch.equal(first["model"]["g_a.0.weight"], state["model"]["g_a.0.weight"])
+
+
+def test_init_from_weights_continues_the_step_count(tmp_path):
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(3):
+        natural_image(80, 80, seed=i).save(data / f"{i}.png")
+    trainer.main(_args(data, tmp_path / "a", 2))
+    trainer.main(_args(data, tmp_path / "b", 4, "--init", str(tmp_path / "a" / "weights.safetensors")))
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4 and state["base_step"] == 2
+    assert registry.load_model(str(tmp_path / "b" / "weights.safetensors")).config["steps"] == 4

@@ -66,7 +66,7 @@ def validate(model, images: ImageFolder, lmbda: float) -> dict:
     return {k: float(torch.stack([r[k] for r in rows]).mean()) for k in ("coding_bpp", "psnr", "loss")}
 
 
-def _logged_time(log: Path) -> float:
+def logged_time(log: Path) -> float:
     """Wall time of the last logged step (for checkpoints written before elapsed time was stored)."""
     if not log.exists():
         return 0.0
@@ -96,7 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-images", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
+    p.add_argument("--init", help="start from these weights (model id or .safetensors), e.g. to continue shipped weights")
     return p.parse_args(argv)
 
 
@@ -112,18 +113,26 @@ def main(argv=None) -> None:
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
 
     model = registry.build(args.model, args.preset, **flags)
+    step, elapsed, base, ckpt = 0, 0.0, 0, out / "checkpoint.pt"
+    resume = args.resume and ckpt.exists()
+    state = torch.load(ckpt, weights_only=False) if resume else None
+    if resume:
+        base = state.get("base_step", 0)
+    elif args.init:  # weights only (e.g. shipped float16 weights): fresh optimizer, step count continues
+        init = registry.load_model(args.init)
+        model.load_state_dict(init.state_dict())
+        step = base = init.config.get("steps", 0)
+        elapsed = init.config.get("wall_seconds", 0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 10%
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up (per run), cosine decay to 10% over all steps
         optimizer,
-        lambda s: min(1.0, (s + 1) / args.lr_warmup) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, s / args.steps))),
+        lambda s: min(1.0, (s + 1) / args.lr_warmup) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, (base + s) / args.steps))),
     )
-    step, elapsed, ckpt = 0, 0.0, out / "checkpoint.pt"
-    if args.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    if resume:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        step, elapsed = state["step"], state.get("elapsed", _logged_time(out / "log.csv"))
+        step, elapsed = state["step"], state.get("elapsed", logged_time(out / "log.csv"))
         random.setstate(state["rng"]["python"]), np.random.set_state(state["rng"]["numpy"]), torch.set_rng_state(state["rng"]["torch"])
     data = ImageFolder(args.data, args.crop)
     val = ImageFolder(args.val, args.crop, train=False) if args.val else None
@@ -164,8 +173,8 @@ def main(argv=None) -> None:
                 rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
                 save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "schedule": schedule.state_dict(), "step": step, "rng": rng, "config": config,
-                                       "elapsed": time.time() - start})  # fmt: skip
-                registry.save(model, out / "weights.safetensors", {**config, "steps": step})
+                                       "elapsed": time.time() - start, "base_step": base})  # fmt: skip
+                registry.save(model, out / "weights.safetensors", {**config, "steps": step, "wall_seconds": round(time.time() - start)})
                 model.train()
             if step >= args.steps:
                 break
