@@ -96,6 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-images", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (about 20%% faster steps on CPU after ~2 min)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
     p.add_argument("--init", help="start from these weights (model id or .safetensors), e.g. to continue shipped weights")
     return p.parse_args(argv)
@@ -146,11 +147,12 @@ def main(argv=None) -> None:
     if log.tell() == 0:
         writer.writerow(["step", "time", "loss", "bpp", "psnr", "val_bpp", "val_psnr"])
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
+    forward = torch.compile(model) if args.compile else model
     start = time.time() - elapsed  # wall time accumulates across resumes
     model.train()
     while step < args.steps:
         for x in loader:
-            metrics = rate_distortion(model(x), x, lmbda, warm=step < warmup)
+            metrics = rate_distortion(forward(x), x, lmbda, warm=step < warmup)
             optimizer.zero_grad(set_to_none=True)
             metrics["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
