@@ -61,7 +61,7 @@ def test_round_trip_odd_sizes_deterministic_across_threads(tiny_model, threads, 
     x = padded(image)
     with torch.no_grad():
         streams, y_hat = tiny_model.encode(x)
-        encoder_side = codec.tensor_to_image(tiny_model.g_s(y_hat)[:, :, :height, :width])
+        encoder_side = codec.tensor_to_image(tiny_model.synthesize(y_hat)[:, :, :height, :width])
     assert streams == unpack(data)[1], "the test's padding must match the codec's"
 
     large = width * height > 128 * 128  # decoded with 2 threads only at the smaller sizes, for speed

@@ -47,10 +47,10 @@ def test_round_trip_two_threads_then_one(name, flags):
     try:
         torch.set_num_threads(2)
         streams, y_hat = model.encode(x)
-        x_enc = model.g_s(y_hat)
+        x_enc = model.synthesize(y_hat)
         torch.set_num_threads(1)
         y_dec = model.decode(streams, 128, 192)
-        x_dec = model.g_s(y_dec)
+        x_dec = model.synthesize(y_dec)
     finally:
         torch.set_num_threads(threads)
     assert len(streams) == model.stream_count()
