@@ -98,3 +98,15 @@ def test_range_coder_round_trip_and_rate():
 def test_decoder_rejects_bad_lengths():
     with pytest.raises(CodingError):
         Decoder(b"abc")
+
+
+def test_a_collapsed_channel_still_gets_a_codable_table():
+    """A channel whose density puts all mass on one integer (seen in training) must still code."""
+    d = FactorizedDensity(1)
+    with torch.no_grad():
+        d.matrices[0].fill_(8.0)  # a very steep cumulative: all mass in one bin
+    d.update()
+    assert int(d.pmf_length[0]) >= 2
+    enc = Encoder()
+    enc.categorical(np.zeros(5, dtype=np.int32), d.tables()[0])
+    assert np.array_equal(Decoder(enc.finish()).categorical(5, d.tables()[0]), np.zeros(5))

@@ -85,6 +85,7 @@ class FactorizedDensity(nn.Module):
         for c in range(self.channels):
             inside = ((cdf[c] > TAIL_MASS) & (below[c] < 1 - TAIL_MASS)).nonzero().flatten()
             lo, hi = (int(inside[0]), int(inside[-1])) if inside.numel() else (SEARCH_RANGE, SEARCH_RANGE)
+            hi = max(hi, lo + 1)  # the coder needs two symbols even for a channel that collapsed to one value
             p = (cdf[c, lo : hi + 1] - below[c, lo : hi + 1]).double()
             p[0] += below[c, lo]
             p[-1] += 1 - cdf[c, hi]
