@@ -23,7 +23,7 @@ from .models.base import ALIGNMENT, CompressionModel
 from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model
 
 MAX_PIXELS = 8192 * 8192
-_CONVERTIBLE = {"P", "CMYK", "YCbCr", "LAB", "HSV", "I;16", "I;16B", "I;16L", "I", "F", "1"}
+_CONVERTIBLE = {"P", "CMYK", "YCbCr", "LAB", "HSV", "1"}  # coded as RGB
 
 
 class ImageInputError(RefcodecError):

@@ -8,7 +8,7 @@ to control the order: weights are snapped to a grid of 2**-WEIGHT_BITS,
 activations to 2**-ACT_BITS, and products are summed in float64. Every product
 is then an exact multiple of 2**-(WEIGHT_BITS + ACT_BITS), and as long as every
 partial sum stays below 2**53 of those units (checked once per layer by
-:func:`check_exact`), every sum is exact, so any order, any thread count, a full
+:func:`exact_params`), every sum is exact, so any order, any thread count, a full
 convolution in the encoder and a per-position matrix product in the decoder all
 give the same bits. Element-wise operations (one IEEE operation each: +, *, /,
 sqrt, comparisons) are correctly rounded and therefore reproducible too;

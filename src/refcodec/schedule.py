@@ -69,9 +69,5 @@ class Schedule:
             mask[k // 2, k // 2] = True
         return mask.float()
 
-    def earlier(self, steps_a: torch.Tensor, steps_b: torch.Tensor) -> torch.Tensor:
-        """Boolean matrix [i, j]: position j (steps_b) is decoded before position i (steps_a)."""
-        return steps_b.view(1, -1) < steps_a.view(-1, 1)
-
 
 SCHEDULES = ("raster", "wavefront")
