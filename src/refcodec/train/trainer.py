@@ -84,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quality", type=int, default=registry.DEFAULT_QUALITY, choices=sorted(registry.LAMBDAS))
     p.add_argument("--lmbda", type=float, help="override the quality's lambda")
     p.add_argument("--flags", default="{}", help='model flags as JSON, e.g. \'{"reference": false}\'')
-    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--steps", type=int, default=100_000, help="length of the schedule (learning rate, rate weights)")
+    p.add_argument("--stop-at", type=int, help="stop after this step, leaving the schedule as if --steps were run")
     p.add_argument("--warmup-steps", type=int, help="steps with the 0.3:0.3:0.4 rate weights (default: steps / 5)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256)
@@ -150,7 +151,8 @@ def main(argv=None) -> None:
     forward = torch.compile(model) if args.compile else model
     start = time.time() - elapsed  # wall time accumulates across resumes
     model.train()
-    while step < args.steps:
+    last = min(args.steps, args.stop_at or args.steps)
+    while step < last:
         for x in loader:
             metrics = rate_distortion(forward(x), x, lmbda, warm=step < warmup)
             optimizer.zero_grad(set_to_none=True)
@@ -165,12 +167,12 @@ def main(argv=None) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", bpp=f"{metrics['bpp']:.3f}", psnr=f"{metrics['psnr']:.2f}")
             row = [step, round(time.time() - start, 1), *(float(metrics[k].detach()) for k in ("loss", "bpp", "psnr")), "", ""]
-            if val is not None and (step % args.val_every == 0 or step == args.steps):
+            if val is not None and (step % args.val_every == 0 or step == last):
                 v = validate(model, val, lmbda)
                 row[5:] = [v["coding_bpp"], v["psnr"]]
                 tqdm.write(f"step {step}: val bpp {v['coding_bpp']:.4f} psnr {v['psnr']:.2f}")
             writer.writerow(row)
-            if step % args.save_every == 0 or step == args.steps:
+            if step % args.save_every == 0 or step == last:
                 log.flush()
                 rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
                 save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -178,7 +180,7 @@ def main(argv=None) -> None:
                                        "elapsed": time.time() - start, "base_step": base})  # fmt: skip
                 registry.save(model, out / "weights.safetensors", {**config, "steps": step, "wall_seconds": round(time.time() - start)})
                 model.train()
-            if step >= args.steps:
+            if step >= last:
                 break
     bar.close()
     log.close()
