@@ -1,12 +1,16 @@
-"""Training: a few steps on generated images, checkpoints, weights export and exact resume."""
+"""Training: a few steps on generated images, data order, checkpoints, exact resume, weights export, MS-SSIM."""
 
 import csv
+import itertools
 
+import numpy as np
+import pytest
 import torch
 
 from refcodec.models import registry
 from refcodec.train import trainer
-from refcodec.train.trainer import stage_weights
+from refcodec.train.data import ImageFolder, batches
+from refcodec.train.trainer import rate_distortion, stage_weights
 
 from conftest import natural_image
 
@@ -52,3 +56,110 @@ def test_init_from_weights_continues_the_step_count(tmp_path):
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4 and state["base_step"] == 2
     assert registry.load_model(str(tmp_path / "b" / "weights.safetensors")).config["steps"] == 4
+
+
+def _images(folder, count, width=96, height=80):
+    folder.mkdir(parents=True)
+    for i in range(count):
+        natural_image(width, height, seed=i).save(folder / f"{i}.png")
+    return folder
+
+
+def test_batches_are_a_pure_function_of_seed_position_and_rank(tmp_path):
+    data = ImageFolder(_images(tmp_path / "images", 5), 64, seed=7)
+    straight = list(itertools.islice(batches(data, 2), 6))
+    torch.manual_seed(1), np.random.seed(1)  # the global random state plays no part
+    resumed = list(itertools.islice(batches(data, 2, start=3), 3))  # mid-epoch: 2 batches per epoch
+    assert all(torch.equal(a, b) for a, b in zip(straight[3:], resumed))
+    assert not torch.equal(straight[0], straight[2])  # a new permutation and new crops every epoch
+    ranks = [next(batches(data, 2, rank=r, world=2)) for r in (0, 1)]
+    assert not torch.equal(ranks[0], ranks[1])
+
+
+def test_resume_is_exact(tmp_path):
+    data = _images(tmp_path / "images", 5)
+    run = lambda out, *extra: trainer.main(_args(data, tmp_path / out, 6, "--lr-warmup", "1", "--val-images", "1", *extra))
+    run("straight")
+    run("resumed", "--stop-at", "3")  # mid-epoch: 5 images make 2 batches of 2 per epoch
+    run("resumed", "--resume")
+    logs = {run: list(csv.DictReader(open(tmp_path / run / "log.csv"))) for run in ("straight", "resumed")}
+    assert len(logs["resumed"]) == 6
+    for column in ("loss", "bpp"):  # the bpp depends on the quantization noise too
+        straight, resumed = ([float(r[column]) for r in logs[run]] for run in ("straight", "resumed"))
+        assert resumed == pytest.approx(straight, rel=1e-5)
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["model"] for run in ("straight", "resumed"))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint(tmp_path, capsys):
+    data, out = _images(tmp_path / "images", 3), tmp_path / "run"
+    trainer.main(_args(data, out, 3, "--stop-at", "2", "--save-every", "1"))
+    newest = out / "checkpoint.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    trainer.main(_args(data, out, 3, "--save-every", "1", "--resume"))
+    assert "checkpoint.pt is unreadable (RuntimeError), falling back to checkpoint.prev.pt" in capsys.readouterr().err
+    assert torch.load(newest, weights_only=False)["step"] == 3
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))] == [1, 2, 3]  # step 2 was redone, logged once
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (out / name).write_bytes(b"damaged")
+    with pytest.raises(SystemExit, match="no readable checkpoint"):
+        trainer.main(_args(data, out, 4, "--resume"))
+
+
+def test_resumes_checkpoints_of_the_previous_format(tmp_path):
+    data, out = _images(tmp_path / "images", 3), tmp_path / "run"
+    trainer.main(_args(data, out, 2, "--stop-at", "1"))
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    old = {k: state[k] for k in ("model", "optimizer", "schedule", "step", "config", "elapsed", "base_step")}
+    torch.save({**old, "rng": state["rng"][0]}, out / "checkpoint.pt")  # one random state, no batch count
+    trainer.main(_args(data, out, 2, "--resume"))
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_ms_ssim_loss_and_run_config(tmp_path):
+    x = torch.rand(1, 3, 176, 176)
+    out = {"x_hat": (x + 0.05).clamp(0, 1), "likelihoods": {"y": [torch.full((1, 4, 11, 11), 0.5)] * 3}}
+    m = rate_distortion(out, x, 8.73, warm=False, metric="ms-ssim")
+    assert m["loss"] == pytest.approx(float(m["bpp"] + 8.73 * (1 - m["ms_ssim"])))
+    assert m["bpp"] == pytest.approx(4 * 11 * 11 / 176**2)
+
+    data, run = _images(tmp_path / "images", 2, 200, 192), tmp_path / "run"
+    trainer.main(_args(data, run, 1, "--metric", "ms-ssim", "--crop", "192", "--batch", "1", "--val-images", "1", "--tensorboard"))
+    row = next(csv.DictReader(open(run / "log.csv")))
+    assert 0 <= float(row["ms_ssim"]) <= 1 and 0 <= float(row["val_ms_ssim"]) <= 1
+    config = registry.read_config(run / "weights.safetensors")
+    assert config["metric"] == "ms-ssim" and config["lambda"] == registry.LAMBDAS_MS_SSIM[3] == 8.73
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_ms_ssim_needs_crops_above_160_px(capsys):
+    with pytest.raises(SystemExit):
+        trainer.parse_args(["--data", "d", "--out", "o", "--metric", "ms-ssim", "--crop", "128"])
+    assert "--metric ms-ssim needs --crop above 160" in capsys.readouterr().err
+
+
+def test_init_two_stage_and_from_compressai(tmp_path):
+    """--init takes a GDN run for a GSDN model (section 5.3) and a CompressAI mbt2018 checkpoint."""
+    from test_convert import compressai_state
+
+    data = tmp_path / "images"
+    _images(data, 3)
+    trainer.main(_args(data, tmp_path / "gdn", 1, "--flags", '{"gsdn": false}'))
+    trainer.main(_args(data, tmp_path / "gsdn", 2, "--init", str(tmp_path / "gdn" / "weights.safetensors")))
+    config = registry.load_model(str(tmp_path / "gsdn" / "weights.safetensors")).config
+    assert "two-stage" in config["init"]["how"] and config["init"]["steps"] == 1 and config["steps"] == 2
+
+    checkpoint = tmp_path / "mbt2018.pth.tar"
+    torch.save({"state_dict": compressai_state(n=64, m=96, filters=(3, 3, 3))}, checkpoint)
+    trainer.main(_args(data, tmp_path / "joint", 1, "--model", "joint", "--init", str(checkpoint)))
+    config = registry.load_model(str(tmp_path / "joint" / "weights.safetensors")).config
+    assert "CompressAI mbt2018" in config["init"]["how"] and config["steps"] == 1
+
+
+def test_bad_training_input_is_one_line(tmp_path, capsys):
+    from refcodec import cli
+
+    assert cli.main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]) == 1
+    assert cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--init", "grm/small/q9"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("refcodec: error:") for line in lines)

@@ -200,22 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a model (see refcodec train --help)", add_help=False)
     sub.add_parser("eval", help="evaluate a model on a folder with real bitstreams (see refcodec eval --help)", add_help=False)
+    sub.add_parser("compare", help="classical codecs on a folder, BD-rate tables and RD plots (see refcodec compare --help)",
+                   add_help=False)  # fmt: skip
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:
-        from .train.trainer import main as train_main
-
-        train_main(argv[1:])
-        return 0
-    if argv[:1] == ["eval"]:
-        from .eval.evaluate import main as eval_main
-
-        return eval_main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["train"]:
+            from .train.trainer import main as train_main
+
+            train_main(argv[1:])
+            return 0
+        if argv[:1] == ["eval"]:
+            from .eval.evaluate import main as eval_main
+
+            return eval_main(argv[1:])
+        if argv[:1] == ["compare"]:
+            from .eval.compare import main as compare_main
+
+            return compare_main(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:
         print("refcodec: interrupted", file=sys.stderr)

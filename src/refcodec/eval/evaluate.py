@@ -38,6 +38,14 @@ def _estimated_bits(model, image) -> float:
     return float(bits)
 
 
+def distortion(image, out) -> dict:
+    """PSNR and MS-SSIM of an 8-bit RGB reconstruction (MS-SSIM is NaN below 161 px, where its 5 scales do not fit)."""
+    a = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255
+    b = torch.from_numpy(np.asarray(out, dtype=np.float32)).permute(2, 0, 1)[None] / 255
+    msssim = float(ms_ssim(a, b, data_range=1.0)) if min(image.size) > 160 else float("nan")
+    return {"psnr-rgb": codec.psnr(image, out), "ms-ssim-rgb": msssim}
+
+
 def evaluate_image(model, path: Path, estimate: bool) -> dict:
     image = codec.to_rgb(codec.load_image(path))[0]
     start = time.perf_counter()
@@ -45,14 +53,11 @@ def evaluate_image(model, path: Path, estimate: bool) -> dict:
     encoded = time.perf_counter()
     out = codec.decompress(data, model)
     decoded = time.perf_counter()
-    a = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255
-    b = torch.from_numpy(np.asarray(out.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None] / 255
     pixels = image.width * image.height
     row = {
         "image": path.name,
         "bpp": 8 * len(data) / pixels,
-        "psnr-rgb": codec.psnr(image, out.convert("RGB")),
-        "ms-ssim-rgb": float(ms_ssim(a, b, data_range=1.0)) if min(image.size) > 160 else float("nan"),
+        **distortion(image, out.convert("RGB")),
         "encoding_time": encoded - start,
         "decoding_time": decoded - encoded,
     }

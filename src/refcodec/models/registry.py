@@ -32,10 +32,14 @@ MODELS = {
 PRESETS = {
     "paper": {"N": 192, "M": 384},  # Table 1
     "small": {"N": 64, "M": 96},  # trainable on a CPU
+    "mbt": {"N": 192, "M": 192},  # CompressAI's mbt2018 at qualities 1-4 (for --init from its checkpoints)
+    "mbt-hq": {"N": 192, "M": 320},  # CompressAI's mbt2018 at qualities 5-8
 }
 
 # MSE lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * 255^2 * MSE).
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+# MS-SSIM lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * (1 - MS-SSIM)).
+LAMBDAS_MS_SSIM = {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 115.37, 8: 220.00}
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "grm"
@@ -56,8 +60,9 @@ def build(name: str, preset: str = DEFAULT_PRESET, **flags) -> CompressionModel:
     return MODELS[name](**PRESETS[preset], **flags)
 
 
-def model_id(name: str, preset: str, quality: int) -> str:
-    return f"{name}/{preset}/q{quality}"
+def model_id(name: str, preset: str, quality: int, metric: str = "mse") -> str:
+    """``name/preset/qN``; models trained for MS-SSIM get ``qN-ms-ssim``."""
+    return f"{name}/{preset}/q{quality}" + ("" if metric == "mse" else f"-{metric}")
 
 
 def weights_path(model_ref: str) -> Path:

@@ -1,28 +1,36 @@
 """Training loop: loss R + lambda * D (eq. 1, 3), checkpoints, validation, weights export.
 
-Run ``refcodec train --data DIR --val DIR --out RUN`` (see ``refcodec train --help``).
-For models with several entropy stages the rate is a weighted sum of the stages'
-rates: 0.3:0.3:0.4 during warm-up, 0.1:0.1:0.8 afterwards (section 5.1); only the
-last stage codes, so it keeps the larger weight.
+Run ``refcodec train --data DIR --val DIR --out RUN`` (see ``refcodec train --help``), on
+several processes with ``--nproc K`` or ``torchrun --nproc_per_node=K -m refcodec.train``.
+For models with several entropy stages the rate is a weighted sum of the stages' rates:
+0.3:0.3:0.4 during warm-up, 0.1:0.1:0.8 afterwards (section 5.1); only the last stage
+codes, so it keeps the larger weight. The distortion is MSE or MS-SSIM (section 5.1).
+
+``--resume`` continues exactly: the data order is a pure function of the seed and the
+number of batches drawn (see ``data``), and the checkpoint restores the model, optimizer,
+schedule and the random state that draws the quantization noise.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
+from pytorch_msssim import ms_ssim
 
-from ..models import registry
-from .data import ImageFolder
+from ..models import convert, registry
+from ..models.base import ALIGNMENT
+from . import checkpoint, distributed
+from .checkpoint import logged_time
+from .data import ImageFolder, batches
+from .log import RunLog
+
+MS_SSIM_MIN_CROP = 160  # MS-SSIM's coarsest scale (crop / 16) must be wider than its 11-px window
 
 
 def stage_weights(stages: int, warm: bool) -> list[float]:
@@ -33,8 +41,8 @@ def stage_weights(stages: int, warm: bool) -> list[float]:
     return [(1 - last) / (stages - 1)] * (stages - 1) + [last]
 
 
-def rate_distortion(out: dict, x: torch.Tensor, lmbda: float, warm: bool) -> dict:
-    """bpp (weighted over stages, plus z), the coding-stage bpp, MSE and the loss."""
+def rate_distortion(out: dict, x: torch.Tensor, lmbda: float, warm: bool, metric: str = "mse") -> dict:
+    """bpp (weighted over stages, plus z), the coding-stage bpp, MSE, PSNR, MS-SSIM (if the metric) and the loss."""
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
     lik = out["likelihoods"]
     stage_bits = [-torch.log2(p).sum() for p in lik["y"]]
@@ -42,36 +50,29 @@ def rate_distortion(out: dict, x: torch.Tensor, lmbda: float, warm: bool) -> dic
     weights = stage_weights(len(stage_bits), warm)
     bpp = (sum(w * b for w, b in zip(weights, stage_bits)) + z_bits) / pixels
     mse = torch.mean((out["x_hat"] - x) ** 2)
-    return {
-        "loss": bpp + lmbda * 255**2 * mse,
-        "bpp": bpp,
-        "coding_bpp": (stage_bits[-1] + z_bits) / pixels,
-        "mse": mse,
-        "psnr": -10 * torch.log10(mse.clamp_min(1e-10)),
-    }
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a killed process leaves the previous checkpoint intact."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    psnr = -10 * torch.log10(mse.clamp_min(1e-10))
+    metrics = {"bpp": bpp, "coding_bpp": (stage_bits[-1] + z_bits) / pixels, "mse": mse, "psnr": psnr}
+    if metric == "ms-ssim":
+        metrics["ms_ssim"] = ms_ssim(out["x_hat"], x, data_range=1.0)
+        metrics["loss"] = bpp + lmbda * (1 - metrics["ms_ssim"])
+    else:
+        metrics["loss"] = bpp + lmbda * 255**2 * mse
+    return metrics
 
 
 @torch.no_grad()
-def validate(model, images: ImageFolder, lmbda: float) -> dict:
+def validate(model, images: ImageFolder, lmbda: float, metric: str, device: torch.device) -> dict:
+    """Means over the validation images (rounded latents): coding-stage bpp, PSNR, MS-SSIM (if the metric), loss."""
     model.eval()
-    rows = [rate_distortion(model(x.unsqueeze(0)), x.unsqueeze(0), lmbda, warm=False) for x in images]
+    rows = []
+    for i in range(len(images)):
+        x = images[i].unsqueeze(0).to(device)
+        rows.append(rate_distortion(model(x), x, lmbda, warm=False, metric=metric))
     model.train()
-    return {k: float(torch.stack([r[k] for r in rows]).mean()) for k in ("coding_bpp", "psnr", "loss")}
-
-
-def logged_time(log: Path) -> float:
-    """Wall time of the last logged step (for checkpoints written before elapsed time was stored)."""
-    if not log.exists():
-        return 0.0
-    rows = list(csv.reader(open(log)))
-    return float(rows[-1][1]) if len(rows) > 1 else 0.0
+    names = {"val_bpp": "coding_bpp", "val_psnr": "psnr", "val_loss": "loss"}
+    if metric == "ms-ssim":
+        names["val_ms_ssim"] = "ms_ssim"
+    return {name: float(torch.stack([r[k] for r in rows]).mean()) for name, k in names.items()}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,13 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="grm", choices=sorted(registry.MODELS))
     p.add_argument("--preset", default="small", choices=sorted(registry.PRESETS))
     p.add_argument("--quality", type=int, default=registry.DEFAULT_QUALITY, choices=sorted(registry.LAMBDAS))
+    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="distortion: lambda*255^2*MSE or lambda*(1 - MS-SSIM)")
     p.add_argument("--lmbda", type=float, help="override the quality's lambda")
     p.add_argument("--flags", default="{}", help='model flags as JSON, e.g. \'{"reference": false}\'')
     p.add_argument("--steps", type=int, default=100_000, help="length of the schedule (learning rate, rate weights)")
     p.add_argument("--stop-at", type=int, help="stop after this step, leaving the schedule as if --steps were run")
     p.add_argument("--warmup-steps", type=int, help="steps with the 0.3:0.3:0.4 rate weights (default: steps / 5)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8, help="images per batch and process (global batch: batch x processes)")
+    p.add_argument("--crop", type=int, default=256, help="patch side, a multiple of 64, above 160 for ms-ssim (paper: 512)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
@@ -96,95 +98,115 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--val-images", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if available (process k: cuda:k)")
+    p.add_argument("--nproc", type=int, default=1, help="train on this many local processes (data-parallel)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: library default, or cores / local processes)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (about 20%% faster steps on CPU after ~2 min)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
-    p.add_argument("--init", help="start from these weights (model id or .safetensors), e.g. to continue shipped weights")
-    return p.parse_args(argv)
+    p.add_argument("--init", help="start from weights: a model id or .safetensors of this architecture or of its GDN "
+                   "version (two-stage init, section 5.3), or a CompressAI mbt2018 checkpoint")
+    args = p.parse_args(argv)
+    if args.crop % ALIGNMENT:
+        p.error(f"--crop must be a multiple of {ALIGNMENT} (the model's total downsampling), got {args.crop}")
+    if args.metric == "ms-ssim" and args.crop <= MS_SSIM_MIN_CROP:
+        p.error(f"--metric ms-ssim needs --crop above {MS_SSIM_MIN_CROP} (5 scales of 11-px windows), got {args.crop}")
+    if args.nproc > 1 and "WORLD_SIZE" in os.environ:
+        p.error("--nproc starts its own processes; do not combine it with torchrun")
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.nproc > 1:
+        distributed.launch(args.nproc, train, args)
+    else:
+        train(args)
+
+
+def train(args: argparse.Namespace) -> torch.nn.Module:
+    """Train in this process (one of a group under torchrun or --nproc); returns the model."""
+    ctx = distributed.setup(args.device, args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lmbda = args.lmbda or registry.LAMBDAS[args.quality]
+    lambdas = registry.LAMBDAS if args.metric == "mse" else registry.LAMBDAS_MS_SSIM
+    lmbda = args.lmbda or lambdas[args.quality]
     warmup = args.warmup_steps if args.warmup_steps is not None else args.steps // 5
     flags = json.loads(args.flags)
-    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    config = {"name": args.model, "preset": args.preset, **registry.PRESETS[args.preset], "flags": flags, "quality": args.quality,
+              "metric": args.metric, "lambda": lmbda, "id": registry.model_id(args.model, args.preset, args.quality, args.metric),
+              "data": [str(d) for d in args.data]}  # fmt: skip
 
+    torch.manual_seed(args.seed)  # the same initial model in every process
     model = registry.build(args.model, args.preset, **flags)
-    step, elapsed, base, ckpt = 0, 0.0, 0, out / "checkpoint.pt"
-    resume = args.resume and ckpt.exists()
-    state = torch.load(ckpt, weights_only=False) if resume else None
-    if resume:
-        base = state.get("base_step", 0)
-    elif args.init:  # weights only (e.g. shipped float16 weights): fresh optimizer, step count continues
-        init = registry.load_model(args.init)
-        model.load_state_dict(init.state_dict())
-        step = base = init.config.get("steps", 0)
-        elapsed = init.config.get("wall_seconds", 0.0)
+    step, drawn, elapsed, base = 0, 0, 0.0, 0  # optimizer steps, batches drawn, wall seconds, step of --init
+    state = checkpoint.load(out, quiet=not ctx.main) if args.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        base, step = state.get("base_step", 0), state["step"]
+        drawn = state.get("batches", step - base)
+        elapsed = state.get("elapsed", logged_time(out / "log.csv"))
+    elif args.init:  # weights only, fresh optimizer; the step count continues from refcodec weights
+        foreign = Path(args.init).is_file() and Path(args.init).suffix != ".safetensors"  # a CompressAI checkpoint
+        source = args.init if foreign else registry.load_model(args.init)
+        how = convert.initialize(model, source)
+        prior = {} if foreign else source.config
+        step = base = prior.get("steps", 0)
+        elapsed = prior.get("wall_seconds", 0.0)
+        config["init"] = {"source": args.init, "id": prior.get("id"), "steps": base, "how": how}
+        if ctx.main:
+            print(how)
+    model.to(ctx.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up (per run), cosine decay to 10% over all steps
         optimizer,
         lambda s: min(1.0, (s + 1) / args.lr_warmup) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, (base + s) / args.steps))),
     )
-    if resume:
-        model.load_state_dict(state["model"])
+    checkpoint.seed(args.seed + ctx.rank)  # each process draws its own quantization noise
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        step, elapsed = state["step"], state.get("elapsed", logged_time(out / "log.csv"))
-        random.setstate(state["rng"]["python"]), np.random.set_state(state["rng"]["numpy"]), torch.set_rng_state(state["rng"]["torch"])
-    data = ImageFolder(args.data, args.crop)
-    val = ImageFolder(args.val, args.crop, train=False) if args.val else None
-    if val is not None:
-        val.images = val.images[: args.val_images]
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True)
-    config = {"name": args.model, "preset": args.preset, **registry.PRESETS[args.preset], "flags": flags, "quality": args.quality,
-              "lambda": lmbda, "id": registry.model_id(args.model, args.preset, args.quality), "data": [str(d) for d in args.data]}  # fmt: skip
-    log = open(out / "log.csv", "a", newline="")
-    writer = csv.writer(log)
-    if log.tell() == 0:
-        writer.writerow(["step", "time", "loss", "bpp", "psnr", "val_bpp", "val_psnr"])
-    bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
-    forward = torch.compile(model) if args.compile else model
+        checkpoint.set_rng_state(state["rng"], ctx.rank, ctx.device)
+
+    data = ImageFolder(args.data, args.crop, seed=args.seed)
+    val = ImageFolder(args.val, args.crop, limit=args.val_images) if args.val and ctx.main else None
+    stream = batches(data, args.batch, ctx.rank, ctx.world, start=drawn, workers=args.workers, pin_memory=ctx.device.type == "cuda")
+    forward = ctx.wrap(model)
+    forward = torch.compile(forward) if args.compile else forward
+    ms_ssim = ["ms_ssim"] if args.metric == "ms-ssim" else []
+    logged = ["loss", "bpp", "psnr", *ms_ssim]
+    columns = logged + ["val_bpp", "val_psnr"] + [f"val_{k}" for k in ms_ssim]
+    log = RunLog(out, columns, args.steps, step, resumed=state is not None, tensorboard=args.tensorboard, enabled=ctx.main)
     start = time.time() - elapsed  # wall time accumulates across resumes
-    model.train()
     last = min(args.steps, args.stop_at or args.steps)
     while step < last:
-        for x in loader:
-            metrics = rate_distortion(forward(x), x, lmbda, warm=step < warmup)
-            optimizer.zero_grad(set_to_none=True)
-            metrics["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            if not torch.isfinite(metrics["loss"]) or not torch.isfinite(grad_norm):
-                tqdm.write(f"step {step}: non-finite loss or gradient, step skipped")
-                continue
-            optimizer.step()
-            schedule.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", bpp=f"{metrics['bpp']:.3f}", psnr=f"{metrics['psnr']:.2f}")
-            row = [step, round(time.time() - start, 1), *(float(metrics[k].detach()) for k in ("loss", "bpp", "psnr")), "", ""]
-            if val is not None and (step % args.val_every == 0 or step == last):
-                v = validate(model, val, lmbda)
-                row[5:] = [v["coding_bpp"], v["psnr"]]
-                tqdm.write(f"step {step}: val bpp {v['coding_bpp']:.4f} psnr {v['psnr']:.2f}")
-            writer.writerow(row)
-            if step % args.save_every == 0 or step == last:
+        x = next(stream).to(ctx.device, non_blocking=True)
+        drawn += 1
+        metrics = rate_distortion(forward(x), x, lmbda, warm=step < warmup, metric=args.metric)
+        optimizer.zero_grad(set_to_none=True)
+        metrics["loss"].backward()  # with several processes, this averages the gradients
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        scalars = ctx.mean({**{k: metrics[k] for k in logged}, "grad_norm": grad_norm})
+        if not all(map(math.isfinite, scalars.values())):  # non-finite in any process: all processes skip
+            log.say(f"step {step}: non-finite loss or gradient, step skipped")
+            continue
+        scalars["lr"] = schedule.get_last_lr()[0]
+        optimizer.step()
+        schedule.step()
+        step += 1
+        if val is not None and (step % args.val_every == 0 or step == last):
+            scalars |= validate(model, val, lmbda, args.metric, ctx.device)
+        log.step(step, time.time() - start, scalars)
+        if step % args.save_every == 0 or step == last:
+            rngs = ctx.gather(checkpoint.rng_state(ctx.device))
+            if ctx.main:
                 log.flush()
-                rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-                save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "schedule": schedule.state_dict(), "step": step, "rng": rng, "config": config,
-                                       "elapsed": time.time() - start, "base_step": base})  # fmt: skip
-                registry.save(model, out / "weights.safetensors", {**config, "steps": step, "wall_seconds": round(time.time() - start)})
-                model.train()
-            if step >= last:
-                break
-    bar.close()
+                checkpoint.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "schedule": schedule.state_dict(), "step": step, "batches": drawn, "rng": rngs,
+                                      "config": config, "elapsed": time.time() - start, "base_step": base})  # fmt: skip
+                seconds = round(time.time() - start)
+                checkpoint.export(model, out / "weights.safetensors", {**config, "steps": step, "wall_seconds": seconds})
     log.close()
-
-
-if __name__ == "__main__":
-    main()
+    ctx.close()
+    return model

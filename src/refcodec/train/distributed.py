@@ -1,0 +1,101 @@
+"""Data-parallel training on several processes with torch.distributed.
+
+Each process trains a replica of the model on its own batches (``--batch`` is per
+process); DistributedDataParallel averages the gradients, so the replicas stay
+identical. Processes come from ``torchrun --nproc_per_node=K -m refcodec.train`` or
+from ``refcodec train --nproc K`` (``launch``); both describe the process group in the
+environment (RANK, WORLD_SIZE, MASTER_ADDR, ...). Backend: NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process: its rank among ``world`` processes and its device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        """Rank 0, the only process that writes files and reports."""
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model whose backward pass averages the gradients of all processes.
+
+        Buffers are synchronized once, not before every forward pass: training does not change them.
+        """
+        if self.world == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+    def mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Scalars averaged over the processes (one all_reduce): non-finite if any process's is."""
+        stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+        if self.world > 1:
+            dist.all_reduce(stacked)
+            stacked /= self.world
+        return dict(zip(values, stacked.tolist()))
+
+    def gather(self, obj) -> list:
+        """``obj`` of every process, in rank order."""
+        if self.world == 1:
+            return [obj]
+        objs = [None] * self.world
+        dist.all_gather_object(objs, obj)
+        return objs
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(device: str = "auto", threads: int = 0) -> Context:
+    """Join the process group described by the environment (if any) and pick the device.
+
+    ``device`` is auto (CUDA when available), cpu or cuda; a process of a group uses
+    cuda:LOCAL_RANK. CPU threads: ``threads``, or the cores shared among local processes.
+    """
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
+    if dev.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise SystemExit(f"refcodec train: no CUDA device {local_rank} (found {torch.cuda.device_count()})")
+        torch.cuda.set_device(dev)
+    if threads or local_world > 1:
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
+    if world > 1:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                device_id=dev if dev.type == "cuda" else None)
+    return Context(rank, world, dev)
+
+
+def launch(nproc: int, fn: Callable, *args) -> None:
+    """Run ``fn(*args)`` in ``nproc`` local processes that form a process group (like torchrun)."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_process, args=(nproc, port, fn, args), nprocs=nproc)
+
+
+def _process(rank: int, nproc: int, port: int, fn: Callable, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))  # fmt: skip
+    fn(*args)
