@@ -28,12 +28,16 @@ def main() -> None:
     p.add_argument("run", type=Path, help="training run folder (checkpoint.pt, log.csv)")
     p.add_argument("--eval", required=True, help="evaluation images (e.g. Kodak)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--init-id", help="model the run started from, for runs whose config does not record it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     state = torch.load(args.run / "checkpoint.pt", weights_only=False)
     hours = state.get("elapsed", logged_time(args.run / "log.csv")) / 3600
     config = {**state["config"], "steps": state["step"], "wall_seconds": round(hours * 3600)}
+    base = state.get("base_step", 0)
+    init = config.get("init", {}).get("id") or args.init_id
+    origin = f" (initialized from `{init}` at step {base}; {state['step'] - base} steps here)" if base else ""
     model = registry.MODELS[config["name"]](N=config["N"], M=config["M"], **config["flags"])
     model.load_state_dict(state["model"])
     model.eval()
@@ -47,7 +51,8 @@ def main() -> None:
     card = {
         "id": shipped.id,
         "architecture": {"model": config["name"], "preset": config["preset"], "N": config["N"], "M": config["M"], "flags": config["flags"]},
-        "training": {"data": config["data"], "steps": config["steps"], "lambda": config["lambda"], "wall_hours": round(hours, 2),
+        "training": {"data": config["data"], "steps": config["steps"], "initialized_from": init if base else None,
+                     "steps_from_init": state["step"] - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
                      "hardware": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"},
         "evaluation": {"images": str(args.eval), "count": len(rows), "threads": args.threads, **{k: round(v, 5) for k, v in mean.items()}},
         "per_image": rows,
@@ -57,7 +62,7 @@ def main() -> None:
     (registry.WEIGHTS_DIR / f"{name}.md").write_text(
         f"# {shipped.id}\n\n"
         f"- Architecture: `{config['name']}`, preset `{config['preset']}` (N={config['N']}, M={config['M']}), flags {config['flags'] or 'default'}\n"
-        f"- Training: {', '.join(config['data'])}; {config['steps']} steps, lambda {config['lambda']}, "
+        f"- Training: {', '.join(config['data'])}; {config['steps']} steps{origin}, lambda {config['lambda']}, "
         f"{card['training']['wall_hours']} h wall time on {card['training']['hardware']}\n"
         f"- Stored as float16 safetensors; weights hash `{shipped.weights_hash().hex()}`\n\n"
         f"## Measured on {ev['count']} images of `{args.eval}` (real bitstreams, {args.threads} threads)\n\n"
