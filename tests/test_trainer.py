@@ -41,6 +41,9 @@ def test_train_export_and_resume(tmp_path):
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["val_psnr"] != ""
+    # real bitstreams of the validation crops: the estimate plus a header; decoding clamps to 8 bits, which only helps
+    assert float(rows[-1]["val_bpp"]) < float(rows[-1]["val_file_bpp"]) < float(rows[-1]["val_bpp"]) + 0.2
+    assert float(rows[-1]["val_file_psnr"]) > float(rows[-1]["val_psnr"]) - 0.1
     model = registry.load_model(str(out / "weights.safetensors"))
     assert model.id == "grm/small/q3" and model.config["steps"] == 4
     assert not torch.equal(first["model"]["g_a.0.weight"], state["model"]["g_a.0.weight"])
@@ -112,8 +115,13 @@ def test_resumes_checkpoints_of_the_previous_format(tmp_path):
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     old = {k: state[k] for k in ("model", "optimizer", "schedule", "step", "config", "elapsed", "base_step")}
     torch.save({**old, "rng": state["rng"][0]}, out / "checkpoint.pt")  # one random state, no batch count
+    rows = list(csv.reader(open(out / "log.csv")))
+    with open(out / "log.csv", "w", newline="") as f:  # the columns of the previous version
+        csv.writer(f).writerows([["step", "time", "loss", "bpp", "psnr", "val_bpp", "val_psnr"], rows[1][:7]])
     trainer.main(_args(data, out, 2, "--resume"))
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["step"] for r in rows] == ["1", "2"] and rows[0]["val_file_bpp"] == "" and float(rows[1]["val_file_bpp"]) > 0
 
 
 def test_ms_ssim_loss_and_run_config(tmp_path):

@@ -25,10 +25,11 @@ class RunLog:
             return
         self.board = _summary_writer(run / "tensorboard", purge_step=step + 1 if resumed else None) if tensorboard else None
         path = run / "log.csv"
+        fields = ["step", "time", *columns]
         if resumed and path.exists():
-            _drop_rows_after(path, step)
+            _continue(path, step, fields)
         self.file = open(path, "a", newline="")
-        self.csv = csv.DictWriter(self.file, ["step", "time", *columns], extrasaction="ignore")
+        self.csv = csv.DictWriter(self.file, fields, extrasaction="ignore")
         if self.file.tell() == 0:
             self.csv.writeheader()
         self.bar = tqdm(total=steps, initial=step, desc="train", dynamic_ncols=True)
@@ -42,7 +43,8 @@ class RunLog:
         self.csv.writerow({"step": step, "time": round(seconds, 1), **scalars})
         if "val_bpp" in scalars:
             ms_ssim = f" ms-ssim {scalars['val_ms_ssim']:.4f}" if "val_ms_ssim" in scalars else ""
-            self.say(f"step {step}: val bpp {scalars['val_bpp']:.4f} psnr {scalars['val_psnr']:.2f}{ms_ssim}")
+            self.say(f"step {step}: val bpp {scalars['val_bpp']:.4f} psnr {scalars['val_psnr']:.2f}{ms_ssim}; "
+                     f"files {scalars['val_file_bpp']:.4f} bpp, {scalars['val_file_psnr']:.2f} dB")
         if self.board is not None:
             for name, value in scalars.items():
                 self.board.add_scalar("val/" + name[4:] if name.startswith("val_") else "train/" + name, value, step)
@@ -73,13 +75,15 @@ def _summary_writer(folder: Path, purge_step: int | None):
     return SummaryWriter(str(folder), purge_step=purge_step)
 
 
-def _drop_rows_after(path: Path, step: int) -> None:
-    """Keep the header and the complete rows up to ``step``."""
+def _continue(path: Path, step: int, fields: list[str]) -> None:
+    """Keep the complete rows up to ``step``, under the columns of this version (new ones empty)."""
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= step]
-    if len(keep) < len(rows):
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
-        os.replace(tmp, path)
+        reader = csv.reader(f)
+        header = next(reader, [])
+        rows = [dict(zip(header, r)) for r in reader if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= step]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

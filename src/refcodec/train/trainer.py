@@ -14,6 +14,7 @@ schedule and the random state that draws the quantization noise.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -21,8 +22,11 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 from pytorch_msssim import ms_ssim
 
+from .. import codec
+from ..errors import RefcodecError
 from ..models import convert, registry
 from ..models.base import ALIGNMENT
 from . import checkpoint, distributed
@@ -61,18 +65,32 @@ def rate_distortion(out: dict, x: torch.Tensor, lmbda: float, warm: bool, metric
 
 
 @torch.no_grad()
-def validate(model, images: ImageFolder, lmbda: float, metric: str, device: torch.device) -> dict:
-    """Means over the validation images (rounded latents): coding-stage bpp, PSNR, MS-SSIM (if the metric), loss."""
+def validate(model, images: ImageFolder, lmbda: float, metric: str, device: torch.device, model_id: str) -> dict:
+    """Means over the validation crops: the model's estimate (coding-stage bpp, PSNR, MS-SSIM if the metric,
+    loss on rounded latents) and real bitstreams (file bpp and PSNR of the decoded 8-bit image)."""
     model.eval()
+    coder = copy.deepcopy(model).cpu()
+    coder.update()
+    coder.id = model_id
     rows = []
     for i in range(len(images)):
-        x = images[i].unsqueeze(0).to(device)
-        rows.append(rate_distortion(model(x), x, lmbda, warm=False, metric=metric))
+        x = images[i].unsqueeze(0)
+        row = rate_distortion(model(x.to(device)), x.to(device), lmbda, warm=False, metric=metric)
+        image = codec.tensor_to_image(x)
+        try:
+            data = codec.compress(image, coder)
+            row["file_bpp"] = torch.tensor(8 * len(data) / (image.width * image.height))
+            row["file_psnr"] = torch.tensor(codec.psnr(image, codec.decompress(data, coder)))
+        except (RefcodecError, ValueError) as e:  # e.g. weights beyond the exact fixed-point range
+            tqdm.write(f"validation image {i}: coding failed ({e})")
+            row["file_bpp"] = row["file_psnr"] = torch.tensor(math.nan)
+        rows.append(row)
     model.train()
-    names = {"val_bpp": "coding_bpp", "val_psnr": "psnr", "val_loss": "loss"}
+    names = {"val_bpp": "coding_bpp", "val_psnr": "psnr", "val_loss": "loss", "val_file_bpp": "file_bpp",
+             "val_file_psnr": "file_psnr"}  # fmt: skip
     if metric == "ms-ssim":
         names["val_ms_ssim"] = "ms_ssim"
-    return {name: float(torch.stack([r[k] for r in rows]).mean()) for name, k in names.items()}
+    return {name: float(torch.stack([r[k].float() for r in rows]).mean()) for name, k in names.items()}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -176,7 +194,7 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     forward = torch.compile(forward) if args.compile else forward
     ms_ssim = ["ms_ssim"] if args.metric == "ms-ssim" else []
     logged = ["loss", "bpp", "psnr", *ms_ssim]
-    columns = logged + ["val_bpp", "val_psnr"] + [f"val_{k}" for k in ms_ssim]
+    columns = logged + ["val_bpp", "val_psnr", "val_file_bpp", "val_file_psnr"] + [f"val_{k}" for k in ms_ssim]
     log = RunLog(out, columns, args.steps, step, resumed=state is not None, tensorboard=args.tensorboard, enabled=ctx.main)
     start = time.time() - elapsed  # wall time accumulates across resumes
     last = min(args.steps, args.stop_at or args.steps)
@@ -196,7 +214,7 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         schedule.step()
         step += 1
         if val is not None and (step % args.val_every == 0 or step == last):
-            scalars |= validate(model, val, lmbda, args.metric, ctx.device)
+            scalars |= validate(model, val, lmbda, args.metric, ctx.device, config["id"])
         log.step(step, time.time() - start, scalars)
         if step % args.save_every == 0 or step == last:
             rngs = ctx.gather(checkpoint.rng_state(ctx.device))
