@@ -23,6 +23,21 @@ from refcodec.train.data import find_images
 from refcodec.train.trainer import logged_time
 
 
+def write_curve(name: str, preset: str, folder: Path) -> None:
+    """The RD curve of every shipped quality of a model, from the model cards, in CompressAI's results layout."""
+    cards = sorted((json.loads(p.read_text()) for p in registry.WEIGHTS_DIR.glob(f"{name}-{preset}-q*.json")),
+                   key=lambda c: int(c["id"].split("/q")[1].split("-")[0]))  # fmt: skip
+    keys = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
+    curve = {
+        "name": f"refcodec {name}/{preset}",
+        "description": f"shipped weights, real bitstreams, from the model cards of {', '.join(c['id'] for c in cards)}",
+        "qualities": [c["id"] for c in cards],
+        "results": {k: [c["evaluation"][k] for c in cards] for k in keys},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}-{preset}.json").write_text(json.dumps(curve, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="training run folder (checkpoint.pt, log.csv)")
@@ -46,6 +61,7 @@ def main() -> None:
     registry.save(model, out, config, dtype=torch.float16)
 
     shipped = registry.load_model(str(out))
+    load = os.getloadavg()[0]  # other work on the machine slows the timings
     rows = [evaluate_image(shipped, f, estimate=True) for f in find_images(args.eval)]
     mean = summarize(rows)
     card = {
@@ -54,7 +70,7 @@ def main() -> None:
         "training": {"data": config["data"], "steps": config["steps"], "initialized_from": init if base else None,
                      "steps_from_init": state["step"] - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
                      "hardware": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"},
-        "evaluation": {"images": str(args.eval), "count": len(rows), "threads": args.threads, **{k: round(v, 5) for k, v in mean.items()}},
+        "evaluation": {"images": str(args.eval), "count": len(rows), "threads": args.threads, "load_average": round(load, 1), **{k: round(v, 5) for k, v in mean.items()}},
         "per_image": rows,
     }  # fmt: skip
     (registry.WEIGHTS_DIR / f"{name}.json").write_text(json.dumps(card, indent=2))
@@ -68,8 +84,10 @@ def main() -> None:
         f"## Measured on {ev['count']} images of `{args.eval}` (real bitstreams, {args.threads} threads)\n\n"
         f"| bpp | PSNR (dB) | MS-SSIM | encode (s) | decode (s) | file vs estimate |\n|---|---|---|---|---|---|\n"
         f"| {ev['bpp']:.4f} | {ev['psnr-rgb']:.2f} | {ev['ms-ssim-rgb']:.4f} | {ev['encoding_time']:.2f} | "
-        f"{ev['decoding_time']:.2f} | {100 * ev['estimate_gap']:+.2f}% |\n"
+        f"{ev['decoding_time']:.2f} | {100 * ev['estimate_gap']:+.2f}% |\n\n"
+        f"Timings were taken with a load average of {load:.1f} on {os.cpu_count()} cores.\n"
     )
+    write_curve(config["name"], config["preset"], Path("results") / Path(args.eval).name)
     print(json.dumps({k: v for k, v in card.items() if k != "per_image"}, indent=2))
 
 
