@@ -49,3 +49,28 @@ def test_demo_command():
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["bpp"] > 0 and record["psnr"] > 24
+
+
+SHIPPED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def test_every_shipped_model_has_a_card_and_codes(tmp_path):
+    """Each weights file: a model card with Kodak numbers, loadable by its id, usable by `compress --quality`."""
+    from refcodec import cli
+
+    sample_image().save(tmp_path / "sample.png")
+    points = {}
+    for stem in SHIPPED:
+        card = json.loads((WEIGHTS_DIR / f"{stem}.json").read_text())
+        assert (WEIGHTS_DIR / f"{stem}.md").is_file() and card["evaluation"]["count"] == 24
+        name, preset, quality = card["id"].split("/")
+        assert refcodec.load_model(card["id"]).id == card["id"]
+        out = tmp_path / f"{stem}.rfc"
+        args = ["--model", name, "--preset", preset, "--quality", quality[1:]]
+        assert cli.main(["compress", str(tmp_path / "sample.png"), "-o", str(out), *args]) == 0
+        assert cli.main(["decompress", str(out), "-o", str(tmp_path / f"{stem}.png")]) == 0
+        back = refcodec.decompress(out.read_bytes())
+        points.setdefault((name, preset), []).append((int(quality[1:]), out.stat().st_size, codec.psnr(sample_image(), back)))
+    for curve in points.values():  # a higher quality spends more bits for a better image
+        curve.sort()
+        assert all(a[1] < b[1] and a[2] < b[2] for a, b in zip(curve, curve[1:]))

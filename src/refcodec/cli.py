@@ -73,7 +73,7 @@ def cmd_compress(args) -> int:
             start = time.perf_counter()
             image = codec.load_image(src)
             if model is None:  # loaded once, after the first readable input
-                net = load_model(args.model, args.quality)
+                net = load_model(args.model, args.quality, args.preset)
                 if args.schedule:
                     try:
                         net.use_schedule(args.schedule)
@@ -145,7 +145,7 @@ def cmd_demo(args) -> int:
     from .models.registry import load_model
     from .sample import sample_image
 
-    model = load_model(args.model, args.quality)
+    model = load_model(args.model, args.quality, args.preset)
     image = sample_image()
     start = time.perf_counter()
     data = codec.compress(image, model)
@@ -162,7 +162,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, LAMBDAS
+    from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
 
     p = argparse.ArgumentParser(prog="refcodec", description="Learned image codec with a global-reference entropy model.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             sp.add_argument("--model", default=DEFAULT_MODEL, help="model name, model id (grm/small/q3) or .safetensors file")
             sp.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=sorted(LAMBDAS), help="quality level")
+            sp.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="model size")
 
     c = sub.add_parser("compress", help="compress images into .rfc files")
     c.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, ...)")
