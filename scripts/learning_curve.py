@@ -71,8 +71,9 @@ def main() -> None:
         points = validation_points(run)
         points["rate_vs_webp"] = rate_vs_anchor(points["bpp"], points["psnr"], anchor_curve)
         runs.append(points)
-        last = points["rate_vs_webp"][-1] if points["step"] else float("nan")
-        print(f"{points['id']}: {len(points['step'])} validation points, last at step {points['step'][-1]}: {last:+.1f}% vs WebP")
+        if points["step"]:
+            print(f"{points['id']} ({run}): {len(points['step'])} validation points, "
+                  f"last at step {points['step'][-1]}: {points['rate_vs_webp'][-1]:+.1f}% vs WebP")
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning-curve.json").write_text(json.dumps({"anchor": anchor, "runs": runs}, indent=1))
