@@ -40,18 +40,30 @@ def write_curve(name: str, preset: str, folder: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", type=Path, help="training run folder (checkpoint.pt, log.csv)")
+    p.add_argument("run", type=Path, help="training run folder (checkpoint.pt or weights.safetensors, log.csv)")
     p.add_argument("--eval", required=True, help="evaluation images (e.g. Kodak)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--init-id", help="model the run started from, for runs whose config does not record it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    state = torch.load(args.run / "checkpoint.pt", weights_only=False)
-    hours = state.get("elapsed", logged_time(args.run / "log.csv")) / 3600
-    config = {**state["config"], "steps": state["step"], "wall_seconds": round(hours * 3600)}
-    base = state.get("base_step", 0)
+    if (args.run / "checkpoint.pt").exists():
+        state = torch.load(args.run / "checkpoint.pt", weights_only=False)
+        hours = state.get("elapsed", logged_time(args.run / "log.csv")) / 3600
+        config = {**state["config"], "steps": state["step"], "wall_seconds": round(hours * 3600)}
+        base = state.get("base_step", 0)
+    else:  # a run that came back as weights only (e.g. from a GPU machine)
+        config = registry.read_config(args.run / "weights.safetensors")
+        state = {"model": registry.load_model(str(args.run / "weights.safetensors")).state_dict(), "step": config["steps"]}
+        hours = config["wall_seconds"] / 3600
+        base = config.get("init", {}).get("steps", 0)
     init = config.get("init", {}).get("id") or args.init_id
+    local = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"  # runs that predate config["hardware"]
+    hardware = config.get("hardware") or local
+    before = config.get("init", {})
+    if base and before.get("hardware"):  # two machines: say which did what
+        own = hours - before["wall_seconds"] / 3600
+        hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {state['step'] - base} ({own:.2f} h)"
     origin = f" (initialized from `{init}` at step {base}; {state['step'] - base} steps here)" if base else ""
     model = registry.MODELS[config["name"]](N=config["N"], M=config["M"], **config["flags"])
     model.load_state_dict(state["model"])
@@ -69,7 +81,7 @@ def main() -> None:
         "architecture": {"model": config["name"], "preset": config["preset"], "N": config["N"], "M": config["M"], "flags": config["flags"]},
         "training": {"data": config["data"], "steps": config["steps"], "initialized_from": init if base else None,
                      "steps_from_init": state["step"] - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
-                     "hardware": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"},
+                     "hardware": hardware},
         "evaluation": {"images": str(args.eval), "count": len(rows), "threads": args.threads, "load_average": round(load, 1), **{k: round(v, 5) for k, v in mean.items()}},
         "per_image": rows,
     }  # fmt: skip

@@ -58,7 +58,22 @@ def test_init_from_weights_continues_the_step_count(tmp_path):
     trainer.main(_args(data, tmp_path / "b", 4, "--init", str(tmp_path / "a" / "weights.safetensors")))
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4 and state["base_step"] == 2
+    # each stage of the chain says what it ran on, for the model card
+    init = state["config"]["init"]
+    assert "CPU cores" in state["config"]["hardware"] and init["hardware"] == state["config"]["hardware"]
+    assert init["wall_seconds"] >= 0
     assert registry.load_model(str(tmp_path / "b" / "weights.safetensors")).config["steps"] == 4
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path):
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(3):
+        natural_image(80, 80, seed=i).save(data / f"{i}.png")
+    trainer.main(_args(data, tmp_path / "run", 100, "--time-limit", "0", "--save-every", "50"))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 1  # the first step ends past the limit: saved there, schedule left as for 100 steps
+    assert registry.load_model(str(tmp_path / "run" / "weights.safetensors")).config["steps"] == 1
 
 
 def _images(folder, count, width=96, height=80):

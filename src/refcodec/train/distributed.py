@@ -10,6 +10,7 @@ environment (RANK, WORLD_SIZE, MASTER_ADDR, ...). Backend: NCCL on CUDA, gloo on
 from __future__ import annotations
 
 import os
+import platform
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,15 @@ class Context:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+
+    @property
+    def hardware(self) -> str:
+        """What trains, for model cards: the GPU name or the CPU cores, the process count and torch version."""
+        if self.device.type == "cuda":
+            what = torch.cuda.get_device_name(self.device)
+        else:
+            what = f"{os.cpu_count()} CPU cores ({platform.machine()})"
+        return f"{what}{f' x {self.world} processes' if self.world > 1 else ''}, torch {torch.__version__}"
 
     @property
     def main(self) -> bool:
@@ -50,6 +60,14 @@ class Context:
             dist.all_reduce(stacked)
             stacked /= self.world
         return dict(zip(values, stacked.tolist()))
+
+    def agree(self, flag: bool) -> bool:
+        """True in every process if ``flag`` is true in any (one all_reduce)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def gather(self, obj) -> list:
         """``obj`` of every process, in rank order."""
@@ -79,6 +97,8 @@ def setup(device: str = "auto", threads: int = 0) -> Context:
         if local_rank >= torch.cuda.device_count():
             raise SystemExit(f"refcodec train: no CUDA device {local_rank} (found {torch.cuda.device_count()})")
         torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest convolution once
+        torch.backends.cuda.matmul.allow_tf32 = True
     if threads or local_world > 1:
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
     if world > 1:

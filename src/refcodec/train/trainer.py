@@ -106,6 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flags", default="{}", help='model flags as JSON, e.g. \'{"reference": false}\'')
     p.add_argument("--steps", type=int, default=100_000, help="length of the schedule (learning rate, rate weights)")
     p.add_argument("--stop-at", type=int, help="stop after this step, leaving the schedule as if --steps were run")
+    p.add_argument("--time-limit", type=float, help="stop (saving a checkpoint) after this many seconds of training in this process")
     p.add_argument("--warmup-steps", type=int, help="steps with the 0.3:0.3:0.4 rate weights (default: steps / 5)")
     p.add_argument("--batch", type=int, default=8, help="images per batch and process (global batch: batch x processes)")
     p.add_argument("--crop", type=int, default=256, help="patch side, a multiple of 64, above 160 for ms-ssim (paper: 512)")
@@ -154,7 +155,7 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     flags = json.loads(args.flags)
     config = {"name": args.model, "preset": args.preset, **registry.PRESETS[args.preset], "flags": flags, "quality": args.quality,
               "metric": args.metric, "lambda": lmbda, "id": registry.model_id(args.model, args.preset, args.quality, args.metric),
-              "data": [str(d) for d in args.data]}  # fmt: skip
+              "data": [str(d) for d in args.data], "hardware": ctx.hardware}  # fmt: skip
 
     torch.manual_seed(args.seed)  # the same initial model in every process
     model = registry.build(args.model, args.preset, **flags)
@@ -172,7 +173,8 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         prior = {} if foreign else source.config
         step = base = prior.get("steps", 0)
         elapsed = prior.get("wall_seconds", 0.0)
-        config["init"] = {"source": args.init, "id": prior.get("id"), "steps": base, "how": how}
+        config["init"] = {"source": args.init, "id": prior.get("id"), "steps": base, "how": how,
+                          "hardware": prior.get("hardware"), "wall_seconds": prior.get("wall_seconds")}  # fmt: skip
         if ctx.main:
             print(how)
     model.to(ctx.device).train()
@@ -198,6 +200,7 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     log = RunLog(out, columns, args.steps, step, resumed=state is not None, tensorboard=args.tensorboard, enabled=ctx.main)
     start = time.time() - elapsed  # wall time accumulates across resumes
     last = min(args.steps, args.stop_at or args.steps)
+    deadline = math.inf if args.time_limit is None else time.time() + args.time_limit
     while step < last:
         x = next(stream).to(ctx.device, non_blocking=True)
         drawn += 1
@@ -213,6 +216,8 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         optimizer.step()
         schedule.step()
         step += 1
+        if args.time_limit is not None and ctx.agree(time.time() >= deadline):  # every process stops at the same step
+            last = step
         if val is not None and (step % args.val_every == 0 or step == last):
             scalars |= validate(model, val, lmbda, args.metric, ctx.device, config["id"])
         log.step(step, time.time() - start, scalars)
