@@ -63,6 +63,8 @@ def test_init_from_weights_continues_the_step_count(tmp_path):
     assert "CPU cores" in state["config"]["hardware"] and init["hardware"] == state["config"]["hardware"]
     assert init["wall_seconds"] >= 0
     assert registry.load_model(str(tmp_path / "b" / "weights.safetensors")).config["steps"] == 4
+    trainer.main(_args(data, tmp_path / "b", 5, "--resume"))  # a resumed run keeps its init record
+    assert registry.read_config(tmp_path / "b" / "weights.safetensors")["init"] == init
 
 
 def test_time_limit_stops_with_a_checkpoint(tmp_path):

@@ -166,6 +166,8 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         base, step = state.get("base_step", 0), state["step"]
         drawn = state.get("batches", step - base)
         elapsed = state.get("elapsed", logged_time(out / "log.csv"))
+        if "init" in state.get("config", {}):  # where the run started, whatever this command line says
+            config["init"] = state["config"]["init"]
     elif args.init:  # weights only, fresh optimizer; the step count continues from refcodec weights
         foreign = Path(args.init).is_file() and Path(args.init).suffix != ".safetensors"  # a CompressAI checkpoint
         source = args.init if foreign else registry.load_model(args.init)
