@@ -21,8 +21,10 @@ from ..entropy.coder import Decoder, Encoder
 from ..entropy.factorized import FactorizedDensity
 from ..layers.gdn import GSDN, IGSDN
 from ..schedule import Schedule
+from ..tiling import ANALYSIS_TILE, SYNTHESIS_TILE, halo_for, run_tiled
 
 ALIGNMENT = 64  # image sides are padded to a multiple of this (16x analysis, 4x hyper analysis)
+STRIDE = 16  # pixels per latent
 
 
 def add_noise(x: torch.Tensor) -> torch.Tensor:
@@ -109,15 +111,24 @@ class CompressionModel(nn.Module):
         return self.encode(x)[0]
 
     @torch.no_grad()
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """g_a for coding; large images in overlapping tiles (``tiling``)."""
+        return run_tiled(self.g_a, x, ANALYSIS_TILE, halo_for(self.g_a, STRIDE), 1 / STRIDE)
+
+    @torch.no_grad()
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """g_s for coding, in float64.
+        """g_s for coding, in float64; large images in overlapping tiles (``tiling``).
 
         The latents are exact by construction; the reconstruction is not, but float64
         keeps the differences between thread counts or machines near 1e-15, far below
         what could move an 8-bit pixel (float32 moves a few pixels per image).
         """
         state = {k: v.double() for k, v in self.g_s.state_dict().items()}
-        return torch.func.functional_call(self.g_s, state, (y_hat.double(),)).float()
+
+        def g_s(t: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(self.g_s, state, (t,))
+
+        return run_tiled(g_s, y_hat.double(), SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE).float()
 
     @torch.no_grad()
     def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:

@@ -13,6 +13,7 @@ from ..entropy.factorized import FactorizedDensity
 from ..entropy.gaussian import coding_scale, likelihood
 from ..fixedpoint import ExactNet
 from .base import (
+    STRIDE,
     CompressionModel,
     add_noise,
     analysis_transform,
@@ -45,12 +46,12 @@ class FactorizedPrior(CompressionModel):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
-        y_hat = self.density.clamp_to_support(torch.round(self.g_a(x)))
+        y_hat = self.density.clamp_to_support(torch.round(self.analysis(x)))
         return [encode_factorized(self.density, y_hat)], y_hat
 
     @torch.no_grad()
     def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
-        return decode_factorized(self.density, streams[0], height // 16, width // 16)
+        return decode_factorized(self.density, streams[0], height // STRIDE, width // STRIDE)
 
 
 class MeanScaleHyperprior(CompressionModel):
@@ -80,7 +81,7 @@ class MeanScaleHyperprior(CompressionModel):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
-        y = self.g_a(x)
+        y = self.analysis(x)
         z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
         mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
         y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX)

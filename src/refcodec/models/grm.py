@@ -40,6 +40,7 @@ from ..layers.masked_conv import MaskedConv2d
 from ..layers.reference import masked_patches, patches_at, search
 from ..schedule import Schedule
 from .base import (
+    STRIDE,
     CompressionModel,
     add_noise,
     analysis_transform,
@@ -224,7 +225,7 @@ class GRM(CompressionModel):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
-        y = self.g_a(x)
+        y = self.analysis(x)
         _, _, h, w = y.shape
         y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX)
         streams, hyper = [], None
@@ -242,7 +243,7 @@ class GRM(CompressionModel):
 
     @torch.no_grad()
     def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
-        h, w, m = height // 16, width // 16, self.M
+        h, w, m = height // STRIDE, width // STRIDE, self.M
         hyper = None
         if self.hyperprior:
             hyper = self._hyper_rows(decode_factorized(self.density, streams[0], h // 4, w // 4))

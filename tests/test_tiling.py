@@ -1,0 +1,55 @@
+"""Transforms in overlapping tiles: the same result as the whole image (up to float rounding), and a seamless codec."""
+
+import numpy as np
+import pytest
+import torch
+
+from refcodec import codec
+from refcodec.models import base, registry
+from refcodec.tiling import halo_for, receptive_radius, run_tiled
+
+from conftest import natural_image
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return registry.build("grm", "small").eval()
+
+
+def test_receptive_radius_of_the_paper_transforms(model):
+    assert receptive_radius(model.g_a) == 2 * (1 + 2 + 4 + 8)  # four 5x5 stride-2 convolutions: 30 px
+    assert halo_for(model.g_a, 16) == 32
+    assert 1 < receptive_radius(model.g_s) <= 4  # latents
+
+
+@torch.no_grad()
+def test_tiled_analysis_and_synthesis_match_the_whole_image(model):
+    x = torch.rand(1, 3, 160, 224)
+    whole = model.g_a(x)
+    tiled = run_tiled(model.g_a, x, 64, halo_for(model.g_a, 16), 1 / 16)
+    assert tiled.shape == whole.shape and torch.allclose(tiled, whole, atol=1e-5)
+    cut = run_tiled(model.g_a, x, 64, 0, 1 / 16)  # without a halo the tiles show
+    assert (cut - whole).abs().max() > 1e-2
+
+    y = torch.round(whole * 4).double()
+    g_s = model.g_s.double()
+    whole_x = g_s(y)
+    tiled_x = run_tiled(g_s, y, 4, halo_for(model.g_s, 1), 16)
+    assert torch.allclose(tiled_x, whole_x, atol=1e-12)
+    assert (run_tiled(g_s, y, 4, 0, 16) - whole_x).abs().max() > 1e-3
+    model.g_s.float()
+
+
+def test_codec_in_tiles_is_seamless(tiny_model, monkeypatch):
+    image = natural_image(256, 192, seed=3)
+    data = codec.compress(image, tiny_model)
+    whole = codec.decompress(data, tiny_model)
+    monkeypatch.setattr(base, "ANALYSIS_TILE", 64)
+    monkeypatch.setattr(base, "SYNTHESIS_TILE", 4)
+    tiled = codec.decompress(data, tiny_model)  # the same bitstream, synthesized in 4 x 4-latent tiles
+    diff = np.abs(np.asarray(tiled, dtype=int) - np.asarray(whole, dtype=int))
+    assert diff.max() <= 1 and diff.mean() < 1e-3
+    data_tiled = codec.compress(image, tiny_model)  # analysis in 64-px tiles: the same latents, up to rare rounding ties
+    assert abs(len(data_tiled) - len(data)) <= 0.01 * len(data) + 8
+    assert abs(codec.psnr(image, codec.decompress(data_tiled, tiny_model)) - codec.psnr(image, whole)) < 0.05
