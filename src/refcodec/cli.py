@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate a model on a folder with real bitstreams (see refcodec eval --help)", add_help=False)
     sub.add_parser("compare", help="classical codecs on a folder, BD-rate tables and RD plots (see refcodec compare --help)",
                    add_help=False)  # fmt: skip
+    sub.add_parser("bench", help="time and memory of every coding stage per image size (see refcodec bench --help)",
+                   add_help=False)  # fmt: skip
     return p
 
 
@@ -222,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
             from .eval.compare import main as compare_main
 
             return compare_main(argv[1:])
+        if argv[:1] == ["bench"]:
+            from .eval.bench import main as bench_main
+
+            bench_main(argv[1:])
+            return 0
         args = build_parser().parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import profiling
 from ..entropy.coder import Decoder, Encoder
 from ..entropy.factorized import FactorizedDensity
 from ..layers.gdn import GSDN, IGSDN
@@ -113,7 +114,8 @@ class CompressionModel(nn.Module):
     @torch.no_grad()
     def analysis(self, x: torch.Tensor) -> torch.Tensor:
         """g_a for coding; large images in overlapping tiles (``tiling``)."""
-        return run_tiled(self.g_a, x, ANALYSIS_TILE, halo_for(self.g_a, STRIDE), 1 / STRIDE)
+        with profiling.stage("analysis"):
+            return run_tiled(self.g_a, x, ANALYSIS_TILE, halo_for(self.g_a, STRIDE), 1 / STRIDE)
 
     @torch.no_grad()
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,8 @@ class CompressionModel(nn.Module):
         def g_s(t: torch.Tensor) -> torch.Tensor:
             return torch.func.functional_call(self.g_s, state, (t,))
 
-        return run_tiled(g_s, y_hat.double(), SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE).float()
+        with profiling.stage("synthesis"):
+            return run_tiled(g_s, y_hat.double(), SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE).float()
 
     @torch.no_grad()
     def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:

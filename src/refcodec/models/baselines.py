@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import profiling
 from ..entropy.coder import SYMBOL_MAX, Decoder, Encoder
 from ..entropy.factorized import FactorizedDensity
 from ..entropy.gaussian import coding_scale, likelihood
@@ -47,11 +48,13 @@ class FactorizedPrior(CompressionModel):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
         y_hat = self.density.clamp_to_support(torch.round(self.analysis(x)))
-        return [encode_factorized(self.density, y_hat)], y_hat
+        with profiling.stage("coder"):
+            return [encode_factorized(self.density, y_hat)], y_hat
 
     @torch.no_grad()
     def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
-        return decode_factorized(self.density, streams[0], height // STRIDE, width // STRIDE)
+        with profiling.stage("coder"):
+            return decode_factorized(self.density, streams[0], height // STRIDE, width // STRIDE)
 
 
 class MeanScaleHyperprior(CompressionModel):
@@ -82,16 +85,21 @@ class MeanScaleHyperprior(CompressionModel):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
         y = self.analysis(x)
-        z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
-        mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
+        with profiling.stage("hyper"):
+            z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
+            z_stream = encode_factorized(self.density, z_hat)
+            mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
         y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX)
-        enc = Encoder()
-        enc.gaussian(y_hat.flatten().numpy(), mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
-        return [encode_factorized(self.density, z_hat), enc.finish()], y_hat
+        with profiling.stage("coder"):
+            enc = Encoder()
+            enc.gaussian(y_hat.flatten().numpy(), mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+            return [z_stream, enc.finish()], y_hat
 
     @torch.no_grad()
     def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
-        z_hat = decode_factorized(self.density, streams[0], height // 64, width // 64)
-        mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
-        symbols = Decoder(streams[1]).gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+        with profiling.stage("hyper"):
+            z_hat = decode_factorized(self.density, streams[0], height // 64, width // 64)
+            mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
+        with profiling.stage("coder"):
+            symbols = Decoder(streams[1]).gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
         return torch.from_numpy(symbols).float().view(mean.shape)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .. import profiling
 from ..entropy.coder import SYMBOL_MAX, Decoder, Encoder
 from ..entropy.factorized import FactorizedDensity
 from ..entropy.gaussian import coding_scale, exact_likelihood, likelihood
@@ -140,11 +141,13 @@ class GRM(CompressionModel):
                 if kind == "context":
                     features.append(ctx)
                 elif kind == "reference":
-                    features.append(reference_fn(*preds[0]))
+                    with profiling.stage("reference"):
+                        features.append(reference_fn(*preds[0]))
                 else:
                     features.append(hyper)
             inputs = torch.cat(features + (list(preds[-1]) if preds else []), 1)
-            mean, log_scale = run(i, inputs).chunk(2, 1)
+            with profiling.stage("parameters"):
+                mean, log_scale = run(i, inputs).chunk(2, 1)
             preds.append((mean, log_scale) if not preds else (preds[-1][0] + mean, preds[-1][1] + log_scale))
         return preds
 
@@ -221,7 +224,9 @@ class GRM(CompressionModel):
             return self._transfer(feats, self._confidence(_rows(y_hat), mean1, log_scale1), index, s)
 
         nets = self._exact_nets()
-        return self._predict(_rows(ExactNet(self.context)(y_hat)), hyper, reference_fn, lambda i, r: nets[i](r))
+        with profiling.stage("context"):
+            ctx = _rows(ExactNet(self.context)(y_hat))
+        return self._predict(ctx, hyper, reference_fn, lambda i, r: nets[i](r))
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
@@ -230,15 +235,17 @@ class GRM(CompressionModel):
         y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX)
         streams, hyper = [], None
         if self.hyperprior:
-            z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
-            streams.append(encode_factorized(self.density, z_hat))
-            hyper = self._hyper_rows(z_hat)
+            with profiling.stage("hyper"):
+                z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
+                streams.append(encode_factorized(self.density, z_hat))
+                hyper = self._hyper_rows(z_hat)
         mean, log_scale = self.exact_predict(y_hat, hyper)[-1]
-        order = self.schedule.coding_permutation(h, w)
-        enc = Encoder()
-        symbols = _rows(y_hat)[order].flatten().numpy()
-        enc.gaussian(symbols, mean[order].flatten().numpy(), coding_scale(log_scale[order]).flatten().numpy())
-        streams.append(enc.finish())
+        with profiling.stage("coder"):
+            order = self.schedule.coding_permutation(h, w)
+            enc = Encoder()
+            symbols = _rows(y_hat)[order].flatten().numpy()
+            enc.gaussian(symbols, mean[order].flatten().numpy(), coding_scale(log_scale[order]).flatten().numpy())
+            streams.append(enc.finish())
         return streams, y_hat
 
     @torch.no_grad()
@@ -246,7 +253,8 @@ class GRM(CompressionModel):
         h, w, m = height // STRIDE, width // STRIDE, self.M
         hyper = None
         if self.hyperprior:
-            hyper = self._hyper_rows(decode_factorized(self.density, streams[0], h // 4, w // 4))
+            with profiling.stage("hyper"):
+                hyper = self._hyper_rows(decode_factorized(self.density, streams[0], h // 4, w // 4))
         dec = Decoder(streams[-1])
         nets = self._exact_nets()
         pad = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1) // 2
@@ -278,13 +286,16 @@ class GRM(CompressionModel):
                 index, s = search(keys[positions], steps[positions], keys, steps)
                 return self._transfer(feats, conf, index, s)
 
-            ctx = at(rows, cols, ctx_mask, ctx_w, ctx_b)
+            with profiling.stage("context"):
+                ctx = at(rows, cols, ctx_mask, ctx_w, ctx_b)
             preds = self._predict(ctx, None if hyper is None else hyper[positions], reference_fn, lambda i, r: nets[i](r))
             mean, log_scale = preds[-1]
-            symbols = dec.gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+            with profiling.stage("coder"):
+                symbols = dec.gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
             y_new = torch.from_numpy(symbols.astype(np.float64)).view(len(positions), m)
             y_pad[:, rows + pad, cols + pad] = y_new.T
             if self.reference:
-                feats[positions] = at(rows, cols, tr_mask, tr_w, tr_b)
-                conf[positions] = self._confidence(y_new, *stage1["pred"])
+                with profiling.stage("reference"):
+                    feats[positions] = at(rows, cols, tr_mask, tr_w, tr_b)
+                    conf[positions] = self._confidence(y_new, *stage1["pred"])
         return y_pad[:, pad : pad + h, pad : pad + w].unsqueeze(0).float()
