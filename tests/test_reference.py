@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from refcodec.layers.reference import masked_patches, patches_at, search
+from refcodec.layers.reference import ReferenceIndex, masked_patches, patches_at, search, visible_prefix
 from refcodec.schedule import Schedule
 
 
@@ -56,3 +56,33 @@ def test_ties_go_to_the_lowest_index_and_blocks_do_not_matter(monkeypatch):
     monkeypatch.setattr(ref, "SEARCH_BLOCK", 7)
     blocked = search(q, steps, q, steps)
     assert torch.equal(full[0], blocked[0]) and torch.equal(full[1], blocked[1])
+
+
+@pytest.mark.parametrize("name", ["raster", "wavefront"])
+def test_visible_prefix_holds_every_earlier_key(name):
+    steps = Schedule(name).steps(7, 11).flatten()
+    prefix = visible_prefix(steps)
+    for t in range(int(steps.max()) + 2):
+        n = prefix(t)
+        assert torch.all(steps[n:] >= t) and (n == 0 or steps[n - 1] < t)
+
+
+@pytest.mark.parametrize("scale", [3, 250])  # float32 dot products (exact below 2^24), or float64
+def test_reference_index_matches_the_exact_search_step_by_step(scale):
+    torch.manual_seed(2)
+    schedule = Schedule("wavefront")
+    steps = schedule.steps(9, 13).flatten()
+    keys = torch.randint(-scale, scale + 1, (len(steps), 300)).double()
+    keys[5] = keys[40]  # an exact repeat, and ties
+    keys[60:64] = keys[70]
+    expected = search(keys, steps, keys, steps)  # float64 throughout: exact on integers
+
+    whole = ReferenceIndex(steps, keys.shape[1])  # the encoder: every key at once
+    whole.add(torch.arange(len(steps)), keys)
+    assert all(torch.equal(a, b) for a, b in zip(whole.search(keys, steps), expected))
+
+    growing = ReferenceIndex(steps, keys.shape[1])  # the decoder: keys arrive step by step
+    for positions in schedule.order(9, 13):
+        growing.add(positions, keys[positions])
+        index, s = growing.search(keys[positions], steps[positions])
+        assert torch.equal(index, expected[0][positions]) and torch.equal(s, expected[1][positions])

@@ -21,6 +21,8 @@ step at a time) pick the same position; ties go to the lowest raster index.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -52,23 +54,76 @@ def cosine(dot: torch.Tensor, norm2_a: torch.Tensor, norm2_b: torch.Tensor) -> t
     return dot / denom
 
 
+def visible_prefix(key_steps: torch.Tensor) -> Callable[[int], int]:
+    """For a step t, the length of the shortest prefix of the keys that holds every key decoded before t.
+
+    Keys are in raster order, so a search over the prefix keeps the lowest-index tie rule;
+    for raster and wavefront orders the prefix ends a few rows below the query.
+    """
+    sorted_steps, order = torch.sort(key_steps, stable=True)
+    last = torch.cummax(order, 0).values + 1  # last[c - 1]: prefix holding the c earliest keys
+
+    def prefix(t: int) -> int:
+        c = int(torch.searchsorted(sorted_steps, t))
+        return int(last[c - 1]) if c else 0
+
+    return prefix
+
+
+def _dots(qb: torch.Tensor, kb: torch.Tensor, key_max: float | None) -> torch.Tensor:
+    """qb @ kb.T. For coding (integer patches, no gradient): in float32 when every partial sum is an
+    integer below 2^24, which float32 holds exactly whatever the summation order; else in float64."""
+    if key_max is None or len(kb) == 0:
+        return qb @ kb.T
+    if float(qb.abs().max()) * key_max * qb.shape[1] < 2**24:
+        return (qb.float() @ kb.float().T).double()
+    return qb.double() @ kb.double().T
+
+
+def _search(q, q_steps, keys, key_steps, key_norm2, key_max, prefix) -> tuple[torch.Tensor, torch.Tensor]:
+    index, score = [], []
+    for start in range(0, len(q), SEARCH_BLOCK):
+        qb, tb = q[start : start + SEARCH_BLOCK], q_steps[start : start + SEARCH_BLOCK]
+        n = max(prefix(int(tb.max())), 1)  # at least one column: a query with nothing before it gets S = 0
+        r = cosine(_dots(qb, keys[:n], key_max), (qb * qb).sum(1), key_norm2[:n])
+        r = torch.where(key_steps[:n].view(1, -1) < tb.view(-1, 1), r, torch.full_like(r, -2.0))
+        best = torch.argmax(r, 1)  # first maximum: the lowest index wins ties
+        index.append(best)
+        score.append(r.gather(1, best.view(-1, 1)).squeeze(1).clamp_min(0))
+    return torch.cat(index), torch.cat(score)
+
+
 def search(q: torch.Tensor, q_steps: torch.Tensor, keys: torch.Tensor, key_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Most similar earlier-decoded position for each query row.
+    """Most similar earlier-decoded position for each query row (training; differentiable in S).
 
     q: (P, D) patches of the targets, decoded at q_steps (P,); keys: (K, D) patches of
     candidates decoded at key_steps (K,). Returns (index (P,), similarity S (P,)):
     S = max(cos, 0) and 0 with index 0 where no candidate was decoded before.
-    Differentiable in S with respect to q and keys.
     """
-    key_norm2 = (keys * keys).sum(1)
-    index, score = [], []
-    for start in range(0, len(q), SEARCH_BLOCK):
-        qb = q[start : start + SEARCH_BLOCK]
-        r = cosine(qb @ keys.T, (qb * qb).sum(1), key_norm2)
-        visible = key_steps.view(1, -1) < q_steps[start : start + SEARCH_BLOCK].view(-1, 1)
-        r = torch.where(visible, r, torch.full_like(r, -2.0))
-        best = torch.argmax(r, 1)  # first maximum: the lowest index wins ties
-        s = r.gather(1, best.view(-1, 1)).squeeze(1).clamp_min(0)
-        index.append(best)
-        score.append(s)
-    return torch.cat(index), torch.cat(score)
+    return _search(q, q_steps, keys, key_steps, (keys * keys).sum(1), None, visible_prefix(key_steps))
+
+
+class ReferenceIndex:
+    """The keys (masked patches of decoded latents) of one image, for exact search at coding time.
+
+    Latents are integers, so dot products and squared norms are exact integers: the encoder
+    (all keys at once) and the decoder (keys added step by step) pick the same position on
+    any machine and thread count. Keys are kept in float32, which holds them exactly.
+    """
+
+    def __init__(self, key_steps: torch.Tensor, dim: int):
+        self.steps = key_steps
+        self.prefix = visible_prefix(key_steps)
+        self.keys = torch.zeros(len(key_steps), dim, dtype=torch.float32)
+        self.norm2 = torch.zeros(len(key_steps), dtype=torch.float64)
+        self.max = 0.0  # largest |entry| of any key so far
+
+    def add(self, positions: torch.Tensor, patches: torch.Tensor) -> None:
+        """Patches (P, D) of integer latents at raster positions (P,)."""
+        self.keys[positions] = patches.float()
+        self.norm2[positions] = (patches.double() ** 2).sum(1)
+        self.max = max(self.max, float(patches.abs().max())) if len(patches) else self.max
+
+    def search(self, q: torch.Tensor, q_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :func:`search`, for integer query patches (P, D) in float64; S in float64."""
+        return _search(q.double(), q_steps, self.keys, self.steps, self.norm2, self.max, self.prefix)

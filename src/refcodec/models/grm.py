@@ -38,7 +38,7 @@ from ..entropy.factorized import FactorizedDensity
 from ..entropy.gaussian import coding_scale, exact_likelihood, likelihood
 from ..fixedpoint import ExactNet, conv_at, exact_params, snap
 from ..layers.masked_conv import MaskedConv2d
-from ..layers.reference import masked_patches, patches_at, search
+from ..layers.reference import ReferenceIndex, masked_patches, patches_at, search
 from ..schedule import Schedule
 from .base import (
     STRIDE,
@@ -219,7 +219,9 @@ class GRM(CompressionModel):
 
         def reference_fn(mean1, log_scale1):
             keys = masked_patches(y_hat, self.search_mask)[0]
-            index, s = search(keys, steps, keys, steps)
+            found = ReferenceIndex(steps, keys.shape[1])
+            found.add(torch.arange(h * w), keys)
+            index, s = found.search(keys, steps)
             feats = _rows(ExactNet(self.transfer)(y_hat))
             return self._transfer(feats, self._confidence(_rows(y_hat), mean1, log_scale1), index, s)
 
@@ -272,7 +274,7 @@ class GRM(CompressionModel):
             tr_w, tr_b = exact_params(self.transfer)
             tr_mask = self.transfer.mask.bool()
             search_mask = self.search_mask.bool()
-            keys = torch.zeros(h * w, m * int(search_mask.sum()), dtype=torch.float64)
+            found = ReferenceIndex(steps, m * int(search_mask.sum()))
             feats = torch.zeros(h * w, 2 * m, dtype=torch.float64)
             conf = torch.zeros(h * w, dtype=torch.float64)
 
@@ -282,8 +284,9 @@ class GRM(CompressionModel):
 
             def reference_fn(mean1, log_scale1):
                 stage1["pred"] = (mean1, log_scale1)
-                keys[positions] = at(rows, cols, search_mask)
-                index, s = search(keys[positions], steps[positions], keys, steps)
+                q = at(rows, cols, search_mask)
+                found.add(positions, q)
+                index, s = found.search(q, steps[positions])
                 return self._transfer(feats, conf, index, s)
 
             with profiling.stage("context"):
