@@ -14,6 +14,7 @@ def test_bench_measures_every_stage_of_both_schedules(tmp_path):
                      "--threads", "1", "-o", str(out)]) == 0  # fmt: skip
     report = json.loads(out.read_text())
     assert report["threads"] == 1 and "CPU cores" in report["machine"]
+    assert out.with_suffix(".png").stat().st_size > 1000 and "| 128x64 | raster | decompress |" in out.with_suffix(".md").read_text()
     wave, raster = report["runs"]
     for run in (wave, raster):
         enc, dec = run["compress"], run["decompress"]

@@ -29,6 +29,7 @@ from .. import codec, profiling
 from ..bitstream import unpack
 from ..models import registry
 from ..sample import sample_image
+from .plot import time_plot
 
 SIZES = {"240p": (426, 240), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160),
          "8k": (7680, 4320), "kodak": (768, 512)}  # fmt: skip
@@ -144,6 +145,22 @@ def main(argv=None) -> None:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2))
+        args.output.with_suffix(".md").write_text(table(report))
+        time_plot(report["runs"], args.output.with_suffix(".png"), f"{args.model}/{args.preset}, {args.threads} thread(s)")
+
+
+def table(report: dict) -> str:
+    """Seconds per stage and peak memory of every run, as the paper's Table 3 lays them out."""
+    head = "| size | schedule | step | " + " | ".join(profiling.STAGES) + " | total (s) | peak RSS (MB) | decode steps |"
+    lines = [f"{report['model']}/{report['preset']}, {report['threads']} thread(s), {report['machine']}, "
+             f"load average {report['load_average']} at the start\n", head, "|---" * (head.count("|") - 1) + "|"]  # fmt: skip
+    for r in report["runs"]:
+        for step in ("compress", "decompress"):
+            m = r[step]
+            cells = [r["size"], r["schedule"], step, *(f"{m['seconds'][k]:.2f}" for k in profiling.STAGES),
+                     f"{m['total_seconds']:.2f}", f"{m['peak_rss_mb']:.0f}", str(m["steps"])]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

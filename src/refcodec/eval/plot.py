@@ -61,3 +61,22 @@ def savings_plot(curves: list[Curve], anchor: Curve, path: Path, title: str = ""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def time_plot(runs: list[dict], path: Path, title: str = "") -> None:
+    """Encode and decode seconds against megapixels (log-log), one line per (direction, schedule)."""
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    for schedule in dict.fromkeys(r["schedule"] for r in runs):
+        rows = sorted((r for r in runs if r["schedule"] == schedule), key=lambda r: r["pixels"])
+        mp = [r["pixels"] / 1e6 for r in rows]
+        for step, marker in (("compress", "o"), ("decompress", "s")):
+            ax.plot(mp, [r[step]["total_seconds"] for r in rows], marker=marker, label=f"{step} ({schedule})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("megapixels")
+    ax.set_ylabel("seconds")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    _save(fig, path)
