@@ -64,7 +64,7 @@ def main() -> None:
     if base and before.get("hardware"):  # two machines: say which did what
         own = hours - before["wall_seconds"] / 3600
         hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {state['step'] - base} ({own:.2f} h)"
-    origin = f" (initialized from `{init}` at step {base}; {state['step'] - base} steps here)" if base else ""
+    origin = f" (steps 1-{base}: the run of `{init}` it started from; {state['step'] - base} steps here)" if base else ""
     model = registry.MODELS[config["name"]](N=config["N"], M=config["M"], **config["flags"])
     model.load_state_dict(state["model"])
     model.eval()
