@@ -52,22 +52,21 @@ def main() -> None:
         hours = state.get("elapsed", logged_time(args.run / "log.csv")) / 3600
         config = {**state["config"], "steps": state["step"], "wall_seconds": round(hours * 3600)}
         base = state.get("base_step", 0)
+        model = registry.MODELS[config["name"]](N=config["N"], M=config["M"], **config["flags"])
+        model.load_state_dict(state["model"])
     else:  # a run that came back as weights only (e.g. from a GPU machine)
-        config = registry.read_config(args.run / "weights.safetensors")
-        state = {"model": registry.load_model(str(args.run / "weights.safetensors")).state_dict(), "step": config["steps"]}
+        model = registry.load_model(str(args.run / "weights.safetensors"))
+        config = model.config
         hours = config["wall_seconds"] / 3600
         base = config.get("init", {}).get("steps", 0)
-    init = config.get("init", {}).get("id") or args.init_id
-    local = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"  # runs that predate config["hardware"]
-    hardware = config.get("hardware") or local
-    before = config.get("init", {})
+    model.eval()
+    steps, before = config["steps"], config.get("init", {})
+    init = before.get("id") or args.init_id
+    hardware = config.get("hardware") or f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"
     if base and before.get("hardware"):  # two machines: say which did what
         own = hours - before["wall_seconds"] / 3600
-        hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {state['step'] - base} ({own:.2f} h)"
-    origin = f" (steps 1-{base}: the run of `{init}` it started from; {state['step'] - base} steps here)" if base else ""
-    model = registry.MODELS[config["name"]](N=config["N"], M=config["M"], **config["flags"])
-    model.load_state_dict(state["model"])
-    model.eval()
+        hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {steps - base} ({own:.2f} h)"
+    origin = f" (steps 1-{base}: the run of `{init}` it started from; {steps - base} steps here)" if base else ""
     name = f"{config['name']}-{config['preset']}-q{config['quality']}"
     out = registry.WEIGHTS_DIR / f"{name}.safetensors"
     registry.save(model, out, config, dtype=torch.float16)
@@ -80,7 +79,7 @@ def main() -> None:
         "id": shipped.id,
         "architecture": {"model": config["name"], "preset": config["preset"], "N": config["N"], "M": config["M"], "flags": config["flags"]},
         "training": {"data": config["data"], "steps": config["steps"], "initialized_from": init if base else None,
-                     "steps_from_init": state["step"] - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
+                     "steps_from_init": steps - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
                      "hardware": hardware},
         "evaluation": {"images": str(args.eval), "count": len(rows), "threads": args.threads, "load_average": round(load, 1), **{k: round(v, 5) for k, v in mean.items()}},
         "per_image": rows,
