@@ -100,5 +100,4 @@ class ExactNet:
 
 def conv_at(patches: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """An exact convolution evaluated only where ``patches`` (rows of C*k*k inputs) are given."""
-    y = patches.clamp(-ACT_MAX, ACT_MAX) @ w.flatten(1).T
-    return snap(y if b is None else y + b)
+    return snap(F.linear(patches.clamp(-ACT_MAX, ACT_MAX), w, b))

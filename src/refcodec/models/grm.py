@@ -262,17 +262,21 @@ class GRM(CompressionModel):
         pad = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1) // 2
         y_pad = torch.zeros(m, h + 2 * pad, w + 2 * pad, dtype=torch.float64)
         steps = self.schedule.steps(h, w).flatten()
-        ctx_w, ctx_b = exact_params(self.context)
-        ctx_mask = self.context.mask.bool()
 
-        def at(rows, cols, layer_mask, weight=None, bias=None):
-            k = layer_mask.shape[-1]
-            p = patches_at(y_pad, rows + pad - k // 2, cols + pad - k // 2, layer_mask)
-            return p if weight is None else conv_at(p, weight[:, :, layer_mask].flatten(1), bias)
+        def at(rows, cols, mask):
+            k = mask.shape[-1]
+            return patches_at(y_pad, rows + pad - k // 2, cols + pad - k // 2, mask)
 
+        def masked_conv_at(layer):
+            """The exact masked convolution evaluated at given positions only."""
+            mask = layer.mask.bool()
+            weight, bias = exact_params(layer)
+            weight = weight[:, :, mask].flatten(1)  # (out, in * taps), in the order of patches_at
+            return lambda rows, cols: conv_at(at(rows, cols, mask), weight, bias)
+
+        context_at = masked_conv_at(self.context)
         if self.reference:
-            tr_w, tr_b = exact_params(self.transfer)
-            tr_mask = self.transfer.mask.bool()
+            transfer_at = masked_conv_at(self.transfer)
             search_mask = self.search_mask.bool()
             found = ReferenceIndex(steps, m * int(search_mask.sum()))
             feats = torch.zeros(h * w, 2 * m, dtype=torch.float64)
@@ -290,7 +294,7 @@ class GRM(CompressionModel):
                 return self._transfer(feats, conf, index, s)
 
             with profiling.stage("context"):
-                ctx = at(rows, cols, ctx_mask, ctx_w, ctx_b)
+                ctx = context_at(rows, cols)
             preds = self._predict(ctx, None if hyper is None else hyper[positions], reference_fn, lambda i, r: nets[i](r))
             mean, log_scale = preds[-1]
             with profiling.stage("coder"):
@@ -299,6 +303,6 @@ class GRM(CompressionModel):
             y_pad[:, rows + pad, cols + pad] = y_new.T
             if self.reference:
                 with profiling.stage("reference"):
-                    feats[positions] = at(rows, cols, tr_mask, tr_w, tr_b)
+                    feats[positions] = transfer_at(rows, cols)
                     conf[positions] = self._confidence(y_new, *stage1["pred"])
         return y_pad[:, pad : pad + h, pad : pad + w].unsqueeze(0).float()
