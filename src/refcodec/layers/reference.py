@@ -84,6 +84,7 @@ def _search(q, q_steps, keys, key_steps, key_norm2, key_max, prefix) -> tuple[to
     index, score = [], []
     for start in range(0, len(q), SEARCH_BLOCK):
         qb, tb = q[start : start + SEARCH_BLOCK], q_steps[start : start + SEARCH_BLOCK]
+        qb = qb if key_max is None else qb.double()
         n = max(prefix(int(tb.max())), 1)  # at least one column: a query with nothing before it gets S = 0
         r = cosine(_dots(qb, keys[:n], key_max), (qb * qb).sum(1), key_norm2[:n])
         r = torch.where(key_steps[:n].view(1, -1) < tb.view(-1, 1), r, torch.full_like(r, -2.0))
@@ -125,5 +126,5 @@ class ReferenceIndex:
         self.max = max(self.max, float(patches.abs().max())) if len(patches) else self.max
 
     def search(self, q: torch.Tensor, q_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :func:`search`, for integer query patches (P, D) in float64; S in float64."""
-        return _search(q.double(), q_steps, self.keys, self.steps, self.norm2, self.max, self.prefix)
+        """As :func:`search`, for integer query patches (P, D); S in float64."""
+        return _search(q, q_steps, self.keys, self.steps, self.norm2, self.max, self.prefix)

@@ -79,6 +79,45 @@ def _linear_rows(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+POSITION_BLOCK = 4096  # positions per block when the encoder runs the exact entropy model (bounded memory)
+
+
+class CodingLatent:
+    """The quantized latent of one image at coding time, zero-padded, and what the entropy
+    model reads from it at any set of positions: masked patches and the exact masked
+    convolutions of them (``fixedpoint``), with only the visible taps multiplied.
+
+    The encoder fills it at once and evaluates it in blocks of positions; the decoder fills
+    it one wavefront step at a time. A position sees the same inputs either way, so both
+    get the same bits.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, kernel: int):
+        self.pad = kernel // 2
+        self.y = torch.zeros(channels, height + 2 * self.pad, width + 2 * self.pad, dtype=torch.float64)
+
+    def set(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> None:
+        """Write decoded latents, rows (P, C), at the given positions."""
+        self.y[:, rows + self.pad, cols + self.pad] = values.T.double()
+
+    @property
+    def inner(self) -> torch.Tensor:
+        """The latent without its padding, (C, H, W): a view."""
+        p = self.pad
+        return self.y[:, p : self.y.shape[1] - p, p : self.y.shape[2] - p]
+
+    def patches(self, rows: torch.Tensor, cols: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        offset = self.pad - mask.shape[-1] // 2
+        return patches_at(self.y, rows + offset, cols + offset, mask.bool())
+
+    def conv(self, layer: MaskedConv2d):
+        """``layer`` as an exact function of (rows, cols) -> output rows (P, out)."""
+        weight, bias = exact_params(layer)
+        mask = layer.mask.bool()
+        weight = weight[:, :, mask].flatten(1)  # (out, in * taps), in the order of patches_at
+        return lambda rows, cols: conv_at(self.patches(rows, cols, mask), weight, bias)
+
+
 class GRM(CompressionModel):
     """Context -> reference -> hyperprior entropy model over a GSDN autoencoder."""
 
@@ -211,24 +250,36 @@ class GRM(CompressionModel):
     def _hyper_rows(self, z_hat: torch.Tensor) -> torch.Tensor:
         return _rows(ExactNet(self.h_s)(z_hat))
 
+    def _coding_latent(self, height: int, width: int) -> CodingLatent:
+        kernel = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1)
+        return CodingLatent(self.M, height, width, kernel)
+
     def exact_predict(self, y_hat: torch.Tensor, hyper: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Coding-time (mu, log-sigma) rows of every stage for a whole latent (1, M, H, W), bit-exact."""
+        """Coding-time (mu, log-sigma) rows of every stage for a whole latent (1, M, H, W), bit-exact.
+
+        Runs in blocks of positions, so memory stays a few times that of the latent itself.
+        """
         _, _, h, w = y_hat.shape
-        y_hat = y_hat.double()
         steps = self.schedule.steps(h, w).flatten()
+        latent = self._coding_latent(h, w)
+        blocks = [(p // w, p % w) for p in torch.arange(h * w).split(POSITION_BLOCK)]
+        latent.inner.copy_(y_hat[0])
+
+        def everywhere(fn) -> torch.Tensor:
+            return torch.cat([fn(rows, cols) for rows, cols in blocks])
 
         def reference_fn(mean1, log_scale1):
-            keys = masked_patches(y_hat, self.search_mask)[0]
-            found = ReferenceIndex(steps, keys.shape[1])
-            found.add(torch.arange(h * w), keys)
-            index, s = found.search(keys, steps)
-            feats = _rows(ExactNet(self.transfer)(y_hat))
-            return self._transfer(feats, self._confidence(_rows(y_hat), mean1, log_scale1), index, s)
+            found = ReferenceIndex(steps, self.M * int(self.search_mask.sum()))
+            for rows, cols in blocks:
+                found.add(rows * w + cols, latent.patches(rows, cols, self.search_mask))
+            index, s = found.search(found.keys, steps)  # every position asks, among the keys before it
+            feats = everywhere(latent.conv(self.transfer))
+            return self._transfer(feats, self._confidence(_rows(y_hat).double(), mean1, log_scale1), index, s)
 
         nets = self._exact_nets()
         with profiling.stage("context"):
-            ctx = _rows(ExactNet(self.context)(y_hat))
-        return self._predict(ctx, hyper, reference_fn, lambda i, r: nets[i](r))
+            ctx = everywhere(latent.conv(self.context))
+        return self._predict(ctx, hyper, reference_fn, lambda i, r: torch.cat([nets[i](b) for b in r.split(POSITION_BLOCK)]))
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
@@ -259,26 +310,12 @@ class GRM(CompressionModel):
                 hyper = self._hyper_rows(decode_factorized(self.density, streams[0], h // 4, w // 4))
         dec = Decoder(streams[-1])
         nets = self._exact_nets()
-        pad = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1) // 2
-        y_pad = torch.zeros(m, h + 2 * pad, w + 2 * pad, dtype=torch.float64)
+        latent = self._coding_latent(h, w)
         steps = self.schedule.steps(h, w).flatten()
-
-        def at(rows, cols, mask):
-            k = mask.shape[-1]
-            return patches_at(y_pad, rows + pad - k // 2, cols + pad - k // 2, mask)
-
-        def masked_conv_at(layer):
-            """The exact masked convolution evaluated at given positions only."""
-            mask = layer.mask.bool()
-            weight, bias = exact_params(layer)
-            weight = weight[:, :, mask].flatten(1)  # (out, in * taps), in the order of patches_at
-            return lambda rows, cols: conv_at(at(rows, cols, mask), weight, bias)
-
-        context_at = masked_conv_at(self.context)
+        context_at = latent.conv(self.context)
         if self.reference:
-            transfer_at = masked_conv_at(self.transfer)
-            search_mask = self.search_mask.bool()
-            found = ReferenceIndex(steps, m * int(search_mask.sum()))
+            transfer_at = latent.conv(self.transfer)
+            found = ReferenceIndex(steps, m * int(self.search_mask.sum()))
             feats = torch.zeros(h * w, 2 * m, dtype=torch.float64)
             conf = torch.zeros(h * w, dtype=torch.float64)
 
@@ -288,7 +325,7 @@ class GRM(CompressionModel):
 
             def reference_fn(mean1, log_scale1):
                 stage1["pred"] = (mean1, log_scale1)
-                q = at(rows, cols, search_mask)
+                q = latent.patches(rows, cols, self.search_mask)
                 found.add(positions, q)
                 index, s = found.search(q, steps[positions])
                 return self._transfer(feats, conf, index, s)
@@ -300,9 +337,9 @@ class GRM(CompressionModel):
             with profiling.stage("coder"):
                 symbols = dec.gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
             y_new = torch.from_numpy(symbols.astype(np.float64)).view(len(positions), m)
-            y_pad[:, rows + pad, cols + pad] = y_new.T
+            latent.set(rows, cols, y_new)
             if self.reference:
                 with profiling.stage("reference"):
                     feats[positions] = transfer_at(rows, cols)
                     conf[positions] = self._confidence(y_new, *stage1["pred"])
-        return y_pad[:, pad : pad + h, pad : pad + w].unsqueeze(0).float()
+        return latent.inner.unsqueeze(0).float()
