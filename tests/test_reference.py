@@ -80,6 +80,7 @@ def test_reference_index_matches_the_exact_search_step_by_step(scale):
     whole = ReferenceIndex(steps, keys.shape[1])  # the encoder: every key at once
     whole.add(torch.arange(len(steps)), keys)
     assert all(torch.equal(a, b) for a, b in zip(whole.search(keys, steps), expected))
+    assert all(torch.equal(a, b) for a, b in zip(whole.search_all(), expected))  # queries in decode order
 
     growing = ReferenceIndex(steps, keys.shape[1])  # the decoder: keys arrive step by step
     for positions in schedule.order(9, 13):

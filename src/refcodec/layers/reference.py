@@ -48,10 +48,13 @@ def patches_at(y_padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, m
     return patch.permute(1, 0, 2).reshape(len(rows), -1)
 
 
-def cosine(dot: torch.Tensor, norm2_a: torch.Tensor, norm2_b: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 from dot products and squared norms; 0 where a patch is all zero (its dot products are 0)."""
+def cosine(dot: torch.Tensor, norm2_a: torch.Tensor, norm2_b: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Eq. 4 from dot products and squared norms; 0 where a patch is all zero (its dot products are 0).
+
+    ``inplace`` overwrites ``dot`` (coding: no gradient, one pass less over a large matrix).
+    """
     denom = torch.sqrt(norm2_a.clamp_min(1e-12)).view(-1, 1) * torch.sqrt(norm2_b.clamp_min(1e-12)).view(1, -1)
-    return dot / denom
+    return dot.div_(denom) if inplace else dot / denom
 
 
 def visible_prefix(key_steps: torch.Tensor) -> Callable[[int], int]:
@@ -70,28 +73,12 @@ def visible_prefix(key_steps: torch.Tensor) -> Callable[[int], int]:
     return prefix
 
 
-def _dots(qb: torch.Tensor, kb: torch.Tensor, key_max: float | None) -> torch.Tensor:
-    """qb @ kb.T. For coding (integer patches, no gradient): in float32 when every partial sum is an
-    integer below 2^24, which float32 holds exactly whatever the summation order; else in float64."""
-    if key_max is None or len(kb) == 0:
-        return qb @ kb.T
+def _exact_dots(qb: torch.Tensor, kb: torch.Tensor, key_max: float) -> torch.Tensor:
+    """qb @ kb.T of integer patches, exactly: in float32 when every partial sum is an integer
+    below 2^24, which float32 holds exactly whatever the summation order; else in float64."""
     if float(qb.abs().max()) * key_max * qb.shape[1] < 2**24:
-        return (qb.float() @ kb.float().T).double()
+        return (qb.float() @ kb.T).double()
     return qb.double() @ kb.double().T
-
-
-def _search(q, q_steps, keys, key_steps, key_norm2, key_max, prefix) -> tuple[torch.Tensor, torch.Tensor]:
-    index, score = [], []
-    for start in range(0, len(q), SEARCH_BLOCK):
-        qb, tb = q[start : start + SEARCH_BLOCK], q_steps[start : start + SEARCH_BLOCK]
-        qb = qb if key_max is None else qb.double()
-        n = max(prefix(int(tb.max())), 1)  # at least one column: a query with nothing before it gets S = 0
-        r = cosine(_dots(qb, keys[:n], key_max), (qb * qb).sum(1), key_norm2[:n])
-        r = torch.where(key_steps[:n].view(1, -1) < tb.view(-1, 1), r, torch.full_like(r, -2.0))
-        best = torch.argmax(r, 1)  # first maximum: the lowest index wins ties
-        index.append(best)
-        score.append(r.gather(1, best.view(-1, 1)).squeeze(1).clamp_min(0))
-    return torch.cat(index), torch.cat(score)
 
 
 def search(q: torch.Tensor, q_steps: torch.Tensor, keys: torch.Tensor, key_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +88,17 @@ def search(q: torch.Tensor, q_steps: torch.Tensor, keys: torch.Tensor, key_steps
     candidates decoded at key_steps (K,). Returns (index (P,), similarity S (P,)):
     S = max(cos, 0) and 0 with index 0 where no candidate was decoded before.
     """
-    return _search(q, q_steps, keys, key_steps, (keys * keys).sum(1), None, visible_prefix(key_steps))
+    prefix, norm2 = visible_prefix(key_steps), (keys * keys).sum(1)
+    index, score = [], []
+    for start in range(0, len(q), SEARCH_BLOCK):
+        qb, tb = q[start : start + SEARCH_BLOCK], q_steps[start : start + SEARCH_BLOCK]
+        n = max(prefix(int(tb.max())), 1)  # at least one column: a query with nothing before it gets S = 0
+        r = cosine(qb @ keys[:n].T, (qb * qb).sum(1), norm2[:n])
+        r = r.masked_fill(key_steps[:n].view(1, -1) >= tb.view(-1, 1), -2.0)  # not decoded before the query
+        best = torch.argmax(r, 1)  # first maximum: the lowest index wins ties
+        index.append(best)
+        score.append(r.gather(1, best.view(-1, 1)).squeeze(1).clamp_min(0))
+    return torch.cat(index), torch.cat(score)
 
 
 class ReferenceIndex:
@@ -109,22 +106,46 @@ class ReferenceIndex:
 
     Latents are integers, so dot products and squared norms are exact integers: the encoder
     (all keys at once) and the decoder (keys added step by step) pick the same position on
-    any machine and thread count. Keys are kept in float32, which holds them exactly.
+    any machine and thread count. Keys are kept in float32, which holds them exactly, in
+    decode order, so a query multiplies only the keys decoded before it (about half of all
+    keys on average, where a raster prefix holds most of them); the winner is the same as
+    :func:`search`'s: the largest similarity, ties to the lowest raster index.
     """
 
     def __init__(self, key_steps: torch.Tensor, dim: int):
-        self.steps = key_steps
-        self.prefix = visible_prefix(key_steps)
+        self.steps, self.position = torch.sort(key_steps, stable=True)  # slot -> step, raster position
+        self.slot = torch.empty_like(self.position)
+        self.slot[self.position] = torch.arange(len(key_steps))
         self.keys = torch.zeros(len(key_steps), dim, dtype=torch.float32)
         self.norm2 = torch.zeros(len(key_steps), dtype=torch.float64)
         self.max = 0.0  # largest |entry| of any key so far
 
     def add(self, positions: torch.Tensor, patches: torch.Tensor) -> None:
         """Patches (P, D) of integer latents at raster positions (P,)."""
-        self.keys[positions] = patches.float()
-        self.norm2[positions] = (patches.double() ** 2).sum(1)
+        slots = self.slot[positions]
+        self.keys[slots] = patches.float()
+        self.norm2[slots] = (patches.double() ** 2).sum(1)
         self.max = max(self.max, float(patches.abs().max())) if len(patches) else self.max
 
     def search(self, q: torch.Tensor, q_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As :func:`search`, for integer query patches (P, D); S in float64."""
-        return _search(q, q_steps, self.keys, self.steps, self.norm2, self.max, self.prefix)
+        index, score = [], []
+        for start in range(0, len(q), SEARCH_BLOCK):
+            qb, tb = q[start : start + SEARCH_BLOCK].double(), q_steps[start : start + SEARCH_BLOCK]
+            n = max(int(torch.searchsorted(self.steps, tb.max())), 1)  # the keys decoded before the last query
+            r = cosine(_exact_dots(qb, self.keys[:n], self.max), (qb * qb).sum(1), self.norm2[:n], inplace=True)
+            r.masked_fill_(self.steps[:n].view(1, -1) >= tb.view(-1, 1), -2.0)
+            best = r.max(1).values
+            ties = torch.where(r == best.view(-1, 1), self.position[:n].view(1, -1), len(self.slot))
+            index.append(ties.min(1).values)  # the lowest raster index among the best
+            score.append(best.clamp_min(0))
+        return torch.cat(index), torch.cat(score)
+
+    def search_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every key's own reference (the encoder's case), in raster order.
+
+        The keys ask in decode order, so each block of queries multiplies only the keys
+        decoded before it: about half the products of a full similarity matrix.
+        """
+        index, s = self.search(self.keys, self.steps)
+        return index[self.slot], s[self.slot]

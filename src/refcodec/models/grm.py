@@ -272,7 +272,7 @@ class GRM(CompressionModel):
             found = ReferenceIndex(steps, self.M * int(self.search_mask.sum()))
             for rows, cols in blocks:
                 found.add(rows * w + cols, latent.patches(rows, cols, self.search_mask))
-            index, s = found.search(found.keys, steps)  # every position asks, among the keys before it
+            index, s = found.search_all()
             feats = everywhere(latent.conv(self.transfer))
             return self._transfer(feats, self._confidence(_rows(y_hat).double(), mean1, log_scale1), index, s)
 
