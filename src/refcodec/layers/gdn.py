@@ -83,7 +83,7 @@ class _Normalization(nn.Module):
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
         """sqrt(beta_i + sum_j gamma_ij x_j^2)."""
         beta, gamma = self.effective()
-        return torch.sqrt(_channel_mix(x * x, gamma, beta))
+        return _channel_mix(x * x, gamma, beta).sqrt_()  # in place on a fresh tensor: autograd allows it
 
     def _shift(self, x: torch.Tensor) -> torch.Tensor:
         """nu_i + sum_j tau_ij x_j (subtractive layers only)."""
@@ -112,8 +112,12 @@ class GSDN(_Normalization):
     """
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        centred = u - self._shift(u) if self.subtractive else u
-        return centred / self._scale(u)
+        scale = self._scale(u)
+        if not self.subtractive:
+            return u / scale
+        if torch.is_grad_enabled():
+            return (u - self._shift(u)) / scale
+        return self._shift(u).neg_().add_(u).div_(scale)  # the same, in place: coding at full resolution
 
     @classmethod
     def from_gdn(cls, gdn: GSDN) -> GSDN:
@@ -152,8 +156,12 @@ class IGSDN(_Normalization):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         u = w
         for _ in range(self.iterations):
-            step = w * self._scale(u)
-            u = step + self._shift(u) if self.subtractive else step
+            if torch.is_grad_enabled():
+                step = w * self._scale(u)
+                u = step + self._shift(u) if self.subtractive else step
+            else:  # the same, in place: coding at full resolution
+                step = self._scale(u).mul_(w)
+                u = step.add_(self._shift(u)) if self.subtractive else step
         return u
 
     @classmethod
