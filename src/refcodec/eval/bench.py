@@ -149,16 +149,23 @@ def main(argv=None) -> None:
         time_plot(report["runs"], args.output.with_suffix(".png"), f"{args.model}/{args.preset}, {args.threads} thread(s)")
 
 
+def reference_share(seconds: dict) -> float:
+    """The reference's part of the entropy model's time (hyper, context, reference, parameters, coder),
+    as the paper's Table 3 gives its part of the entropy model's FLOPs."""
+    entropy = sum(seconds[k] for k in ("hyper", "context", "reference", "parameters", "coder"))
+    return seconds["reference"] / entropy if entropy else 0.0
+
+
 def table(report: dict) -> str:
     """Seconds per stage and peak memory of every run, as the paper's Table 3 lays them out."""
-    head = "| size | schedule | step | " + " | ".join(profiling.STAGES) + " | total (s) | peak RSS (MB) | decode steps |"
+    head = "| size | schedule | step | " + " | ".join(profiling.STAGES) + " | total (s) | reference share | peak RSS (MB) | decode steps |"
     lines = [f"{report['model']}/{report['preset']}, {report['threads']} thread(s), {report['machine']}, "
              f"load average {report['load_average']} at the start\n", head, "|---" * (head.count("|") - 1) + "|"]  # fmt: skip
     for r in report["runs"]:
         for step in ("compress", "decompress"):
             m = r[step]
             cells = [r["size"], r["schedule"], step, *(f"{m['seconds'][k]:.2f}" for k in profiling.STAGES),
-                     f"{m['total_seconds']:.2f}", f"{m['peak_rss_mb']:.0f}", str(m["steps"])]  # fmt: skip
+                     f"{m['total_seconds']:.2f}", f"{reference_share(m['seconds']):.0%}", f"{m['peak_rss_mb']:.0f}", str(m["steps"])]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
