@@ -1,0 +1,141 @@
+"""Determinism matrix: every image x shipped model, encoded with 1 and 2 threads, each file decoded
+with 1 and 2 threads, every encode and every decode in a fresh process.
+
+    python scripts/determinism.py ../shared/datasets/kodak -o results/reliability/determinism
+
+Passes when, for every (image, model), both encoders wrote the same bytes and all four
+(encoder threads, decoder threads) combinations decoded the same pixels. Writes
+``determinism.json`` (per model, per image: file hash, pixel hash of each combination) and
+``determinism.md`` (a table per model); exits 1 if anything differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from refcodec import codec
+from refcodec.models import registry
+from refcodec.train.data import find_images
+
+THREADS = (1, 2)
+
+
+def shipped_models() -> list[str]:
+    """Every shipped model id, e.g. grm/small/q3."""
+    return sorted("/".join(p.stem.split("-", 2)) for p in registry.WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def child_encode(models: list[str], images: list[Path], out: Path) -> None:
+    for model_id in models:
+        model = registry.load_model(model_id)
+        for image in images:
+            path = out / model_id.replace("/", "-") / (image.stem + ".rfc")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(codec.compress(image, model))
+
+
+def child_decode(models: list[str], folder: Path) -> dict:
+    """sha256 of the decoded pixels of every file, by model and image."""
+    hashes = {}
+    for model_id in models:
+        model = registry.load_model(model_id)
+        for path in sorted((folder / model_id.replace("/", "-")).glob("*.rfc")):
+            image = codec.decompress(path.read_bytes(), model)
+            hashes.setdefault(model_id, {})[path.stem] = hashlib.sha256(image.tobytes()).hexdigest()
+    return hashes
+
+
+def spawn(role: str, threads: int, models: list[str], args: list[str]) -> str:
+    cmd = [sys.executable, __file__, "--child", role, "--threads", str(threads), "--models", *models, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"determinism: {role} with {threads} thread(s) failed: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def file_hashes(folder: Path) -> dict:
+    return {p.parent.name + "/" + p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*/*.rfc"))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("images", nargs="?", type=Path)
+    p.add_argument("--models", nargs="+", default=None, help="model ids (default: every shipped model)")
+    p.add_argument("-o", "--output", type=Path, help="folder for determinism.json and determinism.md")
+    p.add_argument("--child", choices=["encode", "decode"], help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--images-list", nargs="*", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    models = args.models or shipped_models()
+    if args.child:
+        torch.set_num_threads(args.threads)
+        if args.child == "encode":
+            child_encode(models, args.images_list, args.folder)
+        else:
+            print(json.dumps(child_decode(models, args.folder)))
+        return
+
+    images = find_images(args.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {t: Path(tmp) / f"enc{t}" for t in THREADS}
+        for t, folder in folders.items():
+            print(f"encoding {len(images)} images x {len(models)} models with {t} thread(s)", flush=True)
+            spawn("encode", t, models, ["--folder", str(folder), "--images-list", *map(str, images)])
+        files = {t: file_hashes(folder) for t, folder in folders.items()}
+        pixels = {}
+        for te, folder in folders.items():
+            for td in THREADS:
+                print(f"decoding the {te}-thread files with {td} thread(s)", flush=True)
+                pixels[f"enc{te}-dec{td}"] = json.loads(spawn("decode", td, models, ["--folder", str(folder)]).splitlines()[-1])
+
+    report = {
+        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}",
+        "images": str(args.images), "threads": list(THREADS), "models": {},
+    }  # fmt: skip
+    failures = 0
+    for model_id in models:
+        key = model_id.replace("/", "-")
+        rows = {}
+        for image in images:
+            name = f"{key}/{image.stem}"
+            combos = {c: pixels[c][model_id][image.stem] for c in pixels}
+            same_bytes = len({files[t][name] for t in THREADS}) == 1
+            same_pixels = len(set(combos.values())) == 1
+            failures += not (same_bytes and same_pixels)
+            rows[image.stem] = {"file_sha256": {str(t): files[t][name] for t in THREADS}, "pixels_sha256": combos,
+                                "same_bytes": same_bytes, "same_pixels": same_pixels}  # fmt: skip
+        report["models"][model_id] = {
+            "images": len(rows),
+            "same_bytes": sum(r["same_bytes"] for r in rows.values()),
+            "same_pixels": sum(r["same_pixels"] for r in rows.values()),
+            "per_image": rows,
+        }
+    report["failures"] = failures
+    lines = [f"Determinism matrix: {len(images)} images from {args.images}, encoders and decoders with "
+             f"{' and '.join(map(str, THREADS))} threads, each in a fresh process; {report['machine']}\n",
+             "| model | images | same bytes (1 vs 2 encoder threads) | same pixels (all 4 combinations) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for model_id, m in report["models"].items():
+        lines.append(f"| {model_id} | {m['images']} | {m['same_bytes']}/{m['images']} | {m['same_pixels']}/{m['images']} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "determinism.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.output / "determinism.md").write_text(table)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
