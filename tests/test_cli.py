@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -164,6 +165,16 @@ def test_compress_default_output_name(capsys, files, tiny_weights, tmp_path):
     assert "pic.rfc" in out
 
 
+@pytest.mark.parametrize("width,height", [(1, 1), (1, 37), (45, 1)])
+def test_one_pixel_wide_or_high_images_round_trip(capsys, tiny_weights, tmp_path, width, height):
+    natural_image(width, height, seed=width * height).save(tmp_path / "thin.png")
+    rc, _, err = run_main(capsys, "compress", tmp_path / "thin.png", "--model", tiny_weights)
+    assert rc == 0, err
+    rc, _, err = run_main(capsys, "decompress", tmp_path / "thin.rfc", "-o", tmp_path / "back.png", "--model", tiny_weights)
+    assert rc == 0, err
+    assert Image.open(tmp_path / "back.png").size == (width, height)
+
+
 # -- one-line errors -------------------------------------------------------------------------
 
 
@@ -207,6 +218,8 @@ ERROR_CASES = {
     "compress missing weights file": ["compress", "{png}", "-o", "{tmp}/o.rfc", "--model", "{tmp}/none.safetensors"],
     "decompress unknown model": ["decompress", "{rfc}", "-o", "{tmp}/o.png", "--model", "no-such-model"],
     "decompress without shipped model": ["decompress", "{rfc}", "-o", "{tmp}/o.png"],
+    "compress over the pixel limit": ["compress", "{png}", "-o", "{tmp}/o.rfc", "--model", "{W}", "--max-pixels", "100"],
+    "decompress over the pixel limit": ["decompress", "{rfc}", "-o", "{tmp}/o.png", "--model", "{W}", "--max-pixels", "100"],
 }
 
 
@@ -306,3 +319,66 @@ def test_failure_while_writing_removes_the_temporary_file(capsys, monkeypatch, f
     assert_one_line_error(rc, err)
     assert "No space left" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_folder_even_for_root(capsys, files, tiny_weights):
+    """/proc takes no new files, whoever asks."""
+    for argv in (["compress", files["png"], "-o", "/proc/o.rfc", "--model", tiny_weights],
+                 ["decompress", files["rfc"], "-o", "/proc/o.png", "--model", tiny_weights]):  # fmt: skip
+        rc, _, err = run_main(capsys, *argv)
+        assert_one_line_error(rc, err)
+
+
+def test_outputs_get_the_usual_permissions(capsys, files, tiny_weights, tmp_path):
+    old = os.umask(0o022)
+    try:
+        rc, _, err = run_main(capsys, "compress", files["png"], "-o", tmp_path / "o.rfc", "--model", tiny_weights)
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    assert (tmp_path / "o.rfc").stat().st_mode & 0o777 == 0o644
+
+
+# -- killed at any moment ----------------------------------------------------------------------
+
+
+def _kill_at(argv, seconds, cwd):
+    proc = subprocess.Popen([sys.executable, "-m", "refcodec.cli", *map(str, argv)], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait()
+    return proc.returncode
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_kill_9_at_any_moment_leaves_no_partial_output(command, files, tiny_weights, tiny_model, tmp_path):
+    """Kill the process at moments spread over a whole run: the output is either absent or complete,
+    no temporary file is left, and an existing file is untouched without --force."""
+    big = tmp_path / "big.png"
+    natural_image(512, 384, seed=5).save(big)
+    src, out = (big, tmp_path / "out.rfc") if command == "compress" else (tmp_path / "big.rfc", tmp_path / "out.png")
+    expected = codec.compress(big, tiny_model)
+    (tmp_path / "big.rfc").write_bytes(expected)
+    argv = [command, src, "-o", out, "--model", tiny_weights]
+    start = time.perf_counter()
+    assert _kill_at(argv, 600, tmp_path) == 0
+    whole = time.perf_counter() - start
+    complete = out.read_bytes()
+    inputs = sorted(p.name for p in tmp_path.iterdir() if p != out)
+    for fraction in (0.4, 0.7, 0.9, 1.0):
+        out.unlink(missing_ok=True)
+        _kill_at(argv, whole * fraction, tmp_path)
+        assert not out.exists() or out.read_bytes() == complete, f"partial output when killed at {fraction:.0%}"
+        assert sorted(p.name for p in tmp_path.iterdir() if p != out) == inputs, "a temporary file was left"
+    out.write_bytes(b"precious")  # an existing file: refused without --force, whenever the process dies
+    for fraction in (0.6,):
+        _kill_at(argv, whole * fraction, tmp_path)
+        assert out.read_bytes() == b"precious"
+    for fraction in (0.7, 1.1):  # with --force: the old file or the new one, never a mix
+        out.write_bytes(b"precious")
+        _kill_at(argv + ["--force"], whole * fraction, tmp_path)
+        assert out.read_bytes() in (b"precious", complete)
+        assert sorted(p.name for p in tmp_path.iterdir() if p != out) == inputs

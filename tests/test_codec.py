@@ -129,6 +129,53 @@ def test_16_bit_png_is_accepted_as_grayscale(tiny_model, tmp_path):
     assert out.mode == "L" and out.size == (22, 13)
 
 
+def test_cmyk_jpeg_is_coded_as_rgb(tiny_model, tmp_path):
+    natural_image(24, 16, seed=8).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    data = codec.compress(tmp_path / "cmyk.jpg", tiny_model)
+    rgb = Image.open(tmp_path / "cmyk.jpg").convert("RGB")
+    assert read_header(data).mode == "RGB" and data == codec.compress(rgb, tiny_model)
+    assert codec.decompress(data, tiny_model).size == (24, 16)
+
+
+def test_exif_orientation_is_applied(tiny_model, tmp_path):
+    """A camera JPEG stored sideways with orientation 6 (rotate 90 degrees clockwise) is coded upright."""
+    stored = natural_image(32, 16, seed=9)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    upright = Image.open(tmp_path / "rotated.jpg").transpose(Image.Transpose.ROTATE_270)
+    data = codec.compress(tmp_path / "rotated.jpg", tiny_model)
+    assert (read_header(data).width, read_header(data).height) == (16, 32)
+    assert data == codec.compress(upright, tiny_model)
+
+
+def test_pixel_limit_is_configurable_and_checked_first(tiny_model, tmp_path, monkeypatch):
+    image = natural_image(40, 30, seed=10)
+    image.save(tmp_path / "a.png")
+    with pytest.raises(RefcodecError, match="limit of 1000 pixels"):
+        codec.compress(tmp_path / "a.png", tiny_model, max_pixels=1000)
+    with pytest.raises(RefcodecError, match="limit of 1000 pixels"):
+        codec.compress(image, tiny_model, max_pixels=1000)
+    data = codec.compress(image, tiny_model, max_pixels=1200)
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoding started")
+
+    monkeypatch.setattr(tiny_model, "decompress", must_not_decode)
+    with pytest.raises(BitstreamError, match="limit of 1199 pixels"):
+        codec.decompress(data, tiny_model, max_pixels=1199)
+
+
+def test_our_pixel_limit_replaces_pillows(tmp_path, monkeypatch):
+    natural_image(40, 30).save(tmp_path / "a.png")  # 1,200 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow alone would refuse beyond 200
+    assert codec.load_image(tmp_path / "a.png", max_pixels=2000).size == (40, 30)
+    with pytest.raises(RefcodecError, match="limit of 500 pixels"):  # Pillow's error, in our words
+        codec.load_image(tmp_path / "a.png", max_pixels=500)
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored
+
+
 # -- refusals --------------------------------------------------------------------------------
 
 

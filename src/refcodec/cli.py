@@ -9,6 +9,7 @@ existing file is only replaced with ``--force``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -27,23 +28,62 @@ class CliError(Exception):
 
 
 def _write_atomic(path: Path, data: bytes, force: bool) -> None:
+    """Write ``data`` to ``path`` so that it appears whole or not at all.
+
+    The bytes go to an unnamed file in the target folder (Linux ``O_TMPFILE``), which the
+    system deletes if the process dies at any moment, and are linked into place only once
+    written and synced. An existing file is only ever replaced, with ``force``, by one rename.
+    Where unnamed files are not supported, a hidden ``.part`` file is used and removed on any
+    error (a ``kill -9`` can then leave it behind, never a partial output).
+    """
     if path.exists() and not force:
         raise CliError(f"{path} exists (use --force to overwrite)")
     if path.is_dir():
         raise CliError(f"{path} is a directory")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        fd = os.open(path.parent, getattr(os, "O_TMPFILE", 0) | os.O_WRONLY, 0o666)
+        unnamed = bool(getattr(os, "O_TMPFILE", 0))
     except OSError as e:
-        raise CliError(f"cannot write to {path.parent}: {e.strerror}") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise CliError(f"cannot write to {path.parent}: {e.strerror}") from None
+        unnamed = False
+    if not unnamed:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        except OSError as e:
+            raise CliError(f"cannot write to {path.parent}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if unnamed:
+                _link_into_place(f.fileno(), path, force)
+        if not unnamed:
+            os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if not unnamed:
+            os.unlink(tmp)
         raise
+
+
+def _link_into_place(fd: int, path: Path, force: bool) -> None:
+    """Give the unnamed file ``fd`` the name ``path`` (replacing it only with ``force``).
+
+    linkat(2) with AT_SYMLINK_FOLLOW on /proc/self/fd/N, as open(2) documents for O_TMPFILE;
+    Python calls linkat, rather than link, only when given a directory descriptor.
+    """
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        name = path.name if not force else f".{path.name}.{os.getpid()}.part"
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
+        except FileExistsError:
+            raise CliError(f"{path} exists (use --force to overwrite)") from None
+        if force:
+            os.replace(name, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def _emit(args, record: dict, line: str) -> None:
@@ -71,7 +111,7 @@ def cmd_compress(args) -> int:
             if dst.exists() and not args.force:
                 raise CliError(f"{dst} exists (use --force to overwrite)")
             start = time.perf_counter()
-            image = codec.load_image(src)
+            image = codec.load_image(src, args.max_pixels)
             if model is None:  # loaded once, after the first readable input
                 net = load_model(args.model, args.quality, args.preset)
                 if args.schedule:
@@ -80,7 +120,7 @@ def cmd_compress(args) -> int:
                     except ValueError as e:
                         raise CliError(str(e)) from None
                 model = net
-            data = codec.compress(image, model)
+            data = codec.compress(image, model, max_pixels=args.max_pixels)
             seconds = time.perf_counter() - start
             _write_atomic(dst, data, args.force)
             bpp = 8 * len(data) / (image.width * image.height)
@@ -109,7 +149,7 @@ def cmd_decompress(args) -> int:
 
         model = load_model(args.model)
     start = time.perf_counter()
-    image = codec.decompress(data, model, progress=not args.json and sys.stderr.isatty())
+    image = codec.decompress(data, model, progress=not args.json and sys.stderr.isatty(), max_pixels=args.max_pixels)
     seconds = time.perf_counter() - start
     from io import BytesIO
 
@@ -162,13 +202,17 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .codec import MAX_PIXELS
     from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
 
     p = argparse.ArgumentParser(prog="refcodec", description="Learned image codec with a global-reference entropy model.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, model=False):
+    def common(sp, model=False, limit=False):
         sp.add_argument("--json", action="store_true", help="print one JSON object per result")
+        if limit:
+            sp.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                            help=f"refuse images of more than N pixels (default {MAX_PIXELS})")  # fmt: skip
         if model:
             sp.add_argument("--model", default=DEFAULT_MODEL, help="model name, model id (grm/small/q3) or .safetensors file")
             sp.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=sorted(LAMBDAS), help="quality level")
@@ -179,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output file (one input) or existing folder (several inputs)")
     c.add_argument("--force", action="store_true", help="overwrite existing outputs")
     c.add_argument("--schedule", choices=["raster", "wavefront"], help="decode order (default: the model's)")
-    common(c, model=True)
+    common(c, model=True, limit=True)
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help="decompress a .rfc file into a PNG")
@@ -187,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", help="output PNG (default: FILE with .png)")
     d.add_argument("--force", action="store_true", help="overwrite an existing output")
     d.add_argument("--model", help="weights to decode with (default: the shipped model named in the file)")
-    common(d)
+    common(d, limit=True)
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("info", help="print the header of a .rfc file")

@@ -9,6 +9,7 @@ would be lost).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from .errors import RefcodecError
 from .models.base import ALIGNMENT, CompressionModel
 from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model
 
-MAX_PIXELS = 8192 * 8192
+MAX_PIXELS = 8192 * 8192  # default limit on width x height, checked before any pixel is decoded or allocated
 _CONVERTIBLE = {"P", "CMYK", "YCbCr", "LAB", "HSV", "1"}  # coded as RGB
 
 
@@ -30,21 +31,36 @@ class ImageInputError(RefcodecError):
     """The input is not an image refcodec can code."""
 
 
-def load_image(source: str | Path | Image.Image) -> Image.Image:
-    """Open (and EXIF-orient) an image file, or pass a PIL image through."""
+def load_image(source: str | Path | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open (and EXIF-orient) an image file, or pass a PIL image through; refuse more than ``max_pixels``."""
     if isinstance(source, Image.Image):
+        _check_size(source.width, source.height, max_pixels)
         return source
     path = Path(source)
     if not path.exists():
         raise ImageInputError(f"{path}: no such file")
     if not path.is_file():
         raise ImageInputError(f"{path}: not a file")
+    pillow_limit = Image.MAX_IMAGE_PIXELS  # Pillow's own bomb check, lifted to ours while we open
     try:
-        with Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None if pillow_limit is None else max(pillow_limit, max_pixels)
+            with Image.open(path) as im:
+                _check_size(im.width, im.height, max_pixels, f"{path}: ")  # from the header, before decoding
+                im.load()
+                return ImageOps.exif_transpose(im)
+    except Image.DecompressionBombError:  # Pillow refuses from twice its limit, before we see the size
+        raise ImageInputError(f"{path}: image exceeds the limit of {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageInputError(f"{path}: not a readable image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
+def _check_size(width: int, height: int, max_pixels: int, where: str = "") -> None:
+    if width * height > max_pixels:
+        raise ImageInputError(f"{where}image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
 
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
@@ -84,12 +100,11 @@ def compress(
     image: str | Path | Image.Image,
     model: CompressionModel | str | None = None,
     quality: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> bytes:
-    """Compress an image (path or PIL image) into a refcodec bitstream."""
-    rgb, mode = to_rgb(load_image(image))
+    """Compress an image (path or PIL image) of at most ``max_pixels`` into a refcodec bitstream."""
+    rgb, mode = to_rgb(load_image(image, max_pixels))
     width, height = rgb.size
-    if width * height > MAX_PIXELS:
-        raise ImageInputError(f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS} pixels")
     net = _resolve_model(model, quality)
     pad_right, pad_bottom = -width % ALIGNMENT, -height % ALIGNMENT
     x = F.pad(image_to_tensor(rgb), (0, pad_right, 0, pad_bottom), mode="replicate")
@@ -114,14 +129,16 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
-def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False) -> Image.Image:
-    """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder)."""
+def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder).
+
+    Files of more than ``max_pixels`` are refused from their header, before anything is allocated.
+    """
     header, streams = unpack(bytes(data))
-    if header.pad_right >= ALIGNMENT or header.pad_bottom >= ALIGNMENT or header.width * header.height > MAX_PIXELS:
-        raise BitstreamError(
-            f"implausible image size in the header ({header.width}x{header.height}, "
-            f"padding {header.pad_right}x{header.pad_bottom})"
-        )
+    if header.pad_right >= ALIGNMENT or header.pad_bottom >= ALIGNMENT:
+        raise BitstreamError(f"implausible padding in the header ({header.pad_right}x{header.pad_bottom})")
+    if header.width * header.height > max_pixels:
+        raise BitstreamError(f"file holds a {header.width}x{header.height} image, over the limit of {max_pixels} pixels")
     if model is None:
         try:
             model = load_model(header.model)
