@@ -56,3 +56,15 @@ def test_layers_that_could_round_are_refused():
 def test_unsupported_layers_are_refused():
     with pytest.raises(TypeError):
         ExactNet(nn.Sequential(nn.Conv2d(2, 2, 1), nn.Sigmoid()))
+
+
+def test_exact_params_are_kept_until_the_weights_change():
+    layer = nn.Conv2d(3, 4, 1)
+    w1, b1 = exact_params(layer)
+    assert exact_params(layer)[0] is w1  # snapped once
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place
+    w2, _ = exact_params(layer)
+    assert torch.equal(w2, snap(layer.weight.detach(), 16))
+    layer.bias = nn.Parameter(torch.ones(4))  # replaced
+    assert torch.equal(exact_params(layer)[1], torch.ones(4, dtype=torch.float64))

@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from torch import nn
 
+from refcodec.models import registry
 from refcodec.models.grm import GRM
 from refcodec.models.registry import MODELS
 from refcodec.schedule import Schedule
@@ -114,3 +116,19 @@ def test_paper_preset_builds_and_runs():
     with torch.no_grad():
         out = model.eval()(torch.rand(1, 3, 64, 64))
     assert out["x_hat"].shape == (1, 3, 64, 64) and len(out["likelihoods"]["y"]) == 3
+
+
+def test_weights_hash_follows_every_change_of_the_weights():
+    torch.manual_seed(0)
+    model = registry.build("grm", "small")
+    first = model.weights_hash()
+    assert model.weights_hash() == first
+    with torch.no_grad():
+        model.g_a[0].weight.add_(1e-3)  # in place
+    second = model.weights_hash()
+    assert second != first
+    model.g_a[0].weight = nn.Parameter(model.g_a[0].weight.detach() - 1e-3)  # replaced
+    assert model.weights_hash() not in (first, second)
+    torch.manual_seed(0)
+    model.load_state_dict(registry.build("grm", "small").state_dict())
+    assert model.weights_hash() == first

@@ -35,7 +35,20 @@ def snap(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
 
 
 def exact_params(layer: nn.Conv2d | nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Snapped float64 weight (masked, for a masked convolution) and bias of a layer, checked for exactness."""
+    """Snapped float64 weight (masked, for a masked convolution) and bias of a layer, checked for exactness.
+
+    Kept on the layer until one of its tensors is replaced or changed in place, so that coding
+    many images snaps the weights once.
+    """
+    tensors = [t for t in (layer.weight, layer.bias, getattr(layer, "mask", None)) if t is not None]
+    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    cached = layer.__dict__.get("_exact_params")
+    if cached is None or cached[0] != key:
+        layer.__dict__["_exact_params"] = cached = (key, _snap_params(layer))
+    return cached[1]
+
+
+def _snap_params(layer: nn.Conv2d | nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
     weight = getattr(layer, "masked_weight", layer.weight)
     w = snap(weight.detach(), WEIGHT_BITS)
     b = None if layer.bias is None else snap(layer.bias.detach(), WEIGHT_BITS + ACT_BITS)

@@ -140,13 +140,22 @@ class CompressionModel(nn.Module):
                 module.update()
 
     def weights_hash(self) -> bytes:
-        """16-byte digest of every parameter and buffer, in name order (stored in each file)."""
+        """16-byte digest of every parameter and buffer, in name order (stored in each file).
+
+        Cached until a tensor is replaced or changed in place (torch counts in-place writes).
+        """
+        state = sorted(self.state_dict().items())
+        key = tuple((name, t.data_ptr(), t._version) for name, t in state)
+        cached = self.__dict__.get("_weights_hash")
+        if cached and cached[0] == key:
+            return cached[1]
         h = hashlib.sha256()
-        for name, t in sorted(self.state_dict().items()):
+        for name, t in state:
             h.update(name.encode())
             h.update(str(t.dtype).encode())
             h.update(str(tuple(t.shape)).encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        self.__dict__["_weights_hash"] = (key, h.digest()[:16])
         return h.digest()[:16]
 
 
