@@ -2,6 +2,11 @@
 
 import csv
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -188,3 +193,30 @@ def test_bad_training_input_is_one_line(tmp_path, capsys):
     assert cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--init", "grm/small/q9"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("refcodec: error:") for line in lines)
+
+
+def test_kill_9_then_resume_reaches_the_uninterrupted_loss_curve(tmp_path):
+    """A training process killed with SIGKILL mid-run resumes from its last checkpoint (whatever was
+    being written at the time) and logs the same losses as a run that was never interrupted."""
+    data = _images(tmp_path / "images", 5)
+    steps = 8
+    argv = lambda out, *extra: _args(data, tmp_path / out, steps, "--lr-warmup", "1", "--val-images", "1", "--save-every", "1", *extra)
+    trainer.main(argv("straight"))
+    proc = subprocess.Popen([sys.executable, "-m", "refcodec.cli", "train", *argv("killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = tmp_path / "killed" / "log.csv"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:  # wait for a few logged steps
+        if log.exists() and len(log.read_text().splitlines()) > 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(csv.DictReader(open(log))))
+    assert 0 < done < steps, "the process was not killed mid-run"
+    trainer.main(argv("killed", "--resume"))
+    logs = {run: list(csv.DictReader(open(tmp_path / run / "log.csv"))) for run in ("straight", "killed")}
+    assert [int(r["step"]) for r in logs["killed"]] == list(range(1, steps + 1))
+    for column in ("loss", "bpp"):
+        straight, resumed = ([float(r[column]) for r in logs[run]] for run in ("straight", "killed"))
+        assert resumed == pytest.approx(straight, rel=1e-5)
