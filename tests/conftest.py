@@ -1,5 +1,8 @@
 """Shared fixtures: small models saved as weights files, and test images made on the fly."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -35,3 +38,12 @@ def natural_image(width: int, height: int, seed: int = 0) -> Image.Image:
     coarse = rng.uniform(0, 255, (height // 8 + 2, width // 8 + 2, 3)).astype(np.uint8)
     base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float64)
     return Image.fromarray(np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8))
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module (the folder is not a package)."""
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

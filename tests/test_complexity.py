@@ -1,23 +1,12 @@
 """scripts/complexity.py: module counts on meta tensors agree with the layer arithmetic."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-SCRIPT = Path(__file__).parents[1] / "scripts" / "complexity.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("complexity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_counts_match_the_layer_arithmetic():
-    m = load_script().modules("grm", 1024, 512)  # latents 32 x 64
+    m = load_script("complexity").modules("grm", 1024, 512)  # latents 32 x 64
     positions, M = 32 * 64, 384
     assert m["context model"]["gmacs"] == pytest.approx(positions * 5 * 5 * M * 2 * M / 1e9, abs=0.01)
     # wavefront (step 3r + c): every query against the keys of smaller steps, patches of 4 taps
