@@ -2,7 +2,6 @@
 
 import csv
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -210,7 +209,7 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_loss_curve(tmp_path):
         if log.exists() and len(log.read_text().splitlines()) > 3:
             break
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(list(csv.DictReader(open(log))))
     assert 0 < done < steps, "the process was not killed mid-run"
