@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)  # fmt: skip
     sub.add_parser("bench", help="time and memory of every coding stage per image size (see refcodec bench --help)",
                    add_help=False)  # fmt: skip
+    sub.add_parser("viz", help="figures of the entropy model on one image (see refcodec viz --help)", add_help=False)
     return p
 
 
@@ -268,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             from .eval.compare import main as compare_main
 
             return compare_main(argv[1:])
+        if argv[:1] == ["viz"]:
+            from .eval.viz import main as viz_main
+
+            return viz_main(argv[1:])
         if argv[:1] == ["bench"]:
             from .eval.bench import main as bench_main
 
