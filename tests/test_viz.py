@@ -1,12 +1,13 @@
 """refcodec viz: the bit map adds up to the coded latent stream, and the command draws it."""
 
+import numpy as np
 import pytest
 from conftest import natural_image, save_tiny
 from PIL import Image
 
 from refcodec import cli, codec
 from refcodec.bitstream import unpack
-from refcodec.eval.viz import bit_map
+from refcodec.eval.viz import bit_map, relevance_pairs
 from refcodec.models import registry
 
 
@@ -31,3 +32,24 @@ def test_bit_map_needs_a_context_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and err.strip().startswith("refcodec: error:") and "context model" in err
     assert not (tmp_path / "h.png").exists()
+
+
+def test_viz_reference_draws_pairs_and_maps_for_grm_only(tiny_model, tiny_weights, tmp_path, capsys):
+    (tmp_path / "a.rfc").write_bytes(codec.compress(natural_image(96, 64, seed=4), tiny_model))
+    assert cli.main(["viz", "reference", str(tmp_path / "a.rfc"), "-o", str(tmp_path / "r.png"), "--model", str(tiny_weights)]) == 0
+    assert Image.open(tmp_path / "r.png").size[0] > 500
+    joint = save_tiny(tmp_path / "j.safetensors", name="joint")
+    (tmp_path / "j.rfc").write_bytes(codec.compress(natural_image(32, 32), registry.load_model(str(joint))))
+    rc = cli.main(["viz", "reference", str(tmp_path / "j.rfc"), "-o", str(tmp_path / "j.png"), "--model", str(joint)])
+    assert rc == 1 and "no global reference" in capsys.readouterr().err
+
+
+def test_relevance_pairs_are_far_apart_and_best_first():
+    S = np.zeros((6, 8))
+    U = np.ones((6, 8))
+    index = np.zeros((6, 8), dtype=np.int64)
+    S[5, 7], index[5, 7] = 0.9, 0  # far from its reference (0, 0)
+    S[0, 1], index[0, 1] = 1.0, 0  # its reference is a neighbour: skipped
+    S[5, 6], index[5, 6] = 0.8, 2  # too close to the first target: skipped
+    S[2, 7], index[2, 7] = 0.5, 8  # (1, 0): far enough
+    assert relevance_pairs(index, S, U) == [((5, 7), (0, 0)), ((2, 7), (1, 0))]

@@ -1,6 +1,7 @@
 """Figures of what the entropy model does on one image: ``refcodec viz``.
 
-    refcodec viz bits photo.rfc -o bits.png     # bits per latent position over the decoded image
+    refcodec viz bits photo.rfc -o bits.png        # bits per latent position over the decoded image
+    refcodec viz reference photo.rfc -o ref.png    # relevance pairs (Figure 8), S and U maps (Figure 10)
 
 The bit map is the information content -log2 p(y_hat) of every latent under the final stage's
 Gaussian, summed over channels: the probabilities the range coder used (floored, as the coder
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from .. import codec
 from ..bitstream import unpack
@@ -31,27 +33,53 @@ CODER_RESOLUTION = 2.0**-24  # the range coder gives every symbol at least this 
 
 
 @torch.no_grad()
-def bit_map(data: bytes, model=None) -> tuple[np.ndarray, np.ndarray]:
-    """(decoded image as an array, bits of each latent position (H/16, W/16)) of a refcodec file."""
+def analyse(data: bytes, model=None) -> dict:
+    """Decode a refcodec file and rerun its entropy model: the decoded image (array), the bits of
+    each latent position (H/16, W/16) and, for ``grm``, the reference of each position
+    (``index`` in raster order, similarity ``S``, confidence ``U``; each (H/16, W/16))."""
     header, streams = unpack(data)
     model = model or load_model(header.model)
     if not hasattr(model, "exact_predict"):
-        raise RefcodecError(f"a bit map needs a model with a context model (grm, joint), not {header.model!r}")
+        raise RefcodecError(f"these figures need a model with a context model (grm, joint), not {header.model!r}")
     image = codec.decompress(data, model)  # checks the file and the weights first
     height, width = header.height + header.pad_bottom, header.width + header.pad_right
     h, w = height // STRIDE, width // STRIDE
-    own = model.schedule.name
+    own, trace = model.schedule.name, {}
     model.use_schedule(header.schedule)
     try:
         y_hat = model.decode(streams, height, width)
         hyper = model._hyper_rows(decode_factorized(model.density, streams[0], h // 4, w // 4)) if model.hyperprior else None
-        mean, log_scale = model.exact_predict(y_hat, hyper)[-1]
+        mean, log_scale = model.exact_predict(y_hat, hyper, trace)[-1]
     finally:
         model.use_schedule(own)
     rows = y_hat.double()[0].permute(1, 2, 0).reshape(-1, model.M)
     p = exact_likelihood(rows, mean, log_scale).clamp_min(CODER_RESOLUTION)  # the coder's floor
-    bits = -torch.log2(p).sum(1).view(h, w)
-    return np.asarray(image.convert("RGB")), bits.numpy()
+    out = {"image": np.asarray(image.convert("RGB")), "bits": -torch.log2(p).sum(1).view(h, w).numpy()}
+    out.update({k: v.view(h, w).numpy() for k, v in trace.items()})
+    return out
+
+
+def bit_map(data: bytes, model=None) -> tuple[np.ndarray, np.ndarray]:
+    """(decoded image as an array, bits of each latent position (H/16, W/16)) of a refcodec file."""
+    found = analyse(data, model)
+    return found["image"], found["bits"]
+
+
+def relevance_pairs(index: np.ndarray, S: np.ndarray, U: np.ndarray, count: int = 8, min_distance: int = 3) -> list:
+    """The ``count`` (target, reference) latent positions with the largest S x U, the reference at
+    least ``min_distance`` latents away and every target apart from the others (Figure 8)."""
+    h, w = S.shape
+    score = (S * U.flatten()[index]).flatten()
+    pairs = []
+    for t in np.argsort(-score, kind="stable"):
+        target, ref = divmod(int(t), w), divmod(int(index.flatten()[t]), w)
+        far = max(abs(target[0] - ref[0]), abs(target[1] - ref[1])) >= min_distance
+        apart = all(max(abs(target[0] - a[0]), abs(target[1] - a[1])) >= 3 for a, _ in pairs)
+        if far and apart and score[t] > 0:
+            pairs.append((target, ref))
+        if len(pairs) == count:
+            break
+    return pairs
 
 
 def draw_bits(image: np.ndarray, bits: np.ndarray, path: Path, title: str) -> None:
@@ -71,21 +99,53 @@ def draw_bits(image: np.ndarray, bits: np.ndarray, path: Path, title: str) -> No
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
+def draw_reference(found: dict, path: Path, title: str) -> None:
+    """Relevance pairs over the image (Figure 8), and the maps of S and U (Figure 10)."""
+    image, S, U = found["image"], found["S"], found["U"]
+    height, width = image.shape[:2]
+    fig = Figure(figsize=(15, 4.4 * height / width + 0.8))
+    pairs_ax, s_ax, u_ax = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+    pairs_ax.imshow(image)
+    for n, (target, ref) in enumerate(relevance_pairs(found["index"], S, U), 1):
+        for (r, c), colour in ((target, "yellow"), (ref, "cyan")):  # the 3 x 3 latents the search compares
+            box = Rectangle(((c - 1) * STRIDE, (r - 1) * STRIDE), 3 * STRIDE, 3 * STRIDE, fill=False, color=colour, lw=1.5)
+            pairs_ax.add_patch(box)
+            pairs_ax.text((c - 1) * STRIDE, (r - 1) * STRIDE - 2, str(n), color=colour, fontsize=9, weight="bold")
+    pairs_ax.set_title("targets (yellow) and their references (cyan)")
+    for ax, values, name in ((s_ax, S, "similarity S"), (u_ax, U, "confidence U")):
+        shown = ax.imshow(np.kron(values, np.ones((STRIDE, STRIDE)))[:height, :width], cmap="viridis", vmin=0, vmax=1)
+        fig.colorbar(shown, ax=ax, fraction=0.035)
+        ax.set_title(name)
+    for ax in (pairs_ax, s_ax, u_ax):
+        ax.set_axis_off()
+    fig.suptitle(title)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="refcodec viz", description="Figures of what the entropy model does on one image.")
     sub = p.add_subparsers(dest="figure", required=True)
     b = sub.add_parser("bits", help="bits per latent position of a compressed file, over the decoded image")
-    b.add_argument("file", type=Path)
-    b.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
-    b.add_argument("--model", help="weights to decode with (default: the shipped model named in the file)")
+    r = sub.add_parser("reference", help="relevance pairs (Figure 8) and the maps of S and U (Figure 10), for grm")
+    for parser in (b, r):
+        parser.add_argument("file", type=Path)
+        parser.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
+        parser.add_argument("--model", help="weights to decode with (default: the shipped model named in the file)")
     args = p.parse_args(argv)
     if not args.file.is_file():
         raise RefcodecError(f"{args.file}: no such file")
     data = args.file.read_bytes()
-    image, bits = bit_map(data, load_model(args.model) if args.model else None)
+    found = analyse(data, load_model(args.model) if args.model else None)
     header, streams = unpack(data)
-    title = (f"{args.file.name}: {header.model}, {8 * len(data) / (header.width * header.height):.3f} bpp; "
-             f"latents {bits.sum() / 8:.0f} bytes by the model, {len(streams[-1])} bytes in the file")  # fmt: skip
-    draw_bits(image, bits, args.output, title)
-    print(f"{args.file} -> {args.output}: {bits.sum():.0f} bits over {bits.size} latent positions")
+    bits = found["bits"]
+    title = f"{args.file.name}: {header.model}, {8 * len(data) / (header.width * header.height):.3f} bpp"
+    if args.figure == "bits":
+        draw_bits(found["image"], bits, args.output,
+                  f"{title}; latents {bits.sum() / 8:.0f} bytes by the model, {len(streams[-1])} bytes in the file")  # fmt: skip
+    elif "S" not in found:
+        raise RefcodecError(f"model {header.model!r} has no global reference")
+    else:
+        draw_reference(found, args.output, title)
+    print(f"{args.file} -> {args.output}")
     return 0

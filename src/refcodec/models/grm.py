@@ -254,10 +254,14 @@ class GRM(CompressionModel):
         kernel = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1)
         return CodingLatent(self.M, height, width, kernel)
 
-    def exact_predict(self, y_hat: torch.Tensor, hyper: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def exact_predict(
+        self, y_hat: torch.Tensor, hyper: torch.Tensor | None, trace: dict | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Coding-time (mu, log-sigma) rows of every stage for a whole latent (1, M, H, W), bit-exact.
 
         Runs in blocks of positions, so memory stays a few times that of the latent itself.
+        ``trace``, if given, receives the reference of every position: ``index`` (raster),
+        similarity ``S`` and the confidence ``U`` of every position (for figures).
         """
         _, _, h, w = y_hat.shape
         steps = self.schedule.steps(h, w).flatten()
@@ -274,7 +278,10 @@ class GRM(CompressionModel):
                 found.add(rows * w + cols, latent.patches(rows, cols, self.search_mask))
             index, s = found.search_all()
             feats = everywhere(latent.conv(self.transfer))
-            return self._transfer(feats, self._confidence(_rows(y_hat).double(), mean1, log_scale1), index, s)
+            conf = self._confidence(_rows(y_hat).double(), mean1, log_scale1)
+            if trace is not None:
+                trace.update(index=index, S=s, U=conf)
+            return self._transfer(feats, conf, index, s)
 
         nets = self._exact_nets()
         with profiling.stage("context"):
