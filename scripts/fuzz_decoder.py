@@ -97,18 +97,16 @@ def outcome_of(data: bytes, models: dict, max_pixels: int) -> str:
     """'decoded' or 'RefcodecError subclass: message shape'; anything else raises."""
     try:
         header, _ = unpack(data)
-        model = models.get(header.model)
     except RefcodecError:
-        model = None
+        header = None
     try:
-        image = codec.decompress(data, model, max_pixels=max_pixels)
+        image = codec.decompress(data, header and models.get(header.model), max_pixels=max_pixels)
     except RefcodecError as e:
         message = str(e)
         if not message or "\n" in message:
             raise AssertionError(f"unclear message {message!r}") from None
         shape = re.sub(r"[0-9a-f]{6,}|\d+", "N", message)  # numbers and hashes vary: group by wording
         return f"{type(e).__name__}: {shape[:90]}"
-    header, _ = unpack(data)
     if image.size != (header.width, header.height):
         raise AssertionError(f"decoded {image.size}, header says {header.width}x{header.height}")
     return "decoded"

@@ -7,13 +7,14 @@ from PIL import Image
 
 from refcodec import cli, codec
 from refcodec.bitstream import unpack
-from refcodec.eval.viz import bit_map, relevance_pairs
+from refcodec.eval.viz import analyse, relevance_pairs
 from refcodec.models import registry
 
 
 def test_bit_map_adds_up_to_the_latent_stream(tiny_model):
     data = codec.compress(natural_image(96, 64, seed=4), tiny_model)
-    image, bits = bit_map(data, tiny_model)
+    found = analyse(data, tiny_model)
+    image, bits = found["image"], found["bits"]
     assert image.shape == (64, 96, 3) and bits.shape == (4, 8)  # the padded latent and (bits >= 0).all()
     stream = unpack(data)[1][-1]
     assert bits.sum() / 8 == pytest.approx(len(stream), abs=8)  # the range coder's overhead: a few bytes

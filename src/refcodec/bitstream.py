@@ -107,6 +107,11 @@ class Header:
         for i, length in enumerate(self.stream_lengths):
             _check_int(f"stream_lengths[{i}]", length, 0, _U32_MAX)
 
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(height, width) of the padded image the model coded."""
+        return self.height + self.pad_bottom, self.width + self.pad_right
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable view (hash as hex), for ``refcodec info``."""
         return {

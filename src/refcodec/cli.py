@@ -41,17 +41,12 @@ def _write_atomic(path: Path, data: bytes, force: bool) -> None:
     if path.is_dir():
         raise CliError(f"{path} is a directory")
     try:
-        fd = os.open(path.parent, getattr(os, "O_TMPFILE", 0) | os.O_WRONLY, 0o666)
-        unnamed = bool(getattr(os, "O_TMPFILE", 0))
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise CliError(f"cannot write to {path.parent}: {e.strerror}") from None
-        unnamed = False
-    if not unnamed:
-        try:
+        fd = _unnamed_file(path.parent)
+        unnamed = fd is not None
+        if not unnamed:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        except OSError as e:
-            raise CliError(f"cannot write to {path.parent}: {e.strerror}") from None
+    except OSError as e:
+        raise CliError(f"cannot write to {path.parent}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -64,6 +59,19 @@ def _write_atomic(path: Path, data: bytes, force: bool) -> None:
     except BaseException:
         if not unnamed:
             os.unlink(tmp)
+        raise
+
+
+def _unnamed_file(folder: Path) -> int | None:
+    """A descriptor of a new unnamed file in ``folder`` (Linux ``O_TMPFILE``), or None where the
+    system or the filesystem has none."""
+    if not hasattr(os, "O_TMPFILE"):
+        return None
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o666)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
         raise
 
 

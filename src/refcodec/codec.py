@@ -10,6 +10,7 @@ would be lost).
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +130,14 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
-def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder).
+@contextmanager
+def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int = MAX_PIXELS):
+    """Check a file and yield (header, streams, model), the model set to the file's decode order.
 
-    Files of more than ``max_pixels`` are refused from their header, before anything is allocated.
+    Everything is refused before any decoding: implausible headers, files of more than
+    ``max_pixels``, a missing model, other weights than the file was written with, a wrong
+    stream count or schedule. Coding errors in the body become ``BitstreamError``, and the
+    caller's model gets its own decode order back.
     """
     header, streams = unpack(bytes(data))
     if header.pad_right >= ALIGNMENT or header.pad_bottom >= ALIGNMENT:
@@ -148,8 +153,7 @@ def decompress(data: bytes, model: CompressionModel | None = None, progress: boo
         raise BitstreamError(f"file was written with other weights for {header.model!r} (weights hash mismatch)")
     if len(streams) != model.stream_count():
         raise BitstreamError(f"file has {len(streams)} streams, model {header.model!r} needs {model.stream_count()}")
-    height, width = header.height + header.pad_bottom, header.width + header.pad_right
-    if height % ALIGNMENT or width % ALIGNMENT:
+    if any(side % ALIGNMENT for side in header.padded_size):
         raise BitstreamError("padded size in the header is not a multiple of 64")
     own_schedule = model.schedule.name
     try:
@@ -157,10 +161,24 @@ def decompress(data: bytes, model: CompressionModel | None = None, progress: boo
     except ValueError as e:
         raise BitstreamError(f"file's {header.schedule} schedule does not fit model {header.model!r} ({e})") from None
     try:
-        x_hat = model.decompress(streams, height, width, progress)
+        yield header, streams, model
     except CodingError as e:
         raise BitstreamError(str(e)) from None
     finally:
-        model.use_schedule(own_schedule)  # the caller's model keeps its own decode order
+        model.use_schedule(own_schedule)
+
+
+def to_image(header: Header, x_hat: torch.Tensor) -> Image.Image:
+    """The decoded image of a file from the reconstruction of its padded image."""
     image = tensor_to_image(x_hat[:, :, : header.height, : header.width])
     return image.convert("L") if header.mode == "L" else image
+
+
+def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder).
+
+    Files of more than ``max_pixels`` are refused from their header, before anything is allocated.
+    """
+    with opened(data, model, max_pixels) as (header, streams, model):
+        x_hat = model.decompress(streams, *header.padded_size, progress)
+    return to_image(header, x_hat)

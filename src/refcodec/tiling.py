@@ -67,11 +67,9 @@ def grid(height: int, width: int, tile: int, align: int) -> tuple[int, int]:
     return rows, cols
 
 
-def run_tiled(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, halo: int, scale: float, align: int = 1, workers: int | None = None
-) -> torch.Tensor:
-    """``fn(x)`` computed tile by tile, each tile on one thread, ``workers`` tiles at a time
-    (default: torch's thread count); ``fn`` maps an input of H x W to one of H*scale x W*scale.
+def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, halo: int, scale: float, align: int = 1) -> torch.Tensor:
+    """``fn(x)`` computed tile by tile, each tile on one thread, as many tiles at a time as torch
+    has threads; ``fn`` maps an input of H x W to one of H*scale x W*scale.
 
     ``tile`` and ``halo`` are in input units; ``align * scale`` and ``halo * scale`` must be
     whole numbers (for a downsampling fn, ``align`` and ``halo`` multiples of its stride), as
@@ -93,7 +91,7 @@ def run_tiled(
     threads = torch.get_num_threads()
     out = None
     try:
-        with ThreadPoolExecutor(min(workers or threads, len(tiles))) as pool:
+        with ThreadPoolExecutor(min(threads, len(tiles))) as pool:
             for ((r0, r1, *_), (c0, c1, *_)), y in zip(tiles, pool.map(run, tiles)):
                 if out is None:
                     out = y.new_empty(y.shape[0], y.shape[1], out_(h), out_(w))

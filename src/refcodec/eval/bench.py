@@ -76,7 +76,7 @@ def child(args) -> dict:
             decoded = codec.decompress(data, model)
     total = time.perf_counter() - start
     header, _ = unpack(data)
-    h, w = (header.height + header.pad_bottom) // 16, (header.width + header.pad_right) // 16
+    h, w = (side // 16 for side in header.padded_size)
     result = {
         "seconds": {k: round(seconds.get(k, 0.0), 4) for k in profiling.STAGES},
         "total_seconds": round(total, 4),

@@ -37,32 +37,20 @@ def analyse(data: bytes, model=None) -> dict:
     """Decode a refcodec file and rerun its entropy model: the decoded image (array), the bits of
     each latent position (H/16, W/16) and, for ``grm``, the reference of each position
     (``index`` in raster order, similarity ``S``, confidence ``U``; each (H/16, W/16))."""
-    header, streams = unpack(data)
-    model = model or load_model(header.model)
-    if not hasattr(model, "exact_predict"):
-        raise RefcodecError(f"these figures need a model with a context model (grm, joint), not {header.model!r}")
-    image = codec.decompress(data, model)  # checks the file and the weights first
-    height, width = header.height + header.pad_bottom, header.width + header.pad_right
-    h, w = height // STRIDE, width // STRIDE
-    own, trace = model.schedule.name, {}
-    model.use_schedule(header.schedule)
-    try:
+    with codec.opened(data, model) as (header, streams, model):
+        if not hasattr(model, "exact_predict"):
+            raise RefcodecError(f"these figures need a model with a context model (grm, joint), not {header.model!r}")
+        height, width = header.padded_size
+        h, w, trace = height // STRIDE, width // STRIDE, {}
         y_hat = model.decode(streams, height, width)
         hyper = model._hyper_rows(decode_factorized(model.density, streams[0], h // 4, w // 4)) if model.hyperprior else None
         mean, log_scale = model.exact_predict(y_hat, hyper, trace)[-1]
-    finally:
-        model.use_schedule(own)
+        image = codec.to_image(header, model.synthesize(y_hat))
     rows = y_hat.double()[0].permute(1, 2, 0).reshape(-1, model.M)
     p = exact_likelihood(rows, mean, log_scale).clamp_min(CODER_RESOLUTION)  # the coder's floor
     out = {"image": np.asarray(image.convert("RGB")), "bits": -torch.log2(p).sum(1).view(h, w).numpy()}
     out.update({k: v.view(h, w).numpy() for k, v in trace.items()})
     return out
-
-
-def bit_map(data: bytes, model=None) -> tuple[np.ndarray, np.ndarray]:
-    """(decoded image as an array, bits of each latent position (H/16, W/16)) of a refcodec file."""
-    found = analyse(data, model)
-    return found["image"], found["bits"]
 
 
 def relevance_pairs(index: np.ndarray, S: np.ndarray, U: np.ndarray, count: int = 8, min_distance: int = 3) -> list:
