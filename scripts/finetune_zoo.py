@@ -1,10 +1,11 @@
 """Fine-tune every (model, quality) of the zoo side by side on one device, within a time budget.
 
-    python scripts/finetune_zoo.py --data ../shared/datasets/bsds500 --base grm=W1 joint=W2 \\
+    python scripts/finetune_zoo.py --data ../shared/datasets/bsds500/{train,test} --base grm=W1 joint=W2 \\
         --qualities 1 2 3 4 --budget 480 --device cuda --out runs/finetune
 
 Every run starts from its model's base weights (``--init``, so the step count and the
-schedule continue from the base) and trains the same number of steps on the same data
+schedule continue from the base; a base with ``{q}`` in it names one per quality, e.g.
+``grm=grm/small/q{q}`` continues every shipped model from itself) and trains the same number of steps on the same data
 order with the same seed, so the models compare as the paper compares them. The step
 count is sized to the budget: first all runs train ``--calibrate`` steps at once (they
 share the device, so this measures the contended speed and the start-up time), then the
@@ -34,8 +35,7 @@ MARGIN = 0.1  # share of the remaining budget kept for validation, export and sl
 
 
 def command(args, base: Path, model: str, quality: int, out: Path, steps: int, extra: list[str]) -> list[str]:
-    data = Path(args.data)
-    return [sys.executable, "-m", "refcodec.cli", "train", "--data", str(data / "train"), str(data / "test"),
+    return [sys.executable, "-m", "refcodec.cli", "train", "--data", *map(str, args.data),
             "--out", str(out), "--model", model, "--preset", args.preset, "--quality", str(quality),
             "--steps", str(steps), "--batch", str(args.batch), "--crop", str(args.crop), "--lr", str(args.lr),
             "--init", str(base), "--seed", "0", "--device", args.device, "--threads", str(args.threads),
@@ -65,8 +65,9 @@ def seconds_per_step(log: Path) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="BSDS500-style folder: train/ and test/ are trained on")
-    p.add_argument("--base", required=True, nargs="+", help="MODEL=WEIGHTS, the base each model's runs start from")
+    p.add_argument("--data", required=True, nargs="+", type=Path, help="folders of training images")
+    p.add_argument("--base", required=True, nargs="+", help="MODEL=WEIGHTS (a .safetensors or a model id; {q}: the run's quality), "
+                   "the base each model's runs start from")
     p.add_argument("--qualities", nargs="+", type=int, default=[1, 2, 3, 4])
     p.add_argument("--budget", type=float, required=True, help="wall seconds for calibration and training together")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"))
@@ -79,12 +80,13 @@ def main() -> None:
     p.add_argument("--calibrate", type=int, default=60, help="steps of the timing runs")
     args = p.parse_args()
     start = time.time()
-    bases = dict(b.split("=", 1) for b in args.base)
-    base_steps = {m: registry.read_config(w).get("steps", 0) for m, w in bases.items()}
-    runs = {f"{m}-{args.preset}-q{q}": (m, q) for m in bases for q in args.qualities}
+    models = dict(b.split("=", 1) for b in args.base)
+    runs = {f"{m}-{args.preset}-q{q}": (m, q) for m in models for q in args.qualities}
+    base = {name: models[m].format(q=q) for name, (m, q) in runs.items()}
+    base_steps = {name: registry.read_config(registry.weights_path(w)).get("steps", 0) for name, w in base.items()}
 
-    calib = {name: command(args, bases[m], m, q, args.out / "calibrate" / name, base_steps[m] + 10**6,
-                           ["--stop-at", str(base_steps[m] + args.calibrate)]) for name, (m, q) in runs.items()}  # fmt: skip
+    calib = {name: command(args, base[name], m, q, args.out / "calibrate" / name, base_steps[name] + 10**6,
+                           ["--stop-at", str(base_steps[name] + args.calibrate)]) for name, (m, q) in runs.items()}  # fmt: skip
     calib_wall = run_all(calib, args.out / "calibrate")
     per_step = max(seconds_per_step(args.out / "calibrate" / name / "log.csv") for name in runs)
     startup = calib_wall - args.calibrate * per_step
@@ -95,7 +97,7 @@ def main() -> None:
     print(f"{len(runs)} runs side by side: {per_step:.3f} s/step, {startup:.0f} s start-up; {steps} steps each", flush=True)
 
     limit = left * (1 - MARGIN / 2) - startup
-    train = {name: command(args, bases[m], m, q, args.out / name, base_steps[m] + steps, ["--time-limit", str(round(limit))])
+    train = {name: command(args, base[name], m, q, args.out / name, base_steps[name] + steps, ["--time-limit", str(round(limit))])
              for name, (m, q) in runs.items()}  # fmt: skip
     run_all(train, args.out / "logs")
 

@@ -109,7 +109,7 @@ def compress(
     net = _resolve_model(model, quality)
     pad_right, pad_bottom = -width % ALIGNMENT, -height % ALIGNMENT
     x = F.pad(image_to_tensor(rgb), (0, pad_right, 0, pad_bottom), mode="replicate")
-    streams = net.compress(x)
+    streams = net.compress(x.to(next(net.parameters()).device))  # a model on a GPU encodes there
     header = Header(
         model=net.id,
         weights_hash=net.weights_hash(),

@@ -94,6 +94,12 @@ class ExactNet:
                 self.ops.append(("act", layer))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:  # cuDNN may pick FFT or Winograd kernels, which round; the native ones multiply and add
+            with torch.backends.cudnn.flags(enabled=False):
+                return self._run(x)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = snap(x)
         for kind, op in self.ops:
             if kind == "act":

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from time import perf_counter
 
+import torch
+
 STAGES = ("analysis", "hyper", "context", "reference", "parameters", "coder", "synthesis")
 
 _seconds: ContextVar[dict | None] = ContextVar("refcodec_stage_seconds", default=None)
@@ -29,11 +31,19 @@ def stage(name: str) -> Iterator[None]:
     if seconds is None:
         yield
         return
+    _sync()
     start = perf_counter()
     try:
         yield
     finally:
+        _sync()
         seconds[name] += perf_counter() - start
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so that it counts in the stage that launched it."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 @contextmanager

@@ -106,5 +106,6 @@ class FactorizedDensity(nn.Module):
 
     def tables(self) -> list[np.ndarray]:
         """Per channel, the probability row the coder uses (float64, normalized integer counts)."""
-        rows = [self.pmf[c, : int(self.pmf_length[c])].double().numpy() for c in range(self.channels)]
+        pmf, length = self.pmf.cpu(), self.pmf_length.cpu()
+        rows = [pmf[c, : int(length[c])].double().numpy() for c in range(self.channels)]
         return [r / r.sum() for r in rows]

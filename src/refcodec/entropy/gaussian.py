@@ -53,7 +53,7 @@ def scale_index(log_scale: torch.Tensor) -> torch.Tensor:
 
 def coding_scale(log_scale: torch.Tensor) -> torch.Tensor:
     """The scale the entropy coder uses for an exact log-sigma."""
-    return SCALE_TABLE[scale_index(log_scale)]
+    return SCALE_TABLE.to(log_scale.device)[scale_index(log_scale)]
 
 
 # Phi on [-8, 8] at 1/128 steps; linear interpolation between entries uses only
@@ -73,8 +73,9 @@ def _exact_std_cdf(x: torch.Tensor) -> torch.Tensor:
     pos = (x.clamp(-_PHI_RANGE, _PHI_RANGE) + _PHI_RANGE) * _PHI_STEPS
     idx = pos.floor().clamp_max(len(_PHI_TABLE) - 2)
     frac = pos - idx
-    lo = _PHI_TABLE[idx.long()]
-    hi = _PHI_TABLE[idx.long() + 1]
+    table = _PHI_TABLE.to(x.device)
+    lo = table[idx.long()]
+    hi = table[idx.long() + 1]
     return lo + (hi - lo) * frac
 
 

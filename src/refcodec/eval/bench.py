@@ -29,7 +29,6 @@ from .. import codec, profiling
 from ..bitstream import unpack
 from ..models import registry
 from ..sample import sample_image
-from .plot import time_plot
 
 SIZES = {"240p": (426, 240), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160),
          "8k": (7680, 4320), "kodak": (768, 512)}  # fmt: skip
@@ -146,6 +145,8 @@ def main(argv=None) -> None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2))
         args.output.with_suffix(".md").write_text(table(report))
+        from .plot import time_plot  # matplotlib and bjontegaard: benchmark extras, not needed to measure
+
         time_plot(report["runs"], args.output.with_suffix(".png"), f"{args.model}/{args.preset}, {args.threads} thread(s)")
 
 

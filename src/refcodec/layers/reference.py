@@ -75,8 +75,9 @@ def visible_prefix(key_steps: torch.Tensor) -> Callable[[int], int]:
 
 def _exact_dots(qb: torch.Tensor, kb: torch.Tensor, key_max: float) -> torch.Tensor:
     """qb @ kb.T of integer patches, exactly: in float32 when every partial sum is an integer
-    below 2^24, which float32 holds exactly whatever the summation order; else in float64."""
-    if float(qb.abs().max()) * key_max * qb.shape[1] < 2**24:
+    below 2^24, which float32 holds exactly whatever the summation order; else in float64.
+    On a GPU always float64: a float32 product there may run in TF32, which rounds the inputs."""
+    if qb.device.type == "cpu" and float(qb.abs().max()) * key_max * qb.shape[1] < 2**24:
         return (qb.float() @ kb.T).double()
     return qb.double() @ kb.double().T
 
@@ -115,9 +116,9 @@ class ReferenceIndex:
     def __init__(self, key_steps: torch.Tensor, dim: int):
         self.steps, self.position = torch.sort(key_steps, stable=True)  # slot -> step, raster position
         self.slot = torch.empty_like(self.position)
-        self.slot[self.position] = torch.arange(len(key_steps))
-        self.keys = torch.zeros(len(key_steps), dim, dtype=torch.float32)
-        self.norm2 = torch.zeros(len(key_steps), dtype=torch.float64)
+        self.slot[self.position] = torch.arange(len(key_steps), device=key_steps.device)
+        self.keys = torch.zeros(len(key_steps), dim, dtype=torch.float32, device=key_steps.device)
+        self.norm2 = torch.zeros(len(key_steps), dtype=torch.float64, device=key_steps.device)
         self.max = 0.0  # largest |entry| of any key so far
 
     def add(self, positions: torch.Tensor, patches: torch.Tensor) -> None:

@@ -92,7 +92,8 @@ class MeanScaleHyperprior(CompressionModel):
         y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX)
         with profiling.stage("coder"):
             enc = Encoder()
-            enc.gaussian(y_hat.flatten().numpy(), mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+            symbols, mean, log_scale = (t.cpu() for t in (y_hat, mean, log_scale))  # the coder runs on the CPU
+            enc.gaussian(symbols.flatten().numpy(), mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
             return [z_stream, enc.finish()], y_hat
 
     @torch.no_grad()

@@ -92,9 +92,9 @@ class CodingLatent:
     get the same bits.
     """
 
-    def __init__(self, channels: int, height: int, width: int, kernel: int):
+    def __init__(self, channels: int, height: int, width: int, kernel: int, device: torch.device | str = "cpu"):
         self.pad = kernel // 2
-        self.y = torch.zeros(channels, height + 2 * self.pad, width + 2 * self.pad, dtype=torch.float64)
+        self.y = torch.zeros(channels, height + 2 * self.pad, width + 2 * self.pad, dtype=torch.float64, device=device)
 
     def set(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> None:
         """Write decoded latents, rows (P, C), at the given positions."""
@@ -240,7 +240,7 @@ class GRM(CompressionModel):
     def _confidence(self, y_rows, mean1, log_scale1) -> torch.Tensor:
         """U: channel average of the exact stage-1 probabilities, on the fixed-point grid."""
         if not self.confidence:
-            return torch.ones(len(y_rows), dtype=torch.float64)
+            return torch.ones(len(y_rows), dtype=torch.float64, device=y_rows.device)
         return snap(exact_likelihood(y_rows, mean1, log_scale1).sum(1) / self.M)
 
     @staticmethod
@@ -250,9 +250,9 @@ class GRM(CompressionModel):
     def _hyper_rows(self, z_hat: torch.Tensor) -> torch.Tensor:
         return _rows(ExactNet(self.h_s)(z_hat))
 
-    def _coding_latent(self, height: int, width: int) -> CodingLatent:
+    def _coding_latent(self, height: int, width: int, device: torch.device | str = "cpu") -> CodingLatent:
         kernel = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1)
-        return CodingLatent(self.M, height, width, kernel)
+        return CodingLatent(self.M, height, width, kernel, device)
 
     def exact_predict(
         self, y_hat: torch.Tensor, hyper: torch.Tensor | None, trace: dict | None = None
@@ -261,12 +261,13 @@ class GRM(CompressionModel):
 
         Runs in blocks of positions, so memory stays a few times that of the latent itself.
         ``trace``, if given, receives the reference of every position: ``index`` (raster),
-        similarity ``S`` and the confidence ``U`` of every position (for figures).
+        similarity ``S`` and the confidence ``U`` of every position (for figures). Runs on the
+        latent's device: the arithmetic is exact, so a GPU encoder gives a CPU decoder the same bits.
         """
         _, _, h, w = y_hat.shape
-        steps = self.schedule.steps(h, w).flatten()
-        latent = self._coding_latent(h, w)
-        blocks = [(p // w, p % w) for p in torch.arange(h * w).split(POSITION_BLOCK)]
+        steps = self.schedule.steps(h, w).flatten().to(y_hat.device)
+        latent = self._coding_latent(h, w, y_hat.device)
+        blocks = [(p // w, p % w) for p in torch.arange(h * w, device=y_hat.device).split(POSITION_BLOCK)]
         latent.inner.copy_(y_hat[0])
 
         def everywhere(fn) -> torch.Tensor:
@@ -302,9 +303,9 @@ class GRM(CompressionModel):
         mean, log_scale = self.exact_predict(y_hat, hyper)[-1]
         with profiling.stage("coder"):
             order = self.schedule.coding_permutation(h, w)
+            symbols, mean, log_scale = (t.cpu()[order] for t in (_rows(y_hat), mean, log_scale))  # the coder runs on the CPU
             enc = Encoder()
-            symbols = _rows(y_hat)[order].flatten().numpy()
-            enc.gaussian(symbols, mean[order].flatten().numpy(), coding_scale(log_scale[order]).flatten().numpy())
+            enc.gaussian(symbols.flatten().numpy(), mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
             streams.append(enc.finish())
         return streams, y_hat
 
