@@ -38,12 +38,19 @@ def write_curve(name: str, preset: str, folder: Path) -> None:
     (folder / f"{name}-{preset}.json").write_text(json.dumps(curve, indent=2))
 
 
+def shipped_training(model_id: str | None) -> dict | None:
+    """The training record of a shipped model's card, if ``model_id`` is one (read before it is replaced)."""
+    card = registry.WEIGHTS_DIR / f"{str(model_id).replace('/', '-')}.json"
+    return json.loads(card.read_text())["training"] if model_id and card.is_file() else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="training run folder (checkpoint.pt or weights.safetensors, log.csv)")
     p.add_argument("--eval", required=True, help="evaluation images (e.g. Kodak)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--init-id", help="model the run started from, for runs whose config does not record it")
+    p.add_argument("--data-as", nargs="+", help="the training folders to record, where the run trained on a copy of them")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -60,10 +67,19 @@ def main() -> None:
         hours = config["wall_seconds"] / 3600
         base = config.get("init", {}).get("steps", 0)
     model.eval()
+    if args.data_as:
+        config["data"] = args.data_as
     steps, before = config["steps"], config.get("init", {})
     init = before.get("id") or args.init_id
     hardware = config.get("hardware") or f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"
-    if base and before.get("hardware"):  # two machines: say which did what
+    data = ", ".join(config["data"])
+    earlier = shipped_training(init) if base else None  # a shipped model's card holds its whole history
+    if earlier and earlier["steps"] == base:
+        own = hours - earlier["wall_hours"]
+        hardware = f"{earlier['hardware']}; then {hardware} for steps {base + 1}-{steps} ({own:.2f} h)"
+        if earlier["data"] != config["data"]:
+            data = f"{', '.join(earlier['data'])} for steps 1-{base}; {data} for steps {base + 1}-{steps}"
+    elif base and before.get("hardware"):  # two machines: say which did what
         own = hours - before["wall_seconds"] / 3600
         hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {steps - base} ({own:.2f} h)"
     origin = f" (steps 1-{base}: the run of `{init}` it started from; {steps - base} steps here)" if base else ""
@@ -89,7 +105,7 @@ def main() -> None:
     (registry.WEIGHTS_DIR / f"{name}.md").write_text(
         f"# {shipped.id}\n\n"
         f"- Architecture: `{config['name']}`, preset `{config['preset']}` (N={config['N']}, M={config['M']}), flags {config['flags'] or 'default'}\n"
-        f"- Training: {', '.join(config['data'])}; {config['steps']} steps{origin}, lambda {config['lambda']}, "
+        f"- Training: {data}; {config['steps']} steps{origin}, lambda {config['lambda']}, "
         f"{card['training']['wall_hours']} h wall time on {card['training']['hardware']}\n"
         f"- Stored as float16 safetensors; weights hash `{shipped.weights_hash().hex()}`\n\n"
         f"## Measured on {ev['count']} images of `{args.eval}` (real bitstreams, {args.threads} threads)\n\n"

@@ -7,7 +7,7 @@ from PIL import Image
 
 from refcodec import cli, codec
 from refcodec.bitstream import unpack
-from refcodec.eval.viz import analyse, relevance_pairs
+from refcodec.eval.viz import analyse, latent_histograms, relevance_pairs
 from refcodec.models import registry
 
 
@@ -54,3 +54,36 @@ def test_relevance_pairs_are_far_apart_and_best_first():
     S[5, 6], index[5, 6] = 0.8, 2  # too close to the first target: skipped
     S[2, 7], index[2, 7] = 0.5, 8  # (1, 0): far enough
     assert relevance_pairs(index, S, U) == [((5, 7), (0, 0)), ((2, 7), (1, 0))]
+
+
+def test_stage_bits_end_in_the_bit_map_and_stages_refine_the_mean(tiny_model):
+    found = analyse(codec.compress(natural_image(96, 64, seed=4), tiny_model), tiny_model)
+    bits, mu, y = found["stage_bits"], found["stage_mu"], found["y"]
+    assert bits.shape == mu.shape == (3, 24, 4, 8) and y.shape == (24, 4, 8)
+    assert np.allclose(bits[-1].sum(0), found["bits"])  # the last stage is the one the coder used
+    assert (bits >= 0).all() and np.isfinite(mu).all()
+
+
+def test_viz_progressive_command(tiny_model, tiny_weights, tmp_path, capsys):
+    (tmp_path / "a.rfc").write_bytes(codec.compress(natural_image(96, 64, seed=4), tiny_model))
+    assert cli.main(["viz", "progressive", str(tmp_path / "a.rfc"), "-o", str(tmp_path / "p.png"), "--model", str(tiny_weights)]) == 0
+    assert Image.open(tmp_path / "p.png").size[0] > 500
+
+
+def test_latent_histograms_pick_the_highest_entropy_channels(tiny_model, tmp_path):
+    for i in range(2):
+        natural_image(64, 64, seed=i).save(tmp_path / f"{i}.png")
+    found = latent_histograms(tiny_model, sorted(tmp_path.glob("*.png")), channels=3)
+    assert len(found["values"]) == 3 and all(v.shape == (2 * 4 * 4,) for v in found["values"].values())
+    assert found["off_centre"] >= 0
+
+
+def test_viz_histograms_command(tiny_weights, tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    natural_image(64, 64).save(tmp_path / "imgs" / "a.png")
+    gdn = save_tiny(tmp_path / "j.safetensors", name="joint")
+    argv = ["viz", "histograms", str(tmp_path / "imgs"), "-o", str(tmp_path / "h.png"), "--models", str(gdn), str(tiny_weights)]
+    assert cli.main(argv) == 0
+    assert Image.open(tmp_path / "h.png").size[0] > 500
+    rc = cli.main(["viz", "histograms", str(tmp_path / "none"), "-o", str(tmp_path / "x.png")])
+    assert rc == 1 and capsys.readouterr().err.startswith("refcodec: error:")

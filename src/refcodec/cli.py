@@ -213,7 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     from .codec import MAX_PIXELS
     from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
 
-    p = argparse.ArgumentParser(prog="refcodec", description="Learned image codec with a global-reference entropy model.")
+    p = argparse.ArgumentParser(
+        prog="refcodec",
+        description="Learned image codec with a global-reference entropy model (Qian et al., ICLR 2021).",
+        epilog="examples:\n"
+        "  refcodec compress photo.png -o photo.rfc -q 3\n"
+        "  refcodec decompress photo.rfc -o photo.png\n"
+        "  refcodec eval IMAGES --model grm -q 1 2 3 4 -o grm.json\n"
+        "  refcodec viz bits photo.rfc -o bits.png\n"
+        "Expected failures print one line 'refcodec: error: ...' and exit with status 1.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, model=False, limit=False):
@@ -222,11 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
                             help=f"refuse images of more than N pixels (default {MAX_PIXELS})")  # fmt: skip
         if model:
-            sp.add_argument("--model", default=DEFAULT_MODEL, help="model name, model id (grm/small/q3) or .safetensors file")
-            sp.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=sorted(LAMBDAS), help="quality level")
-            sp.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="model size")
+            sp.add_argument("--model", default=DEFAULT_MODEL,
+                            help=f"model name (grm, joint, ...), model id (grm/small/q3) or .safetensors file (default {DEFAULT_MODEL})")  # fmt: skip
+            sp.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=sorted(LAMBDAS),
+                            help=f"quality level, higher is better and larger (default {DEFAULT_QUALITY}; shipped: 1-4)")  # fmt: skip
+            sp.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                            help=f"model size with --model NAME (default {DEFAULT_PRESET}; paper: N=192, M=384)")  # fmt: skip
 
-    c = sub.add_parser("compress", help="compress images into .rfc files")
+    c = sub.add_parser("compress", help="compress images into .rfc files",
+                       description="Compress images into .rfc files; with several inputs, code them all and list the failures.")  # fmt: skip
     c.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, ...)")
     c.add_argument("-o", "--output", help="output file (one input) or existing folder (several inputs)")
     c.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -234,20 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
     common(c, model=True, limit=True)
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", help="decompress a .rfc file into a PNG")
-    d.add_argument("file")
+    d = sub.add_parser("decompress", help="decompress a .rfc file into a PNG",
+                       description="Decompress a .rfc file into a PNG, with the model and weights named in its header.")  # fmt: skip
+    d.add_argument("file", help="a .rfc file written by refcodec compress")
     d.add_argument("-o", "--output", help="output PNG (default: FILE with .png)")
     d.add_argument("--force", action="store_true", help="overwrite an existing output")
     d.add_argument("--model", help="weights to decode with (default: the shipped model named in the file)")
     common(d, limit=True)
     d.set_defaults(func=cmd_decompress)
 
-    i = sub.add_parser("info", help="print the header of a .rfc file")
-    i.add_argument("file")
+    i = sub.add_parser("info", help="print the header of a .rfc file",
+                       description="Print the header of a .rfc file: model, weights hash, schedule, sizes, streams.")  # fmt: skip
+    i.add_argument("file", help="a .rfc file")
     common(i)
     i.set_defaults(func=cmd_info)
 
-    m = sub.add_parser("demo", help="compress and decompress a generated sample image; print bpp and PSNR")
+    m = sub.add_parser("demo", help="compress and decompress a generated sample image; print bpp and PSNR",
+                       description="Compress and decompress a generated 384x256 sample image; print bpp, PSNR and times.")  # fmt: skip
     common(m, model=True)
     m.set_defaults(func=cmd_demo)
 
@@ -257,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)  # fmt: skip
     sub.add_parser("bench", help="time and memory of every coding stage per image size (see refcodec bench --help)",
                    add_help=False)  # fmt: skip
-    sub.add_parser("viz", help="figures of the entropy model on one image (see refcodec viz --help)", add_help=False)
+    sub.add_parser("viz", help="figures of the entropy model: bits, reference, stages, latents (see refcodec viz --help)",
+                   add_help=False)  # fmt: skip
     return p
 
 

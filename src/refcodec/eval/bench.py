@@ -108,12 +108,14 @@ def run(args, size: tuple[int, int] | None, schedule: str, workdir: Path) -> dic
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="refcodec bench", description="Time and memory of every coding stage, per image size.")
-    p.add_argument("--model", default="grm", choices=sorted(registry.MODELS))
-    p.add_argument("--preset", default="paper", choices=sorted(registry.PRESETS))
-    p.add_argument("--quality", type=int, default=3)
+    p.add_argument("--model", default="grm", choices=sorted(registry.MODELS), help="architecture (default grm)")
+    p.add_argument("--preset", default="paper", choices=sorted(registry.PRESETS),
+                   help="model size (default paper); shipped weights if any, else seeded random ones")  # fmt: skip
+    p.add_argument("--quality", type=int, default=3, help="quality of the shipped weights to use (default 3)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[SIZES["kodak"]], help=f"WxH or {', '.join(SIZES)}")
     p.add_argument("--image", type=Path, help="an image file instead of generated ones")
-    p.add_argument("--schedules", nargs="+", default=["wavefront"], choices=["wavefront", "raster"])
+    p.add_argument("--schedules", nargs="+", default=["wavefront"], choices=["wavefront", "raster"],
+                   help="decode orders to measure (default wavefront)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch threads of every measurement")
     p.add_argument("-o", "--output", type=Path, help="write the JSON here")
     p.add_argument("--child", choices=["compress", "decompress"], help=argparse.SUPPRESS)

@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="refcodec eval", description="Evaluate a model with real bitstreams on a folder of images.")
     p.add_argument("folder", help="folder of images (searched recursively)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name, model id or .safetensors file")
-    p.add_argument("--quality", "-q", type=int, nargs="+", default=None, choices=sorted(LAMBDAS))
+    p.add_argument("--quality", "-q", type=int, nargs="+", default=None, choices=sorted(LAMBDAS),
+                   help="qualities to evaluate with --model NAME (default: the default quality, 3)")  # fmt: skip
     p.add_argument("--estimate", action="store_true", help="also report the estimated rate and its gap to the file size")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
     p.add_argument("-o", "--output", help="write the JSON here (default: print it)")
