@@ -210,6 +210,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the subcommands defined here (train, eval, compare, bench and viz parse their own)."""
     from .codec import MAX_PIXELS
     from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
 
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``refcodec ARGV``; returns the exit status (0; 1 for expected errors; 2 for bad arguments; 3 for bugs; 130 on Ctrl-C)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["train"]:

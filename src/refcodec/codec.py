@@ -89,10 +89,12 @@ def _resolve_model(model: CompressionModel | str | None, quality: int | None) ->
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a (1, 3, H, W) float32 tensor in [0, 1]."""
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
 
 
 def tensor_to_image(x: torch.Tensor) -> Image.Image:
+    """A (1, 3, H, W) tensor in [0, 1] (clamped) as an 8-bit RGB image, rounding to the nearest level."""
     arr = torch.round(x.clamp(0, 1)[0].permute(1, 2, 0) * 255).to(torch.uint8).numpy()
     return Image.fromarray(arr, "RGB")
 

@@ -40,6 +40,7 @@ class Schedule:
         return row_step * r + c
 
     def num_steps(self, height: int, width: int) -> int:
+        """Decode steps for a latent of height x width (wavefront: about 3H + W)."""
         return int(self.steps(height, width).max()) + 1
 
     def order(self, height: int, width: int) -> list[torch.Tensor]:

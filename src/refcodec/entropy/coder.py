@@ -22,6 +22,7 @@ class CodingError(RefcodecError):
 
 
 class Encoder:
+    """Range encoder: symbols are read back by :class:`Decoder` in the order they were written."""
     def __init__(self) -> None:
         self._coder = constriction.stream.queue.RangeEncoder()
 
@@ -35,22 +36,26 @@ class Encoder:
         self._coder.encode(symbols.astype(np.int32), model)
 
     def finish(self) -> bytes:
+        """The compressed stream (a multiple of 4 bytes); the encoder is spent."""
         return self._coder.get_compressed().tobytes()
 
 
 class Decoder:
+    """Range decoder of an :class:`Encoder`'s stream; any failure is a :class:`CodingError`."""
     def __init__(self, data: bytes) -> None:
         if len(data) % 4:
             raise CodingError("entropy-coded stream length is not a multiple of 4 bytes")
         self._coder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype=np.uint32).copy())
 
     def gaussian(self, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """One integer symbol per (mean, scale), as :meth:`Encoder.gaussian` wrote them."""
         try:
             return self._coder.decode(_GAUSSIAN, means.astype(np.float64), scales.astype(np.float64))
         except Exception as e:  # constriction reports exhausted or invalid data as generic errors
             raise CodingError(f"entropy decoding failed: {e}") from None
 
     def categorical(self, count: int, probabilities: np.ndarray) -> np.ndarray:
+        """``count`` symbols under one probability row, as :meth:`Encoder.categorical` wrote them."""
         model = constriction.stream.model.Categorical(probabilities, perfect=False)
         try:
             return self._coder.decode(model, count)

@@ -1,0 +1,1 @@
+"""Evaluation: real-bitstream evaluation, classical codecs and BD-rates, speed benchmarks, plots and figures."""

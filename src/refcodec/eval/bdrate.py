@@ -36,6 +36,7 @@ class Curve:
 
     @property
     def msssim_db(self) -> np.ndarray:
+        """MS-SSIM in dB, -10 log10(1 - MS-SSIM), as CompressAI plots it."""
         with np.errstate(divide="ignore"):
             return -10 * np.log10(1 - self.msssim)
 
@@ -61,6 +62,7 @@ def curve(report: dict, source: str = "results") -> Curve:
 
 
 def load_curve(path: str | Path) -> Curve:
+    """The curve of a CompressAI-layout JSON file; unreadable or foreign files raise RefcodecError."""
     path = Path(path)
     try:
         report = json.loads(path.read_text())

@@ -35,6 +35,7 @@ SIZES = {"240p": (426, 240), "480p": (854, 480), "720p": (1280, 720), "1080p": (
 
 
 def parse_size(text: str) -> tuple[int, int]:
+    """(width, height) from 'WxH' or a named size (240p ... 8k, kodak)."""
     if text.lower() in SIZES:
         return SIZES[text.lower()]
     try:

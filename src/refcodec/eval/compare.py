@@ -37,6 +37,7 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class Codec:
+    """A classical codec: how it is called, what its quality parameter means, and its default sweep."""
     name: str  # reduces to its key in CODECS (bdrate.key)
     library: str  # libraries and versions
     settings: str  # fixed encoder settings

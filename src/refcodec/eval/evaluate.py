@@ -47,6 +47,8 @@ def distortion(image, out) -> dict:
 
 
 def evaluate_image(model, path: Path, estimate: bool) -> dict:
+    """Compress and decompress one image file with real bitstreams: bpp, PSNR, MS-SSIM, seconds;
+    with ``estimate``, also the model's estimated rate and the file's gap to it."""
     image = codec.to_rgb(codec.load_image(path))[0]
     start = time.perf_counter()
     data = codec.compress(image, model)
@@ -75,6 +77,7 @@ def _header_bytes(data: bytes) -> int:
 
 
 def summarize(rows: list[dict]) -> dict:
+    """Means over images of every measured quantity (NaN-aware)."""
     keys = [k for k in rows[0] if k != "image"]
     return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
 

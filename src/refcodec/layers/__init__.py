@@ -1,0 +1,1 @@
+"""Layers: GSDN/IGSDN (section 4), masked convolutions and the global reference (section 3)."""

@@ -1,0 +1,1 @@
+"""Models: the shared coding interface, the baselines, GRM, the registry of presets and shipped weights."""

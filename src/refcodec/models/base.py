@@ -39,10 +39,12 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
 
 
 def conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    """A k x k convolution with 'same' padding (downsampling by ``stride``)."""
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
 
 
 def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    """A k x k transposed convolution upsampling by exactly ``stride``."""
     return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
 
 
@@ -102,6 +104,7 @@ class CompressionModel(nn.Module):
             raise ValueError(f"this model codes with the {self.schedule.name} schedule, not {name}")
 
     def stream_count(self) -> int:
+        """Number of entropy-coded streams in a file of this model (side information first)."""
         raise NotImplementedError
 
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
@@ -114,6 +117,7 @@ class CompressionModel(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor) -> list[bytes]:
+        """The streams of a padded image batch of one (sides multiples of 64)."""
         return self.encode(x)[0]
 
     @torch.no_grad()

@@ -90,6 +90,7 @@ def save(model: CompressionModel, path: str | Path, config: dict, dtype: torch.d
 
 
 def read_config(path: str | Path) -> dict:
+    """The config stored with a weights file (architecture, training record), without loading the tensors."""
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["config"])
 

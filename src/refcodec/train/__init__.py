@@ -1,0 +1,1 @@
+"""Training: the loop (eq. 1), data, checkpoints, logs and several processes."""
