@@ -1,7 +1,7 @@
 """Determinism matrix: every image x shipped model, encoded with 1 and 2 threads, each file decoded
 with 1 and 2 threads, every encode and every decode in a fresh process.
 
-    python scripts/determinism.py ../shared/datasets/kodak -o results/reliability/determinism
+    python scripts/determinism.py ../shared/datasets/kodak -o results/reliability
 
 Passes when, for every (image, model), both encoders wrote the same bytes and all four
 (encoder threads, decoder threads) combinations decoded the same pixels. Writes

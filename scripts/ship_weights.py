@@ -50,6 +50,7 @@ def main() -> None:
     p.add_argument("--eval", required=True, help="evaluation images (e.g. Kodak)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--init-id", help="model the run started from, for runs whose config does not record it")
+    p.add_argument("--recipe", help="how the run was trained (crops, batches, learning rates, scripts), for the card")
     p.add_argument("--data-as", nargs="+", help="the training folders to record, where the run trained on a copy of them")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,7 +108,8 @@ def main() -> None:
         f"- Architecture: `{config['name']}`, preset `{config['preset']}` (N={config['N']}, M={config['M']}), flags {config['flags'] or 'default'}\n"
         f"- Training: {data}; {config['steps']} steps{origin}, lambda {config['lambda']}, "
         f"{card['training']['wall_hours']} h wall time on {card['training']['hardware']}\n"
-        f"- Stored as float16 safetensors; weights hash `{shipped.weights_hash().hex()}`\n\n"
+        + (f"- Recipe: {args.recipe}\n" if args.recipe else "")
+        + f"- Stored as float16 safetensors; weights hash `{shipped.weights_hash().hex()}`\n\n"
         f"## Measured on {ev['count']} images of `{args.eval}` (real bitstreams, {args.threads} threads)\n\n"
         f"| bpp | PSNR (dB) | MS-SSIM | encode (s) | decode (s) | file vs estimate |\n|---|---|---|---|---|---|\n"
         f"| {ev['bpp']:.4f} | {ev['psnr-rgb']:.2f} | {ev['ms-ssim-rgb']:.4f} | {ev['encoding_time']:.2f} | "
