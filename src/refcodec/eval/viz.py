@@ -52,12 +52,13 @@ def analyse(data: bytes, model=None) -> dict:
         stages = model.exact_predict(y_hat, hyper, trace)
         image = codec.to_image(header, model.synthesize(y_hat))
     rows = y_hat.double()[0].permute(1, 2, 0).reshape(-1, model.M)
-    p = torch.stack([exact_likelihood(rows, mean, log_scale) for mean, log_scale in stages]).clamp_min(CODER_RESOLUTION)
+    p = torch.stack([exact_likelihood(rows, mean, log_scale) for mean, log_scale in stages])
+    p = p.clamp_min(CODER_RESOLUTION)  # the coder's floor
 
     def maps(t: torch.Tensor) -> np.ndarray:  # (stages, H*W, M) rows -> (stages, M, H, W)
         return t.view(len(stages), h, w, model.M).permute(0, 3, 1, 2).numpy()
 
-    out = {"image": np.asarray(image.convert("RGB")), "bits": -torch.log2(p[-1]).sum(1).view(h, w).numpy(),  # the coder's floor
+    out = {"image": np.asarray(image.convert("RGB")), "bits": -torch.log2(p[-1]).sum(1).view(h, w).numpy(),
            "y": y_hat[0].numpy(), "stage_bits": maps(-torch.log2(p)), "stage_mu": maps(torch.stack([m for m, _ in stages]))}  # fmt: skip
     out.update({k: v.view(h, w).numpy() for k, v in trace.items()})
     return out
@@ -183,7 +184,7 @@ def draw_histograms(found: dict[str, dict], path: Path, title: str) -> None:
             ax = fig.add_subplot(len(found), columns, r * columns + c + 1)
             if c == 0:
                 ax.set_ylabel(f"all channels:\nmean |mean| {hist['off_centre']:.2f}", fontsize=9)
-            ax.hist(values, bins=np.arange(np.floor(values.min()) - 0.5, np.ceil(values.max()) + 1, 0.25), color="C0" if r == 0 else "C1")
+            ax.hist(values, bins=np.arange(np.floor(values.min()) - 0.5, np.ceil(values.max()) + 1, 0.25), color=f"C{r}")
             ax.axvline(values.mean(), color="k", lw=1)
             ax.set_title(f"{name}, ch {channel}: mean {values.mean():+.2f}", fontsize=9)
             ax.set_yticks([])
