@@ -18,9 +18,14 @@ come from a fixed table, see ``entropy.gaussian``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+T = TypeVar("T")
 
 WEIGHT_BITS = 16
 ACT_BITS = 12
@@ -34,18 +39,20 @@ def snap(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
     return torch.round(x.double() * scale) / scale
 
 
-def exact_params(layer: nn.Conv2d | nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Snapped float64 weight (masked, for a masked convolution) and bias of a layer, checked for exactness.
-
-    Kept on the layer until one of its tensors is replaced or changed in place, so that coding
-    many images snaps the weights once.
-    """
-    tensors = [t for t in (layer.weight, layer.bias, getattr(layer, "mask", None)) if t is not None]
+def cached(owner: object, name: str, tensors: list[torch.Tensor], compute: Callable[[], T]) -> T:
+    """``compute()``, kept on ``owner`` until one of ``tensors`` is replaced or changed in place
+    (torch counts in-place writes in ``_version``), so that coding many images prepares it once."""
     key = tuple((t.data_ptr(), t._version) for t in tensors)
-    cached = layer.__dict__.get("_exact_params")
-    if cached is None or cached[0] != key:
-        layer.__dict__["_exact_params"] = cached = (key, _snap_params(layer))
-    return cached[1]
+    hit = owner.__dict__.get(name)
+    if hit is None or hit[0] != key:
+        owner.__dict__[name] = hit = (key, compute())
+    return hit[1]
+
+
+def exact_params(layer: nn.Conv2d | nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Snapped float64 weight (masked, for a masked convolution) and bias of a layer, checked for exactness (cached)."""
+    tensors = [t for t in (layer.weight, layer.bias, getattr(layer, "mask", None)) if t is not None]
+    return cached(layer, "_exact_params", tensors, lambda: _snap_params(layer))
 
 
 def _snap_params(layer: nn.Conv2d | nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -20,6 +20,7 @@ from torch import nn
 from .. import profiling
 from ..entropy.coder import Decoder, Encoder
 from ..entropy.factorized import FactorizedDensity
+from ..fixedpoint import cached
 from ..layers.gdn import GSDN, IGSDN
 from ..schedule import Schedule
 from ..tiling import ANALYSIS_TILE, SYNTHESIS_TILE, halo_for, run_tiled
@@ -146,21 +147,20 @@ class CompressionModel(nn.Module):
     def weights_hash(self) -> bytes:
         """16-byte digest of every parameter and buffer, in name order (stored in each file).
 
-        Cached until a tensor is replaced or changed in place (torch counts in-place writes).
+        Cached until a tensor is replaced or changed in place (``fixedpoint.cached``).
         """
         state = sorted(self.state_dict().items())
-        key = tuple((name, t.data_ptr(), t._version) for name, t in state)
-        cached = self.__dict__.get("_weights_hash")
-        if cached and cached[0] == key:
-            return cached[1]
-        h = hashlib.sha256()
-        for name, t in state:
-            h.update(name.encode())
-            h.update(str(t.dtype).encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        self.__dict__["_weights_hash"] = (key, h.digest()[:16])
-        return h.digest()[:16]
+
+        def digest() -> bytes:
+            h = hashlib.sha256()
+            for name, t in state:
+                h.update(name.encode())
+                h.update(str(t.dtype).encode())
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            return h.digest()[:16]
+
+        return cached(self, "_weights_hash", [t for _, t in state], digest)
 
 
 def encode_factorized(density: FactorizedDensity, x_hat: torch.Tensor) -> bytes:
