@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import natural_image, save_tiny
 from PIL import Image
 
@@ -382,3 +383,13 @@ def test_kill_9_at_any_moment_leaves_no_partial_output(command, files, tiny_weig
         _kill_at(argv + ["--force"], whole * fraction, tmp_path)
         assert out.read_bytes() in (b"precious", complete)
         assert sorted(p.name for p in tmp_path.iterdir() if p != out) == inputs
+
+
+def test_compress_device_cpu_is_the_default_and_cuda_without_a_gpu_is_a_clean_error(capsys, files, tiny_weights, tmp_path):
+    rc, _, err = run_main(capsys, "compress", files["png"], "-o", tmp_path / "a.rfc", "--model", tiny_weights, "--device", "cpu")
+    assert rc == 0, err
+    assert (tmp_path / "a.rfc").read_bytes() == files["data"]
+    if not torch.cuda.is_available():
+        rc, _, err = run_main(capsys, "compress", files["png"], "-o", tmp_path / "b.rfc", "--model", tiny_weights, "--device", "cuda")
+        assert_one_line_error(rc, err)
+        assert "no CUDA device" in err and not (tmp_path / "b.rfc").exists()

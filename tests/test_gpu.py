@@ -26,3 +26,11 @@ def test_gpu_encoder_cpu_decoder_round_trip(name):
     assert torch.equal(cpu.decode(streams, *x.shape[2:]), y_gpu.cpu())
     data = codec.compress(image, gpu)  # the file API too: same weights hash on both devices
     assert codec.decompress(data, cpu).size == image.size
+
+
+def test_cli_compress_on_the_gpu_then_decompress_on_the_cpu(tmp_path):
+    from refcodec import cli
+
+    natural_image(120, 80, seed=5).save(tmp_path / "a.png")
+    assert cli.main(["compress", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.rfc"), "--device", "cuda"]) == 0
+    assert cli.main(["decompress", str(tmp_path / "a.rfc"), "-o", str(tmp_path / "b.png")]) == 0

@@ -109,9 +109,13 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[Path]:
 
 
 def cmd_compress(args) -> int:
+    import torch
+
     from . import codec
     from .models.registry import load_model
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
     model = None
     failures = []
     for src, dst in zip(args.images, _outputs(args.images, args.output, ".rfc")):
@@ -127,7 +131,7 @@ def cmd_compress(args) -> int:
                         net.use_schedule(args.schedule)
                     except ValueError as e:
                         raise CliError(str(e)) from None
-                model = net
+                model = net.to(args.device)
             data = codec.compress(image, model, max_pixels=args.max_pixels)
             seconds = time.perf_counter() - start
             _write_atomic(dst, data, args.force)
@@ -246,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output file (one input) or existing folder (several inputs)")
     c.add_argument("--force", action="store_true", help="overwrite existing outputs")
     c.add_argument("--schedule", choices=["raster", "wavefront"], help="decode order (default: the model's)")
+    c.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where to encode (default cpu); files encoded on a GPU decode on a CPU")  # fmt: skip
     common(c, model=True, limit=True)
     c.set_defaults(func=cmd_compress)
 
