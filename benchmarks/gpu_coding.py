@@ -22,18 +22,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from refcodec import codec, profiling
 from refcodec.eval.bench import SIZES, build_model, parse_size
-from refcodec.models.base import ALIGNMENT
 from refcodec.sample import sample_image
-
-
-def padded(image: Image.Image) -> torch.Tensor:
-    w, h = image.size
-    return F.pad(codec.image_to_tensor(image), (0, -w % ALIGNMENT, 0, -h % ALIGNMENT), mode="replicate")
 
 
 def timed(fn, *args):
@@ -51,9 +44,9 @@ def measure(ref: str, size, image: Path | None, cpu_encode: bool, decode: bool) 
     quality = int(rest[0][1:]) if rest else 3
     cpu_model, weights = build_model(name, preset, quality, "wavefront")
     gpu_model = copy.deepcopy(cpu_model).cuda()
-    gpu_model.encode(padded(sample_image(64, 64)).cuda())  # warm-up
+    gpu_model.encode(codec.padded_tensor(sample_image(64, 64)).cuda())  # warm-up
     picture = Image.open(image).convert("RGB") if image else sample_image(*size)
-    x = padded(picture)
+    x = codec.padded_tensor(picture)
     (streams, y_gpu), gpu_s, gpu_stages = timed(gpu_model.encode, x.cuda())
     y_gpu = y_gpu.cpu()
     row = {"model": ref, "weights": weights, "size": "x".join(map(str, picture.size)), "bytes": sum(map(len, streams)),

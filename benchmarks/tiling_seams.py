@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from refcodec import codec
 from refcodec.models import registry
-from refcodec.models.base import ALIGNMENT, STRIDE
+from refcodec.models.base import STRIDE
 from refcodec.tiling import halo_for, run_tiled
 
 
@@ -43,7 +42,7 @@ def main() -> None:
     model = registry.load_model(args.model)
     original = Image.open(args.image).convert("RGB")
     w, h = original.size
-    x = F.pad(codec.image_to_tensor(original), (0, -w % ALIGNMENT, 0, -h % ALIGNMENT), mode="replicate")
+    x = codec.padded_tensor(original)
 
     y_whole = torch.round(model.g_a(x))
     y_tiled = torch.round(run_tiled(model.g_a, x, args.tile * STRIDE, halo_for(model.g_a, STRIDE), 1 / STRIDE, align=STRIDE))

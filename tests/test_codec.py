@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import natural_image, save_tiny
 from PIL import Image
 
@@ -22,10 +21,8 @@ CODER_MAX_BITS = 24
 
 
 def padded(image: Image.Image) -> torch.Tensor:
-    """The padded tensor the encoder codes (same padding as ``codec.compress``)."""
-    rgb = image.convert("RGB")
-    w, h = rgb.size
-    return F.pad(codec.image_to_tensor(rgb), (0, -w % codec.ALIGNMENT, 0, -h % codec.ALIGNMENT), mode="replicate")
+    """The padded tensor the encoder codes."""
+    return codec.padded_tensor(image.convert("RGB"))
 
 
 @pytest.fixture(scope="module")

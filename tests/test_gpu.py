@@ -20,8 +20,7 @@ def test_gpu_encoder_cpu_decoder_round_trip(name):
     cpu.id = f"{name}/small/test"
     gpu = copy.deepcopy(cpu).cuda()
     image = natural_image(200, 136, seed=3)
-    x = codec.image_to_tensor(image)
-    x = torch.nn.functional.pad(x, (0, -200 % 64, 0, -136 % 64), mode="replicate")
+    x = codec.padded_tensor(image)
     streams, y_gpu = gpu.encode(x.cuda())
     assert torch.equal(cpu.decode(streams, *x.shape[2:]), y_gpu.cpu())
     data = codec.compress(image, gpu)  # the file API too: same weights hash on both devices

@@ -93,6 +93,13 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
 
 
+def padded_tensor(rgb: Image.Image) -> torch.Tensor:
+    """An RGB image as the tensor the encoder codes: sides padded to a multiple of ALIGNMENT by
+    repeating the last row and column."""
+    width, height = rgb.size
+    return F.pad(image_to_tensor(rgb), (0, -width % ALIGNMENT, 0, -height % ALIGNMENT), mode="replicate")
+
+
 def tensor_to_image(x: torch.Tensor) -> Image.Image:
     """A (1, 3, H, W) tensor in [0, 1] (clamped) as an 8-bit RGB image, rounding to the nearest level."""
     arr = torch.round(x.clamp(0, 1)[0].permute(1, 2, 0) * 255).to(torch.uint8).numpy()
@@ -109,8 +116,7 @@ def compress(
     rgb, mode = to_rgb(load_image(image, max_pixels))
     width, height = rgb.size
     net = _resolve_model(model, quality)
-    pad_right, pad_bottom = -width % ALIGNMENT, -height % ALIGNMENT
-    x = F.pad(image_to_tensor(rgb), (0, pad_right, 0, pad_bottom), mode="replicate")
+    x = padded_tensor(rgb)
     streams = net.compress(x.to(next(net.parameters()).device))  # a model on a GPU encodes there
     header = Header(
         model=net.id,
@@ -119,8 +125,8 @@ def compress(
         width=width,
         height=height,
         mode=mode,
-        pad_right=pad_right,
-        pad_bottom=pad_bottom,
+        pad_right=x.shape[3] - width,
+        pad_bottom=x.shape[2] - height,
         stream_lengths=tuple(len(s) for s in streams),
     )
     return pack(header, streams)

@@ -16,20 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
 from .. import codec
-from ..models.base import ALIGNMENT
 from ..models.registry import DEFAULT_MODEL, LAMBDAS, load_model
 from ..train.data import find_images
 
 
 def _estimated_bits(model, image) -> float:
-    rgb, _ = codec.to_rgb(image)
-    x = codec.image_to_tensor(rgb)
-    h, w = x.shape[2:]
-    x = F.pad(x, (0, -w % ALIGNMENT, 0, -h % ALIGNMENT), mode="replicate")
+    x = codec.padded_tensor(codec.to_rgb(image)[0])
     with torch.no_grad():
         lik = model(x)["likelihoods"]
     bits = -torch.log2(lik["y"][-1]).sum()
