@@ -166,7 +166,7 @@ class CompressionModel(nn.Module):
 def encode_factorized(density: FactorizedDensity, x_hat: torch.Tensor) -> bytes:
     """Code integer symbols (1, C, H, W) channel by channel with the tabulated pmfs."""
     enc = Encoder()
-    symbols = (x_hat[0].flatten(1) - density.pmf_offset.view(-1, 1)).long().cpu().numpy()
+    symbols = (x_hat[0].flatten(1) - density.pmf_offset.view(-1, 1)).cpu()  # one copy off a GPU, not one per channel
     for c, table in enumerate(density.tables()):
         enc.categorical(symbols[c], table)
     return enc.finish()

@@ -92,8 +92,7 @@ class MeanScaleHyperprior(CompressionModel):
         y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX)
         with profiling.stage("coder"):
             enc = Encoder()
-            symbols, mean, log_scale = (t.cpu() for t in (y_hat, mean, log_scale))  # the coder runs on the CPU
-            enc.gaussian(symbols.flatten().numpy(), mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+            enc.gaussian(y_hat, mean, coding_scale(log_scale))
             return [z_stream, enc.finish()], y_hat
 
     @torch.no_grad()
@@ -102,5 +101,5 @@ class MeanScaleHyperprior(CompressionModel):
             z_hat = decode_factorized(self.density, streams[0], height // 64, width // 64)
             mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
         with profiling.stage("coder"):
-            symbols = Decoder(streams[1]).gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+            symbols = Decoder(streams[1]).gaussian(mean, coding_scale(log_scale))
         return torch.from_numpy(symbols).float().view(mean.shape)

@@ -302,10 +302,9 @@ class GRM(CompressionModel):
                 hyper = self._hyper_rows(z_hat)
         mean, log_scale = self.exact_predict(y_hat, hyper)[-1]
         with profiling.stage("coder"):
-            order = self.schedule.coding_permutation(h, w)
-            symbols, mean, log_scale = (t.cpu()[order] for t in (_rows(y_hat), mean, log_scale))  # the coder runs on the CPU
+            order = self.schedule.coding_permutation(h, w).to(y_hat.device)
             enc = Encoder()
-            enc.gaussian(symbols.flatten().numpy(), mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+            enc.gaussian(_rows(y_hat)[order], mean[order], coding_scale(log_scale[order]))
             streams.append(enc.finish())
         return streams, y_hat
 
@@ -343,7 +342,7 @@ class GRM(CompressionModel):
             preds = self._predict(ctx, None if hyper is None else hyper[positions], reference_fn, lambda i, r: nets[i](r))
             mean, log_scale = preds[-1]
             with profiling.stage("coder"):
-                symbols = dec.gaussian(mean.flatten().numpy(), coding_scale(log_scale).flatten().numpy())
+                symbols = dec.gaussian(mean, coding_scale(log_scale))
             y_new = torch.from_numpy(symbols.astype(np.float64)).view(len(positions), m)
             latent.set(rows, cols, y_new)
             if self.reference:
