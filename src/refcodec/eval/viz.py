@@ -27,7 +27,7 @@ from .. import codec
 from ..bitstream import unpack
 from ..entropy.gaussian import exact_likelihood
 from ..errors import RefcodecError
-from ..models.base import STRIDE, decode_factorized
+from ..models.base import STRIDE
 from ..models.registry import load_model
 from ..train.data import find_images
 
@@ -47,8 +47,8 @@ def analyse(data: bytes, model=None) -> dict:
             raise RefcodecError(f"these figures need a model with a context model (grm, joint), not {header.model!r}")
         height, width = header.padded_size
         h, w, trace = height // STRIDE, width // STRIDE, {}
-        y_hat = model.decode(streams, height, width)
-        hyper = model._hyper_rows(decode_factorized(model.density, streams[0], h // 4, w // 4)) if model.hyperprior else None
+        hyper = model.decode_hyper(streams, height, width)
+        y_hat = model.decode_latents(streams, hyper, height, width)
         stages = model.exact_predict(y_hat, hyper, trace)
         image = codec.to_image(header, model.synthesize(y_hat))
     rows = y_hat.double()[0].permute(1, 2, 0).reshape(-1, model.M)

@@ -310,11 +310,20 @@ class GRM(CompressionModel):
 
     @torch.no_grad()
     def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
+        return self.decode_latents(streams, self.decode_hyper(streams, height, width), height, width, progress)
+
+    @torch.no_grad()
+    def decode_hyper(self, streams: list[bytes], height: int, width: int) -> torch.Tensor | None:
+        """The exact hyperprior features rows (H*W, 2M) of a padded image's side stream (None without a hyperprior)."""
+        if not self.hyperprior:
+            return None
+        with profiling.stage("hyper"):
+            return self._hyper_rows(decode_factorized(self.density, streams[0], height // STRIDE // 4, width // STRIDE // 4))
+
+    @torch.no_grad()
+    def decode_latents(self, streams: list[bytes], hyper: torch.Tensor | None, height: int, width: int, progress: bool = False) -> torch.Tensor:
+        """y_hat from the latent stream, given the hyperprior rows of :meth:`decode_hyper`."""
         h, w, m = height // STRIDE, width // STRIDE, self.M
-        hyper = None
-        if self.hyperprior:
-            with profiling.stage("hyper"):
-                hyper = self._hyper_rows(decode_factorized(self.density, streams[0], h // 4, w // 4))
         dec = Decoder(streams[-1])
         nets = self._exact_nets()
         latent = self._coding_latent(h, w)
