@@ -28,12 +28,11 @@ import numpy as np
 import torch
 
 from refcodec import codec
-from refcodec.bitstream import MAGIC, unpack
+from refcodec.bitstream import MAGIC, read_header, unpack
 from refcodec.errors import RefcodecError
 from refcodec.models import registry
 from refcodec.sample import sample_image
 
-HEADER_END = 33  # fixed header size; the model id, the stream lengths and the streams follow
 SIZES = ((64, 64), (80, 48), (1, 1), (33, 70))
 
 
@@ -46,7 +45,8 @@ def with_crc(body: bytes) -> bytes:
 
 
 def payload_start(data: bytes) -> int:
-    return HEADER_END + data[7] + 4 * data[8]
+    """Offset of the first stream of a valid file (the stream lengths end there; the CRC is the last 4 bytes)."""
+    return len(data) - 4 - sum(read_header(data).stream_lengths)
 
 
 def mutate(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
@@ -83,7 +83,7 @@ def mutate(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
     elif kind == "stream cut":  # shorten the last stream and its declared length
         header, streams = unpack(data)
         cut = int(rng.integers(0, len(streams[-1]) + 1))
-        at = HEADER_END + data[7] + 4 * (len(streams) - 1)
+        at = payload_start(data) - 4  # the last stream's length
         body[at : at + 4] = (len(streams[-1]) - cut).to_bytes(4, "little")
         del body[len(body) - cut :]
     return with_crc(bytes(body))
