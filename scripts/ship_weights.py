@@ -40,8 +40,13 @@ def write_curve(name: str, preset: str, folder: Path) -> None:
 
 def shipped_training(model_id: str | None) -> dict | None:
     """The training record of a shipped model's card, if ``model_id`` is one (read before it is replaced)."""
-    card = registry.WEIGHTS_DIR / f"{str(model_id).replace('/', '-')}.json"
-    return json.loads(card.read_text())["training"] if model_id and card.is_file() else None
+    if not model_id:
+        return None
+    try:
+        card = registry.weights_path(model_id).with_suffix(".json")
+    except registry.ModelNotFoundError:  # not a model id
+        return None
+    return json.loads(card.read_text())["training"] if card.is_file() else None
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from PIL import Image
 from .. import codec, profiling
 from ..bitstream import unpack
 from ..models import registry
+from ..models.base import STRIDE
 from ..sample import sample_image
 
 SIZES = {"240p": (426, 240), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160),
@@ -76,7 +77,7 @@ def child(args) -> dict:
             decoded = codec.decompress(data, model)
     total = time.perf_counter() - start
     header, _ = unpack(data)
-    h, w = (side // 16 for side in header.padded_size)
+    h, w = (side // STRIDE for side in header.padded_size)
     result = {
         "seconds": {k: round(seconds.get(k, 0.0), 4) for k in profiling.STAGES},
         "total_seconds": round(total, 4),
