@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from refcodec.fixedpoint import ExactNet, conv_at, exact_params, snap
+from refcodec.fixedpoint import ExactNet, exact_params, exact_rows, snap
 from refcodec.layers.masked_conv import MaskedConv2d, causal_mask
 from refcodec.layers.reference import patches_at
 
@@ -21,11 +21,10 @@ def test_full_convolution_equals_per_position_products():
     conv = MaskedConv2d(6, 10, 5, mask=causal_mask(5, "A"))
     y = torch.randint(-20, 21, (1, 6, 9, 12)).double()
     full = ExactNet(conv)(y)[0]
-    w, b = exact_params(conv)
-    mask = conv.mask.bool()
     pad = torch.nn.functional.pad(y[0], (2, 2, 2, 2))
     rows, cols = torch.meshgrid(torch.arange(9), torch.arange(12), indexing="ij")
-    at = conv_at(patches_at(pad, rows.flatten(), cols.flatten(), mask), w[:, :, mask].flatten(1), b)
+    patches = patches_at(pad, rows.flatten(), cols.flatten(), conv.mask.bool())
+    at = torch.cat([exact_rows(conv)(p) for p in patches.split(5)])  # a few rows at a time, as the decoder
     assert torch.equal(full.flatten(1).T, at)
 
 
@@ -68,3 +67,15 @@ def test_exact_params_are_kept_until_the_weights_change():
     assert torch.equal(w2, snap(layer.weight.detach(), 16))
     layer.bias = nn.Parameter(torch.ones(4))  # replaced
     assert torch.equal(exact_params(layer)[1], torch.ones(4, dtype=torch.float64))
+
+
+def test_few_row_products_pad_without_changing_a_bit():
+    torch.manual_seed(2)
+    layer = nn.Conv2d(300, 70, 1)
+    linear = exact_rows(layer)
+    x = snap(torch.randn(23, 300) * 50)
+    whole = linear(x)
+    assert whole.shape == (23, 70)
+    for rows in range(1, 10):  # row counts that are padded to a multiple of four, and those that are not
+        assert torch.equal(linear(x[:rows]), whole[:rows])
+    assert torch.equal(whole, ExactNet(layer)(x.T.reshape(1, 300, 23, 1))[0, :, :, 0].T)

@@ -36,7 +36,7 @@ from .. import profiling
 from ..entropy.coder import SYMBOL_MAX, Decoder, Encoder
 from ..entropy.factorized import FactorizedDensity
 from ..entropy.gaussian import coding_scale, exact_likelihood, likelihood
-from ..fixedpoint import ExactNet, conv_at, exact_params, snap
+from ..fixedpoint import ExactNet, exact_rows, snap
 from ..layers.masked_conv import MaskedConv2d
 from ..layers.reference import ReferenceIndex, masked_patches, patches_at, search
 from ..schedule import Schedule
@@ -112,10 +112,8 @@ class CodingLatent:
 
     def conv(self, layer: MaskedConv2d):
         """``layer`` as an exact function of (rows, cols) -> output rows (P, out)."""
-        weight, bias = exact_params(layer)
-        mask = layer.mask.bool()
-        weight = weight[:, :, mask].flatten(1)  # (out, in * taps), in the order of patches_at
-        return lambda rows, cols: conv_at(self.patches(rows, cols, mask), weight, bias)
+        linear, mask = exact_rows(layer), layer.mask.bool()
+        return lambda rows, cols: linear(self.patches(rows, cols, mask))
 
 
 class GRM(CompressionModel):
