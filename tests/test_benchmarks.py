@@ -1,0 +1,24 @@
+"""The scripts in benchmarks/ that run without extra environments."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from refcodec.sample import sample_image
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_kodak_ratios_takes_medians_of_rounds_and_skips_a_missing_compressai(tmp_path):
+    image, out = tmp_path / "image.png", tmp_path / "ratios.json"
+    sample_image(64, 64).save(image)
+    cmd = [sys.executable, str(BENCHMARKS / "kodak_ratios.py"), str(image), "--rounds", "2", "--preset", "small",
+           "--threads", "1", "--compressai-python", sys.executable, "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)  # this Python has no CompressAI: measured without it
+    report = json.loads(out.read_text())
+    assert len(report["rounds"]) == 2 and report["preset"] == "small"
+    assert set(report["rounds"][0]) == {"wavefront_encode", "wavefront_decode", "raster_encode", "raster_decode"}
+    ratios = [r["raster_decode"] / r["wavefront_decode"] for r in report["rounds"]]
+    assert report["decode_vs_raster"] == round(sum(ratios) / 2, 2)  # the median of two is their mean
+    assert report["decode_vs_mbt2018"] is None and report["encode_vs_mbt2018"] is None
