@@ -30,11 +30,6 @@ from refcodec.train.data import find_images
 THREADS = (1, 2)
 
 
-def shipped_models() -> list[str]:
-    """Every shipped model id, e.g. grm/small/q3."""
-    return sorted("/".join(p.stem.split("-", 2)) for p in registry.WEIGHTS_DIR.glob("*.safetensors"))
-
-
 def child_encode(models: list[str], images: list[Path], out: Path) -> None:
     for model_id in models:
         model = registry.load_model(model_id)
@@ -77,7 +72,7 @@ def main() -> None:
     p.add_argument("--images-list", nargs="*", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    models = args.models or shipped_models()
+    models = args.models or registry.shipped_ids()
     if args.child:
         torch.set_num_threads(args.threads)
         if args.child == "encode":

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import refcodec
@@ -71,3 +72,14 @@ def test_every_shipped_model_has_a_card_and_codes(tmp_path):
     for curve in points.values():  # a higher quality spends more bits for a better image
         curve.sort()
         assert all(a[1] < b[1] and a[2] < b[2] for a, b in zip(curve, curve[1:]))
+
+
+def test_shipped_ids_name_the_shipped_files_and_the_not_found_error_lists_them():
+    from refcodec.models import registry
+
+    ids = registry.shipped_ids()
+    assert ids == sorted(ids) and "grm/small/q3" in ids
+    assert sorted(registry.weights_path(i).stem for i in ids) == SHIPPED
+    with pytest.raises(registry.ModelNotFoundError, match="grm/small/q9") as error:
+        registry.load_model("grm/small/q9")
+    assert ", ".join(ids) in str(error.value)

@@ -76,6 +76,11 @@ def weights_path(model_ref: str) -> Path:
     return WEIGHTS_DIR / f"{parts[0]}-{parts[1]}-{parts[2]}.safetensors"
 
 
+def shipped_ids() -> list[str]:
+    """The ids of every shipped model (``name/preset/qN``), sorted: the inverse of :func:`weights_path`."""
+    return sorted("/".join(p.stem.split("-", 2)) for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
 def save(model: CompressionModel, path: str | Path, config: dict, dtype: torch.dtype = torch.float32) -> None:
     """Write weights with the config that rebuilds the model, after tabulating the coding tables.
 
@@ -103,7 +108,7 @@ def load_model(name: str = DEFAULT_MODEL, quality: int = DEFAULT_QUALITY, preset
     ref = name if ("/" in name or name.endswith(".safetensors")) else model_id(name, preset, quality)
     path = weights_path(ref)
     if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))) or "none"
+        shipped = ", ".join(shipped_ids()) or "none"
         raise ModelNotFoundError(f"no weights for {ref!r} (shipped: {shipped})")
     try:
         config = read_config(path)
