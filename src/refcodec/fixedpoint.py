@@ -31,7 +31,8 @@ WEIGHT_BITS = 16
 ACT_BITS = 12
 ACT_MAX = 2.0**12  # activations are clamped to [-ACT_MAX, ACT_MAX] before each layer
 _EXACT_LIMIT = 2.0 ** (53 - WEIGHT_BITS - ACT_BITS)
-ROW_ALIGN = 4  # row counts of the decoder's products are rounded up to this (``ExactLinear``)
+ROW_ALIGN = 4  # row counts of the decoder's products are rounded up to this (``ExactLinear``) ...
+PAD_FROM = 2**19  # ... in layers of at least this many weights (4 MiB in float64: more than a core's cache)
 
 
 def snap(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
@@ -75,10 +76,13 @@ class ExactLinear:
     """x @ w.T + b for rows x of activations (a 1x1 convolution, or a convolution at given
     positions from their patches), clamped to the activation range and snapped like every layer.
 
-    On a CPU, more than two rows are padded with zero rows to a multiple of ``ROW_ALIGN``:
-    torch's float64 matrix product is much faster for such counts (measured on the 13 layers of
-    the paper preset's entropy model, 2 AVX2 cores: 11 rows 19.4 ms, 12 rows 12.5-14.5 ms; 15
-    rows 22.7 ms, 16 rows 17 ms), and the decoder multiplies a few rows at every step.
+    On a CPU, a layer of at least ``PAD_FROM`` weights pads more than two rows with zero rows to
+    a multiple of ``ROW_ALIGN``: torch's float64 matrix product (MKL) is much faster for such
+    counts when the weights come from memory, not from cache (measured on the 13 layers of the
+    paper preset's entropy model, 2 AVX2 cores: 11 rows 19.4 ms, 12 rows 12.5-14.5 ms; 15 rows
+    22.7 ms, 16 rows 17 ms; a whole Kodak decode 3-7% faster). The decoder multiplies a few rows at
+    every step. Smaller layers, which stay in cache, gain nothing and pay for the extra rows
+    (the shipped small models: 0% and 5% slower with padding), so they are not padded.
     """
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None):
@@ -86,7 +90,7 @@ class ExactLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = len(x)
-        pad = -rows % ROW_ALIGN if rows > 2 and x.device.type == "cpu" else 0
+        pad = -rows % ROW_ALIGN if rows > 2 and self.w.numel() >= PAD_FROM and x.device.type == "cpu" else 0
         x = F.pad(x, (0, 0, 0, pad)) if pad else x
         return snap(F.linear(x.clamp(-ACT_MAX, ACT_MAX), self.w, self.b)[:rows])
 
