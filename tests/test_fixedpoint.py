@@ -73,8 +73,9 @@ def test_exact_params_are_kept_until_the_weights_change():
 def test_few_row_products_pad_without_changing_a_bit(monkeypatch):
     torch.manual_seed(2)
     layer = nn.Conv2d(300, 70, 1)
-    linear = exact_rows(layer)
     monkeypatch.setattr(fixedpoint, "PAD_FROM", 0)  # pad this small layer too
+    linear = exact_rows(layer)
+    assert linear.align == fixedpoint.ROW_ALIGN
     x = snap(torch.randn(23, 300) * 50)
     whole = linear(x)
     assert whole.shape == (23, 70)

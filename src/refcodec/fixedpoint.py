@@ -87,10 +87,11 @@ class ExactLinear:
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None):
         self.w, self.b = w, b
+        self.align = ROW_ALIGN if w.numel() >= PAD_FROM else 1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = len(x)
-        pad = -rows % ROW_ALIGN if rows > 2 and self.w.numel() >= PAD_FROM and x.device.type == "cpu" else 0
+        pad = -rows % self.align if rows > 2 and x.device.type == "cpu" else 0
         x = F.pad(x, (0, 0, 0, pad)) if pad else x
         return snap(F.linear(x.clamp(-ACT_MAX, ACT_MAX), self.w, self.b)[:rows])
 
