@@ -45,7 +45,9 @@ def compressai(python: str, shim: str | None, image: Path, threads: int, out: Pa
     """Encode and decode seconds of CompressAI's mbt2018 at quality 3, or None if it cannot run."""
     env = dict(os.environ, PYTHONPATH=shim or "")
     cmd = [python, str(HERE / "compressai_mbt2018.py"), str(image), "--quality", "3", "--threads", str(threads), "-o", str(out)]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode:
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        print(f"CompressAI skipped: {(done.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)
         return None
     result = json.loads(out.read_text())
     return {"mbt2018_encode": result["encode_seconds"], "mbt2018_decode": result["decode_seconds"]}
@@ -78,7 +80,7 @@ def main() -> None:
     result = {
         "image": str(args.image), "preset": args.preset, "threads": args.threads, "rounds": rounds,
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), load average {os.getloadavg()[0]:.1f} at the end",
-        "median_seconds": {k: round(statistics.median(r[k] for r in rounds), 2) for k in rounds[0]},
+        "median_seconds": {k: round(statistics.median(r[k] for r in rounds if k in r), 2) for k in dict.fromkeys(k for r in rounds for k in r)},
         "decode_vs_mbt2018": median_ratio("mbt2018_decode", "wavefront_decode"),
         "encode_vs_mbt2018": median_ratio("mbt2018_encode", "wavefront_encode"),
         "decode_vs_raster": median_ratio("raster_decode", "wavefront_decode"),
