@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 
@@ -80,11 +81,41 @@ def test_layout_offsets() -> None:
     assert data[5:9] == bytes([1, 1, 2, 2])  # schedule, mode, model length, stream count
     assert data[9:25] == HASH
     assert struct.unpack_from("<HHHH", data, 25) == (0x0102, 0x0304, 7, 9)
-    assert data[33:35] == b"m1"
-    assert struct.unpack_from("<II", data, 35) == (2, 3)
-    assert data[43:48] == b"ABCDE"
-    assert struct.unpack_from("<I", data, 48)[0] == zlib.crc32(data[:48])
-    assert len(data) == 52
+    assert math.isnan(struct.unpack_from("<d", data, 33)[0])  # a fixed-rate file: no quality
+    assert data[41:43] == b"m1"
+    assert struct.unpack_from("<II", data, 43) == (2, 3)
+    assert data[51:56] == b"ABCDE"
+    assert struct.unpack_from("<I", data, 56)[0] == zlib.crc32(data[:56])
+    assert len(data) == 60
+
+
+@pytest.mark.parametrize("quality", [0.0, 2.5, 3.0, 7.999999999999999, 1 / 3])
+def test_quality_is_recorded_exactly(quality: float) -> None:
+    header, streams = make([b"AB"], quality=quality)
+    data = pack(header, streams)
+    assert struct.unpack_from("<d", data, 33)[0] == quality
+    assert read_header(data).quality == quality
+    assert header.to_dict()["quality"] == quality
+
+
+def test_version_1_files_still_read() -> None:
+    """A file of format version 1 (before variable-rate models): the same layout without the quality."""
+    header, streams = make([b"AB", b"CDE"], model="m1")
+    v2 = pack(header, streams)
+    body = v2[:4] + b"\x01" + v2[5:33] + v2[41:-4]
+    v1 = body + struct.pack("<I", zlib.crc32(body))
+    assert unpack(v1) == (header, streams)
+    assert read_header(v1).quality is None
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf])
+def test_non_finite_quality_is_refused(bad: float) -> None:
+    header, streams = make([b"AB"])
+    data = bytearray(pack(header, streams))
+    struct.pack_into("<d", data, 33, bad)
+    body = bytes(data[:-4])
+    with pytest.raises(BitstreamError, match="quality must be a finite number"):
+        unpack(body + struct.pack("<I", zlib.crc32(body)))
 
 
 def test_to_dict_is_json() -> None:
@@ -103,20 +134,20 @@ def test_to_dict_is_json() -> None:
         (b"PNG\x00" + SMALL[4:], "bad magic"),
         (b"\x89PNG", "bad magic"),
         (SMALL[:4] + b"\x07" + SMALL[5:], "unsupported format version 7"),
-        (SMALL[:20], "truncated file: header needs 33 bytes, found 20"),
+        (SMALL[:20], "truncated file: header needs 41 bytes, found 20"),
         (SMALL[:8] + b"\x11" + SMALL[9:], "bad stream count 17"),
         (SMALL[:8] + b"\x00" + SMALL[9:], "bad stream count 0"),
         (SMALL[:-1], "truncated file: header says 5 payload bytes"),
         (SMALL + b"\x00", "trailing garbage: 1 bytes"),
         (SMALL[:-1] + bytes([SMALL[-1] ^ 1]), "checksum mismatch"),
-        (SMALL[:46] + b"?" + SMALL[47:], "checksum mismatch"),  # a payload byte
+        (SMALL[:54] + b"?" + SMALL[55:], "checksum mismatch"),  # a payload byte
         (patched(SMALL, 5, b"\x02"), "unknown schedule code 2"),
         (patched(SMALL, 6, b"\x09"), "unknown image mode code 9"),
-        (patched(SMALL, 33, b"\xff"), "model id is not valid UTF-8"),
+        (patched(SMALL, 41, b"\xff"), "model id is not valid UTF-8"),
         (patched(SMALL, 25, b"\x00\x00"), "invalid header: width must be in 1..65535, got 0"),
         (patched(SMALL, 27, b"\x00\x00"), "invalid header: height must be in 1..65535, got 0"),
         (
-            recrc(SMALL[:7] + b"\x00" + SMALL[8:33] + SMALL[34:]),  # drop the 1-byte model id
+            recrc(SMALL[:7] + b"\x00" + SMALL[8:41] + SMALL[42:]),  # drop the 1-byte model id
             "invalid header: model id must be 1..255",
         ),
     ],
@@ -131,7 +162,7 @@ def test_rejects(data: bytes, message: str) -> None:
 def test_huge_claimed_lengths_fail_fast() -> None:
     header, streams = make([b"a"] * 16)
     data = bytearray(pack(header, streams))
-    lengths_at = 33 + len(header.model)
+    lengths_at = 41 + len(header.model)
     data[lengths_at : lengths_at + 64] = b"\xff" * 64
     with pytest.raises(BitstreamError, match="truncated file"):
         unpack(bytes(data))

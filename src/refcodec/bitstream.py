@@ -5,11 +5,11 @@ Stdlib only (no torch, no numpy), so the parser can be fuzzed on its own.
 Versioning rule: ``FORMAT_VERSION`` is bumped whenever the byte layout or the
 meaning of any field changes. A reader refuses every version it does not know.
 
-Byte layout of version 1 (all integers little-endian, unsigned)::
+Byte layout of version 2 (all integers little-endian, unsigned)::
 
     offset          size  field
     0               4     magic b"RFCD"
-    4               1     format version (1)
+    4               1     format version (2)
     5               1     schedule code (0 = raster, 1 = wavefront)
     6               1     mode code (0 = RGB, 1 = L)
     7               1     n: byte length of the model id (1..255)
@@ -19,16 +19,20 @@ Byte layout of version 1 (all integers little-endian, unsigned)::
     27              2     height (1..65535)
     29              2     pad_right (0..65535)
     31              2     pad_bottom (0..65535)
-    33              n     model id, UTF-8
-    33+n            4*k   byte length of each stream (u32 each)
-    33+n+4k         P     the k streams, concatenated (P = sum of the lengths)
-    33+n+4k+P       4     CRC32 (zlib.crc32) of every byte before it
+    33              8     quality, IEEE float64 (a variable-rate model's exact quality; NaN: a fixed-rate model)
+    41              n     model id, UTF-8
+    41+n            4*k   byte length of each stream (u32 each)
+    41+n+4k         P     the k streams, concatenated (P = sum of the lengths)
+    41+n+4k+P       4     CRC32 (zlib.crc32) of every byte before it
 
-A file ends exactly after the CRC; anything longer or shorter is rejected.
+A file ends exactly after the CRC; anything longer or shorter is rejected. Version 1, written
+by releases before variable-rate models, is the same without the quality field; it is still
+read (as a fixed-rate file).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -37,7 +41,8 @@ from typing import Any
 from .errors import RefcodecError
 
 MAGIC = b"RFCD"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 MAX_STREAMS = 16
 HASH_SIZE = 16
@@ -47,7 +52,8 @@ _MODES = ("RGB", "L")  # index = byte code
 
 _PREAMBLE = struct.Struct("<4sB")  # magic, version
 _FIXED = struct.Struct(f"<BBBB{HASH_SIZE}sHHHH")  # offsets 5..32
-_HEADER_FIXED_SIZE = _PREAMBLE.size + _FIXED.size  # 33
+_QUALITY = struct.Struct("<d")  # version 2 and later
+_HEADER_FIXED_SIZE = {1: _PREAMBLE.size + _FIXED.size, 2: _PREAMBLE.size + _FIXED.size + _QUALITY.size}  # 33, 41
 _STREAM_LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 
@@ -80,6 +86,7 @@ class Header:
     pad_right: int
     pad_bottom: int
     stream_lengths: tuple[int, ...]
+    quality: float | None = None  # a variable-rate model's coding quality; None for a fixed-rate model
 
     def __post_init__(self) -> None:
         """Validate every field against what the format can store."""
@@ -106,6 +113,10 @@ class Header:
             raise ValueError(f"need 1..{MAX_STREAMS} streams, got {len(self.stream_lengths)}")
         for i, length in enumerate(self.stream_lengths):
             _check_int(f"stream_lengths[{i}]", length, 0, _U32_MAX)
+        if self.quality is not None:
+            if isinstance(self.quality, bool) or not isinstance(self.quality, (int, float)) or not math.isfinite(self.quality):
+                raise ValueError(f"quality must be a finite number or None, got {self.quality!r}")
+            object.__setattr__(self, "quality", float(self.quality))
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -124,6 +135,7 @@ class Header:
             "pad_right": self.pad_right,
             "pad_bottom": self.pad_bottom,
             "stream_lengths": list(self.stream_lengths),
+            "quality": self.quality,
         }
 
 
@@ -150,6 +162,7 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
             header.pad_right,
             header.pad_bottom,
         ),
+        _QUALITY.pack(math.nan if header.quality is None else header.quality),
         model,
         *(_STREAM_LENGTH.pack(length) for length in header.stream_lengths),
         *streams,
@@ -170,19 +183,22 @@ def _parse(data: bytes) -> tuple[Header, int]:
         raise BitstreamError("not a refcodec file (bad magic)")
     _require_size(data, _PREAMBLE.size)
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BitstreamError(
-            f"unsupported format version {version} (this refcodec reads version {FORMAT_VERSION})"
+            f"unsupported format version {version} (this refcodec reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
-    _require_size(data, _HEADER_FIXED_SIZE)
+    fixed_size = _HEADER_FIXED_SIZE[version]
+    _require_size(data, fixed_size)
     schedule_code, mode_code, model_size, n_streams, weights_hash, *sizes = _FIXED.unpack_from(
         data, _PREAMBLE.size
     )
+    quality = math.nan if version == 1 else _QUALITY.unpack_from(data, _PREAMBLE.size + _FIXED.size)[0]
     if not 1 <= n_streams <= MAX_STREAMS:
         raise BitstreamError(f"bad stream count {n_streams} (must be 1..{MAX_STREAMS})")
 
     # Framing: every size is known before any payload byte is touched.
-    lengths_at = _HEADER_FIXED_SIZE + model_size
+    lengths_at = fixed_size + model_size
     payload_at = lengths_at + _STREAM_LENGTH.size * n_streams
     _require_size(data, payload_at)
     stream_lengths = tuple(
@@ -212,7 +228,7 @@ def _parse(data: bytes) -> tuple[Header, int]:
     if mode_code >= len(_MODES):
         raise BitstreamError(f"unknown image mode code {mode_code}")
     try:
-        model = data[_HEADER_FIXED_SIZE:lengths_at].decode("utf-8")
+        model = data[fixed_size:lengths_at].decode("utf-8")
     except UnicodeDecodeError:
         raise BitstreamError("model id is not valid UTF-8") from None
     width, height, pad_right, pad_bottom = sizes
@@ -227,6 +243,7 @@ def _parse(data: bytes) -> tuple[Header, int]:
             pad_right=pad_right,
             pad_bottom=pad_bottom,
             stream_lengths=stream_lengths,
+            quality=None if math.isnan(quality) else quality,
         )
     except ValueError as e:
         raise BitstreamError(f"invalid header: {e}") from None

@@ -82,10 +82,22 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
     raise ImageInputError(f"unsupported image mode {image.mode}")
 
 
-def _resolve_model(model: CompressionModel | str | None, quality: int | None) -> CompressionModel:
+def _resolve_model(model: CompressionModel | str | None, quality: float | None) -> CompressionModel:
     if isinstance(model, CompressionModel):
         return model
-    return load_model(model or DEFAULT_MODEL, quality or DEFAULT_QUALITY, DEFAULT_PRESET)
+    return load_model(model or DEFAULT_MODEL, DEFAULT_QUALITY if quality is None else quality, DEFAULT_PRESET)
+
+
+@contextmanager
+def at_quality(model: CompressionModel, quality: float | None):
+    """``model`` coding at ``quality`` (a variable-rate model; None keeps its quality), restored afterwards."""
+    own = model.quality
+    if quality is not None or not model.levels:
+        model.use_quality(quality)
+    try:
+        yield model
+    finally:
+        model.quality = own
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -109,15 +121,25 @@ def tensor_to_image(x: torch.Tensor) -> Image.Image:
 def compress(
     image: str | Path | Image.Image,
     model: CompressionModel | str | None = None,
-    quality: int | None = None,
+    quality: float | None = None,
     max_pixels: int = MAX_PIXELS,
 ) -> bytes:
-    """Compress an image (path or PIL image) of at most ``max_pixels`` into a refcodec bitstream."""
+    """Compress an image (path or PIL image) of at most ``max_pixels`` into a refcodec bitstream.
+
+    ``quality`` picks the shipped model of that quality, or, for a variable-rate model, any float
+    in its range (recorded exactly in the file). A fixed-rate model object takes no quality.
+    """
     rgb, mode = to_rgb(load_image(image, max_pixels))
+    return compress_rgb(rgb, mode, _resolve_model(model, quality), quality)
+
+
+def compress_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None) -> bytes:
+    """The bitstream of an RGB image (``to_rgb``) with a loaded model, at ``quality`` for a variable-rate one."""
     width, height = rgb.size
-    net = _resolve_model(model, quality)
     x = padded_tensor(rgb)
-    streams = net.compress(x.to(next(net.parameters()).device))  # a model on a GPU encodes there
+    with at_quality(net, quality if net.levels else None):
+        streams = net.compress(x.to(next(net.parameters()).device))  # a model on a GPU encodes there
+        coded_quality = net.quality
     header = Header(
         model=net.id,
         weights_hash=net.weights_hash(),
@@ -128,6 +150,7 @@ def compress(
         pad_right=x.shape[3] - width,
         pad_bottom=x.shape[2] - height,
         stream_lengths=tuple(len(s) for s in streams),
+        quality=coded_quality,
     )
     return pack(header, streams)
 
@@ -163,17 +186,23 @@ def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int =
         raise BitstreamError(f"file has {len(streams)} streams, model {header.model!r} needs {model.stream_count()}")
     if any(side % ALIGNMENT for side in header.padded_size):
         raise BitstreamError("padded size in the header is not a multiple of 64")
-    own_schedule = model.schedule.name
+    if (header.quality is None) != (not model.levels):
+        kind = "a fixed-rate" if header.quality is None else "a variable-rate"
+        raise BitstreamError(f"file was written by {kind} model, but {header.model!r} is not one")
+    own_schedule, own_quality = model.schedule.name, model.quality
     try:
         model.use_schedule(header.schedule)
+        model.use_quality(header.quality)
     except ValueError as e:
-        raise BitstreamError(f"file's {header.schedule} schedule does not fit model {header.model!r} ({e})") from None
+        model.use_schedule(own_schedule)
+        raise BitstreamError(f"file's {header.schedule} schedule or quality does not fit model {header.model!r} ({e})") from None
     try:
         yield header, streams, model
     except CodingError as e:
         raise BitstreamError(str(e)) from None
     finally:
         model.use_schedule(own_schedule)
+        model.quality = own_quality
 
 
 def to_image(header: Header, x_hat: torch.Tensor) -> Image.Image:

@@ -12,6 +12,7 @@ A model has two faces:
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -98,6 +99,23 @@ class CompressionModel(nn.Module):
     N: int
     M: int
     schedule = Schedule("raster")  # models without a context model decode all latents at once
+    levels = 0  # quality levels of a variable-rate model (qualities 0 .. levels - 1); 0: one fixed rate
+    quality: float | None = None  # the coding quality of a variable-rate model (``use_quality``)
+
+    def use_quality(self, quality: float | None) -> None:
+        """Code at ``quality``, any float in [0, levels - 1], with a variable-rate model.
+
+        A fixed-rate model takes None only. Raises ValueError, in one line, otherwise.
+        """
+        if not self.levels:
+            if quality is not None:
+                raise ValueError("this model codes at one fixed rate and takes no quality (load another model for another rate)")
+            return
+        if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not math.isfinite(quality):
+            raise ValueError(f"quality must be a number, got {quality!r}")
+        if not 0 <= quality <= self.levels - 1:
+            raise ValueError(f"quality {quality:g} is out of this model's range 0-{self.levels - 1}")
+        self.quality = float(quality)
 
     def use_schedule(self, name: str) -> None:
         """Code with another decode schedule; refused if it would change what the model sees."""

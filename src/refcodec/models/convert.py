@@ -101,9 +101,9 @@ def gsdn_from_gdn(source: CompressionModel) -> CompressionModel:
 # -- refcodec weights ---------------------------------------------------------------------------
 
 
-def _mismatch(model: CompressionModel, state: dict) -> str | None:
-    """Why ``state`` does not load into ``model``, or None. The coding tables (``pmf``) may differ in width."""
-    own = model.state_dict()
+def _mismatch(model: CompressionModel | dict, state: dict) -> str | None:
+    """Why ``state`` does not load into ``model`` (or a state dict), or None. The coding tables (``pmf``) may differ in width."""
+    own = model if isinstance(model, dict) else model.state_dict()
     missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     if missing or unexpected:
         return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
@@ -113,12 +113,42 @@ def _mismatch(model: CompressionModel, state: dict) -> str | None:
     return None
 
 
+GAIN_EXPONENT = 0.5  # gain ~ lambda^(1/2): the uniform quantizer's step for D ~ step^2 at high rate
+
+
+def variable_from_fixed(model: CompressionModel, source: CompressionModel) -> None:
+    """Start a variable-rate model (``layers.gain``) from a fixed-rate one of the same architecture.
+
+    Everything but the gain units is copied; at quality q each gain starts at
+    (lambda_q / lambda_source)^GAIN_EXPONENT on y and 1 on z, and each inverse gain at the
+    reciprocal of the y gain, so the source's own quality computes exactly what the source did.
+    """
+    metric = getattr(source, "config", {}).get("metric", "mse")
+    lambdas = registry.LAMBDAS if metric == "mse" else registry.LAMBDAS_MS_SSIM
+    if sorted(lambdas) != list(range(model.levels)):
+        raise InitError(f"the model has {model.levels} quality levels, the registry's lambdas {len(lambdas)}")
+    source_lambda = source.config["lambda"] if hasattr(source, "config") else lambdas[registry.DEFAULT_QUALITY]
+    slope = [GAIN_EXPONENT * math.log(lambdas[q] / source_lambda) for q in range(model.levels)]
+    gains = {k: v for k, v in model.state_dict().items() if "_gain." in k}
+    model.load_state_dict({**source.state_dict(), **gains})
+    model.y_gain.initialize(slope)
+    if model.hyperprior:
+        model.z_gain.initialize([0.0] * model.levels, [-s for s in slope])
+
+
 def _load_refcodec(model: CompressionModel, source: CompressionModel, label: str) -> str:
-    """Plain copy of the same architecture, or the two-stage initialization from its GDN version."""
+    """Plain copy of the same architecture, the two-stage initialization from its GDN version, or a
+    variable-rate model from a fixed-rate one (:func:`variable_from_fixed`)."""
     problem = _mismatch(model, source.state_dict())
     if problem is None:
         model.load_state_dict(source.state_dict())
         return f"weights of {label}"
+    if model.levels and not source.levels:
+        without_gains = {k: v for k, v in model.state_dict().items() if "_gain." not in k}
+        problem = _mismatch(without_gains, source.state_dict())
+        if problem is None:
+            variable_from_fixed(model, source)
+            return f"variable-rate model from the fixed-rate weights of {label} (gains start at lambda^{GAIN_EXPONENT})"
     gsdn_target = any(layer.subtractive for layer in _normalizations(model))
     if gsdn_target and not any(layer.subtractive for layer in _normalizations(source)):
         converted = gsdn_from_gdn(source)

@@ -15,7 +15,8 @@ reference (``layers.reference``) scaled by similarity S and confidence U
 stage drives the entropy coder; training weights the rates of all stages.
 
 Flags give the ablation of Figure 7 from one class: ``reference``, ``confidence``,
-``hyperprior`` and ``gsdn``. With ``progressive=False`` all features go to one
+``hyperprior`` and ``gsdn``. ``levels`` > 0 makes one model serve a continuous quality in
+[0, levels - 1] with gain units on y and z (``layers.gain``, Cui et al. 2021). With ``progressive=False`` all features go to one
 parameter network: with the reference off this is the joint context + hyperprior
 model of Minnen et al. (2018).
 
@@ -36,7 +37,8 @@ from .. import profiling
 from ..entropy.coder import SYMBOL_MAX, Decoder, Encoder
 from ..entropy.factorized import FactorizedDensity
 from ..entropy.gaussian import coding_scale, exact_likelihood, likelihood
-from ..fixedpoint import ExactNet, exact_rows, snap
+from ..fixedpoint import ExactNet, cached, exact_rows, snap
+from ..layers.gain import GainUnit
 from ..layers.masked_conv import MaskedConv2d
 from ..layers.reference import ReferenceIndex, masked_patches, patches_at, search
 from ..schedule import Schedule
@@ -131,6 +133,7 @@ class GRM(CompressionModel):
         schedule: str = "wavefront",
         context_kernel: int = 5,
         reference_kernel: int = 3,
+        levels: int = 0,
     ):
         super().__init__()
         if confidence and not reference:
@@ -152,6 +155,13 @@ class GRM(CompressionModel):
             self.register_buffer("search_mask", self.schedule.visible(reference_kernel, False), persistent=False)
         kinds = ["context"] + ["reference"] * reference + ["hyperprior"] * hyperprior
         self.stages = [[k] for k in kinds] if progressive else [kinds]
+        self.levels = levels
+        if levels:
+            if levels < 2:
+                raise ValueError("a variable-rate model needs at least 2 quality levels")
+            self.y_gain = GainUnit(M, levels)
+            if hyperprior:
+                self.z_gain = GainUnit(N, levels)
         self.param_nets = nn.ModuleList()
         features = 0
         for i, stage in enumerate(self.stages):
@@ -190,22 +200,34 @@ class GRM(CompressionModel):
 
     # -- training ---------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> dict:
+    def forward(self, x: torch.Tensor, quality: torch.Tensor | None = None) -> dict:
+        """Reconstruction and likelihoods; a variable-rate model takes a quality per image (N,)."""
         y = self.g_a(x)
         n, _, h, w = y.shape
+        ones = (x.new_ones(()),) * 2
+        y_gain, y_inverse = self.y_gain(self._qualities(quality, n, x)) if self.levels else ones
+        y = y * y_gain
         y_hat = ste_round(y)
         y_rate = add_noise(y) if self.training else torch.round(y)
         out = {"likelihoods": {}}
         hyper = None
         if self.hyperprior:
-            z = self.h_a(y)
+            z_gain, z_inverse = self.z_gain(self._qualities(quality, n, x)) if self.levels else ones
+            z = self.h_a(y) * z_gain
             z_rate = add_noise(z) if self.training else torch.round(z)
             out["likelihoods"]["z"] = self.density.likelihood(z_rate)
-            hyper = self.h_s(ste_round(z))
+            hyper = self.h_s(ste_round(z) * z_inverse)
         rows = _rows(y_rate)
         out["likelihoods"]["y"] = [_unrows(likelihood(rows, m, s), n, h, w) for m, s in self.predict(y_hat, hyper)]
-        out["x_hat"] = self.g_s(y_hat)
+        out["x_hat"] = self.g_s(y_hat * y_inverse)
         return out
+
+    def _qualities(self, quality: torch.Tensor | None, n: int, x: torch.Tensor) -> torch.Tensor:
+        if quality is None:
+            if self.quality is None:
+                raise ValueError("a variable-rate model needs a quality")
+            quality = torch.tensor(self.quality)
+        return quality.to(x).expand(n)
 
     def predict(self, y_hat: torch.Tensor, hyper: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Training-time (mu, log-sigma) rows (N*H*W, M) of every stage from latents (N, M, H, W)."""
@@ -246,7 +268,28 @@ class GRM(CompressionModel):
         return snap(snap(feats[index] * snap(s).unsqueeze(1)) * conf[index].unsqueeze(1))
 
     def _hyper_rows(self, z_hat: torch.Tensor) -> torch.Tensor:
+        if self.levels:  # a float64 product with a gain on the fixed-point grid: the same bits everywhere
+            z_hat = z_hat.double() * self.coding_gains()[3].to(z_hat.device)
         return _rows(ExactNet(self.h_s)(z_hat))
+
+    def coding_gains(self) -> tuple[torch.Tensor, ...]:
+        """Exact (y gain, y inverse gain, z gain, z inverse gain) at the coding quality (cached)."""
+        if self.quality is None:
+            raise ValueError("a variable-rate model needs a quality: call use_quality first")
+        units = [self.y_gain] + ([self.z_gain] if self.hyperprior else [])
+        tensors = [p for unit in units for p in unit.parameters()]
+        return cached(self, f"_gains_at_{self.quality!r}", tensors, lambda: sum((u.exact(self.quality) for u in units), ()))
+
+    @torch.no_grad()
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """g_a, then the gain of the coding quality for a variable-rate model."""
+        y = super().analysis(x)
+        return y if not self.levels else y * self.coding_gains()[0].to(y)
+
+    @torch.no_grad()
+    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """The inverse gain of the coding quality for a variable-rate model, then g_s."""
+        return super().synthesize(y_hat if not self.levels else y_hat * self.coding_gains()[1].to(y_hat))
 
     def _coding_latent(self, height: int, width: int, device: torch.device | str = "cpu") -> CodingLatent:
         kernel = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1)
@@ -295,7 +338,8 @@ class GRM(CompressionModel):
         streams, hyper = [], None
         if self.hyperprior:
             with profiling.stage("hyper"):
-                z_hat = self.density.clamp_to_support(torch.round(self.h_a(y)))
+                z = self.h_a(y)
+                z_hat = self.density.clamp_to_support(torch.round(z if not self.levels else z * self.coding_gains()[2].to(z)))
                 streams.append(encode_factorized(self.density, z_hat))
                 hyper = self._hyper_rows(z_hat)
         mean, log_scale = self.exact_predict(y_hat, hyper)[-1]

@@ -1,6 +1,7 @@
 """Model zoo: names, size presets, quality levels and shipped weights.
 
-A model is identified by ``name/preset/q<quality>`` (for example ``grm/small/q3``);
+A model is identified by ``name/preset/q<quality>`` (for example ``grm/small/q3``), or
+``name/preset/vr`` for a variable-rate model that serves every quality from one file;
 that id and a hash of the weights go into every file, so a decoder can find the
 same weights and refuse others. Weights are safetensors files whose metadata
 holds the architecture (``config``) so that a checkpoint rebuilds its own model.
@@ -36,10 +37,12 @@ PRESETS = {
     "mbt-hq": {"N": 192, "M": 320},  # CompressAI's mbt2018 at qualities 5-8
 }
 
-# MSE lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * 255^2 * MSE).
-LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
-# MS-SSIM lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * (1 - MS-SSIM)).
-LAMBDAS_MS_SSIM = {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 115.37, 8: 220.00}
+# MSE lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * 255^2 * MSE), and a quality 0
+# at half of quality 1's lambda (CompressAI's levels are about a factor 2 apart) for rates below 0.2 bpp.
+LAMBDAS = {0: 0.0009, 1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+# MS-SSIM lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * (1 - MS-SSIM)), and quality 0 likewise.
+LAMBDAS_MS_SSIM = {0: 1.20, 1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 115.37, 8: 220.00}
+VARIABLE = "vr"  # the quality part of a variable-rate model's id; its levels are the qualities above
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "grm"
@@ -60,9 +63,10 @@ def build(name: str, preset: str = DEFAULT_PRESET, **flags) -> CompressionModel:
     return MODELS[name](**PRESETS[preset], **flags)
 
 
-def model_id(name: str, preset: str, quality: int, metric: str = "mse") -> str:
-    """``name/preset/qN``; models trained for MS-SSIM get ``qN-ms-ssim``."""
-    return f"{name}/{preset}/q{quality}" + ("" if metric == "mse" else f"-{metric}")
+def model_id(name: str, preset: str, quality: int | None, metric: str = "mse") -> str:
+    """``name/preset/qN``, or ``name/preset/vr`` for a variable-rate model (quality None); models
+    trained for MS-SSIM get ``-ms-ssim`` appended."""
+    return f"{name}/{preset}/{VARIABLE if quality is None else f'q{quality}'}" + ("" if metric == "mse" else f"-{metric}")
 
 
 def weights_path(model_ref: str) -> Path:
@@ -100,12 +104,28 @@ def read_config(path: str | Path) -> dict:
         return json.loads(f.metadata()["config"])
 
 
-def load_model(name: str = DEFAULT_MODEL, quality: int = DEFAULT_QUALITY, preset: str = DEFAULT_PRESET) -> CompressionModel:
+def resolve_id(name: str, quality: float, preset: str = DEFAULT_PRESET, metric: str = "mse") -> str:
+    """The model id (or path) that serves ``name`` at ``quality``: the shipped variable-rate model
+    of that name and preset if there is one, else the fixed-rate model of that integer quality."""
+    if "/" in name or name.endswith(".safetensors"):
+        return name
+    variable = model_id(name, preset, None, metric)
+    if weights_path(variable).is_file():
+        return variable
+    if float(quality) != int(quality):
+        shipped = ", ".join(shipped_ids()) or "none"
+        raise ModelNotFoundError(f"no variable-rate {name}/{preset} model for fractional quality {quality:g} (shipped: {shipped})")
+    return model_id(name, preset, int(quality), metric)
+
+
+def load_model(name: str = DEFAULT_MODEL, quality: float = DEFAULT_QUALITY, preset: str = DEFAULT_PRESET) -> CompressionModel:
     """Load shipped weights by name (or a model id, or a .safetensors path), ready for coding.
 
-    The returned model carries ``model.id`` (stored in bitstreams) and ``model.config``.
+    A variable-rate model is set to code at ``quality`` (any float in its range); a fixed-rate
+    model found by name is the one of that quality. The returned model carries ``model.id``
+    (stored in bitstreams) and ``model.config``.
     """
-    ref = name if ("/" in name or name.endswith(".safetensors")) else model_id(name, preset, quality)
+    ref = resolve_id(name, quality, preset)
     path = weights_path(ref)
     if not path.is_file():
         shipped = ", ".join(shipped_ids()) or "none"
@@ -120,4 +140,9 @@ def load_model(name: str = DEFAULT_MODEL, quality: int = DEFAULT_QUALITY, preset
     model.eval()
     model.id = config.get("id", ref)
     model.config = config
+    if model.levels:
+        try:
+            model.use_quality(quality)
+        except ValueError as e:
+            raise ModelNotFoundError(f"{model.id}: {e}") from None
     return model

@@ -27,6 +27,7 @@ from pytorch_msssim import ms_ssim
 
 from .. import codec
 from ..errors import RefcodecError
+from ..layers import gain
 from ..models import convert, registry
 from ..models.base import ALIGNMENT
 from . import checkpoint, distributed
@@ -35,6 +36,7 @@ from .data import ImageFolder, batches
 from .log import RunLog
 
 MS_SSIM_MIN_CROP = 160  # MS-SSIM's coarsest scale (crop / 16) must be wider than its 11-px window
+VAL_QUALITIES = [1, 4, 7]  # a variable-rate model is validated at these qualities
 
 
 def stage_weights(stages: int, warm: bool) -> list[float]:
@@ -45,37 +47,47 @@ def stage_weights(stages: int, warm: bool) -> list[float]:
     return [(1 - last) / (stages - 1)] * (stages - 1) + [last]
 
 
-def rate_distortion(out: dict, x: torch.Tensor, lmbda: float, warm: bool, metric: str = "mse") -> dict:
-    """bpp (weighted over stages, plus z), the coding-stage bpp, MSE, PSNR, MS-SSIM (if the metric) and the loss."""
-    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, warm: bool, metric: str = "mse") -> dict:
+    """bpp (weighted over stages, plus z), the coding-stage bpp, MSE, PSNR, MS-SSIM (if the metric) and the loss,
+    as means over the images; ``lmbda`` is one value or one per image (a variable-rate model's batch)."""
+    pixels = x.shape[2] * x.shape[3]
     lik = out["likelihoods"]
-    stage_bits = [-torch.log2(p).sum() for p in lik["y"]]
-    z_bits = -torch.log2(lik["z"]).sum() if "z" in lik else x.new_zeros(())
+
+    def bits(p: torch.Tensor) -> torch.Tensor:  # per image
+        return -torch.log2(p).flatten(1).sum(1)
+
+    stage_bits = [bits(p) for p in lik["y"]]
+    z_bits = bits(lik["z"]) if "z" in lik else x.new_zeros(len(x))
     weights = stage_weights(len(stage_bits), warm)
     bpp = (sum(w * b for w, b in zip(weights, stage_bits)) + z_bits) / pixels
-    mse = torch.mean((out["x_hat"] - x) ** 2)
-    psnr = -10 * torch.log10(mse.clamp_min(1e-10))
-    metrics = {"bpp": bpp, "coding_bpp": (stage_bits[-1] + z_bits) / pixels, "mse": mse, "psnr": psnr}
+    mse = torch.mean((out["x_hat"] - x) ** 2, dim=(1, 2, 3))
+    psnr = -10 * torch.log10(mse.mean().clamp_min(1e-10))
+    metrics = {"bpp": bpp.mean(), "coding_bpp": ((stage_bits[-1] + z_bits) / pixels).mean(), "mse": mse.mean(), "psnr": psnr}
     if metric == "ms-ssim":
-        metrics["ms_ssim"] = ms_ssim(out["x_hat"], x, data_range=1.0)
-        metrics["loss"] = bpp + lmbda * (1 - metrics["ms_ssim"])
+        score = ms_ssim(out["x_hat"], x, data_range=1.0, size_average=False)
+        metrics["ms_ssim"] = score.mean()
+        metrics["loss"] = torch.mean(bpp + lmbda * (1 - score))
     else:
-        metrics["loss"] = bpp + lmbda * 255**2 * mse
+        metrics["loss"] = torch.mean(bpp + lmbda * 255**2 * mse)
     return metrics
 
 
 @torch.no_grad()
-def validate(model, images: ImageFolder, lmbda: float, metric: str, device: torch.device, model_id: str) -> dict:
+def validate(model, images: ImageFolder, lmbda: float, metric: str, device: torch.device, model_id: str,
+             quality: float | None = None) -> dict:  # fmt: skip
     """Means over the validation crops: the model's estimate (coding-stage bpp, PSNR, MS-SSIM if the metric,
-    loss on rounded latents) and real bitstreams (file bpp and PSNR of the decoded 8-bit image)."""
+    loss on rounded latents) and real bitstreams (file bpp and PSNR of the decoded 8-bit image); a
+    variable-rate model at ``quality``."""
     model.eval()
     coder = copy.deepcopy(model).cpu()
     coder.update()
     coder.id = model_id
+    coder.use_quality(quality)
+    extra = () if quality is None else (torch.tensor([float(quality)], device=device),)
     rows = []
     for i in range(len(images)):
         x = images[i].unsqueeze(0)
-        row = rate_distortion(model(x.to(device)), x.to(device), lmbda, warm=False, metric=metric)
+        row = rate_distortion(model(x.to(device), *extra), x.to(device), lmbda, warm=False, metric=metric)
         image = codec.tensor_to_image(x)
         try:
             data = codec.compress(image, coder)
@@ -101,7 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="grm", choices=sorted(registry.MODELS), help="architecture (default grm)")
     p.add_argument("--preset", default="small", choices=sorted(registry.PRESETS), help="model size (default small: N=64, M=96)")
     p.add_argument("--quality", type=int, default=registry.DEFAULT_QUALITY, choices=sorted(registry.LAMBDAS),
-                   help="sets lambda (CompressAI's values for qualities 1-8)")  # fmt: skip
+                   help="sets lambda (CompressAI's values for qualities 1-8, and 0 at half of quality 1's)")  # fmt: skip
+    p.add_argument("--variable-rate", action="store_true",
+                   help="one model for every quality 0-8 (gain units): each image of a batch draws a quality uniformly, "
+                   "with lambda interpolated between the levels' lambdas (log-linear)")  # fmt: skip
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="distortion: lambda*255^2*MSE or lambda*(1 - MS-SSIM)")
     p.add_argument("--lmbda", type=float, help="override the quality's lambda")
     p.add_argument("--flags", default="{}", help='model flags as JSON, e.g. \'{"reference": false}\'')
@@ -151,11 +166,16 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lambdas = registry.LAMBDAS if args.metric == "mse" else registry.LAMBDAS_MS_SSIM
-    lmbda = args.lmbda or lambdas[args.quality]
     warmup = args.warmup_steps if args.warmup_steps is not None else args.steps // 5
     flags = json.loads(args.flags)
-    config = {"name": args.model, "preset": args.preset, **registry.PRESETS[args.preset], "flags": flags, "quality": args.quality,
-              "metric": args.metric, "lambda": lmbda, "id": registry.model_id(args.model, args.preset, args.quality, args.metric),
+    if args.variable_rate:
+        flags["levels"] = len(lambdas)
+        level_lambdas = [lambdas[q] for q in sorted(lambdas)]
+        quality, lmbda = None, level_lambdas
+    else:
+        quality, lmbda = args.quality, args.lmbda or lambdas[args.quality]
+    config = {"name": args.model, "preset": args.preset, **registry.PRESETS[args.preset], "flags": flags, "quality": quality,
+              "metric": args.metric, "lambda": lmbda, "id": registry.model_id(args.model, args.preset, quality, args.metric),
               "data": [str(d) for d in args.data], "hardware": ctx.hardware}  # fmt: skip
 
     torch.manual_seed(args.seed)  # the same initial model in every process
@@ -199,7 +219,9 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     forward = torch.compile(forward) if args.compile else forward
     ms_ssim = ["ms_ssim"] if args.metric == "ms-ssim" else []
     logged = ["loss", "bpp", "psnr", *ms_ssim]
-    columns = logged + ["val_bpp", "val_psnr", "val_file_bpp", "val_file_psnr"] + [f"val_{k}" for k in ms_ssim]
+    val_names = ["val_bpp", "val_psnr", "val_file_bpp", "val_file_psnr"] + [f"val_{k}" for k in ms_ssim]
+    val_at = VAL_QUALITIES if args.variable_rate else [None]
+    columns = logged + ([f"{name}_q{q}" for q in val_at for name in val_names] if args.variable_rate else val_names)
     log = RunLog(out, columns, args.steps, step, resumed=state is not None, tensorboard=args.tensorboard, enabled=ctx.main)
     start = time.time() - elapsed  # wall time accumulates across resumes
     last = min(args.steps, args.stop_at or args.steps)
@@ -207,7 +229,13 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     while step < last:
         x = next(stream).to(ctx.device, non_blocking=True)
         drawn += 1
-        metrics = rate_distortion(forward(x), x, lmbda, warm=step < warmup, metric=args.metric)
+        if args.variable_rate:  # drawn on the CPU generator, which the checkpoint restores
+            q = torch.rand(len(x)) * (len(lambdas) - 1)
+            out = forward(x, q.to(ctx.device))
+            step_lambda = gain.interpolate_log(level_lambdas, q).to(ctx.device)
+        else:
+            out, step_lambda = forward(x), lmbda
+        metrics = rate_distortion(out, x, step_lambda, warm=step < warmup, metric=args.metric)
         optimizer.zero_grad(set_to_none=True)
         metrics["loss"].backward()  # with several processes, this averages the gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -222,7 +250,10 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         if args.time_limit is not None and ctx.agree(time.time() >= deadline):  # every process stops at the same step
             last = step
         if val is not None and (step % args.val_every == 0 or step == last):
-            scalars |= validate(model, val, lmbda, args.metric, ctx.device, config["id"])
+            for q in val_at:
+                at = validate(model, val, lmbda if q is None else level_lambdas[q], args.metric, ctx.device, config["id"], q)
+                named = at if q is None else {f"{k}_q{q}": v for k, v in at.items()}
+                scalars |= named | (at if q == val_at[len(val_at) // 2] else {})  # the progress line: the middle one
         log.step(step, time.time() - start, scalars)
         if step % args.save_every == 0 or step == last:
             rngs = ctx.gather(checkpoint.rng_state(ctx.device))

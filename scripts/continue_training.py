@@ -1,0 +1,74 @@
+"""Continue training the shipped variable-rate model in the background, within a time limit.
+
+    python scripts/continue_training.py --minutes 150                 # CPU: nice, one thread
+    python scripts/continue_training.py --minutes 150 --out runs/continue --data-root ../shared/datasets
+
+The first call starts OUT from the shipped ``grm/small/vr`` weights (or, before one is shipped,
+turns the fixed-rate ``grm/small/q3`` into a variable-rate model: ``models.convert``); every later
+call with the same OUT resumes its checkpoint exactly (``refcodec train --resume``: the same
+batches, noise and qualities as one uninterrupted run), so a session can stop and restart it
+at will. The run trains on ``photos/train`` and BSDS500's train and test splits and validates
+on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
+``scripts/ship_gate.py``. The learning rate stays near its peak (a schedule of a million steps):
+this run has no end, every session adds to it.
+
+The process lowers its own priority (``nice``) and uses ``--threads`` torch threads (default 1),
+so that the session's other work keeps the second core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from refcodec.models import registry
+from refcodec.train import trainer
+
+SCHEDULE_STEPS = 1_000_000
+
+
+def initial_weights() -> str:
+    """The shipped variable-rate model, or the fixed-rate model it starts from before one is shipped."""
+    variable = registry.model_id("grm", "small", None)
+    return variable if registry.weights_path(variable).is_file() else registry.model_id("grm", "small", registry.DEFAULT_QUALITY)
+
+
+def train_args(args: argparse.Namespace) -> list[str]:
+    """The ``refcodec train`` command line of this run."""
+    root = Path(args.data_root)
+    data = [root / "photos" / "train", root / "bsds500" / "train", root / "bsds500" / "test"]
+    argv = ["--data", *map(str, data), "--val", str(root / "photos" / "val"), "--val-images", str(args.val_images),
+            "--out", args.out, "--model", "grm", "--preset", "small", "--variable-rate", "--steps", str(SCHEDULE_STEPS),
+            "--batch", str(args.batch), "--crop", str(args.crop), "--lr", str(args.lr), "--threads", str(args.threads),
+            "--device", args.device, "--time-limit", str(args.minutes * 60), "--val-every", str(args.val_every),
+            "--save-every", str(args.save_every)]  # fmt: skip
+    if (Path(args.out) / "checkpoint.pt").is_file():
+        return argv + ["--resume"]
+    return argv + ["--init", args.init or initial_weights()]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, required=True, help="training time of this call (a checkpoint is saved at the end)")
+    p.add_argument("--out", default="runs/continue", help="run folder (resumed if it has a checkpoint)")
+    p.add_argument("--data-root", default="../shared/datasets", help="folder holding photos/ and bsds500/")
+    p.add_argument("--init", help="weights to start a new run from (default: the shipped grm/small/vr, else grm/small/q3)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=256, help="patch side (the paper's 512 in a final phase)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--val-images", type=int, default=8)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--nice", type=int, default=19, help="added to the process's niceness (0: none)")
+    args = p.parse_args(argv)
+    os.nice(args.nice)
+    command = train_args(args)
+    print("refcodec train " + " ".join(command), flush=True)
+    trainer.main(command)
+
+
+if __name__ == "__main__":
+    main()
