@@ -2,9 +2,11 @@
 
     python scripts/ship_weights.py runs/grm-small-q3 --eval ../shared/datasets/kodak
 
-Writes src/refcodec/models/weights/<name>-<preset>-q<quality>.safetensors (float16) and a
+Writes src/refcodec/models/weights/<name>-<preset>-<q<quality> or vr>.safetensors (float16) and a
 model card (.md) with the architecture, data, steps, wall time, hardware and the measured
-bpp/PSNR/MS-SSIM, encode/decode times and the gap between file size and estimated rate.
+bpp/PSNR/MS-SSIM, encode/decode times and the gap between file size and estimated rate (for a
+variable-rate model, at every quality of ``--qualities``). Variable-rate models are shipped
+through ``scripts/ship_gate.py``, which calls this script with ``--weights``.
 """
 
 from __future__ import annotations
@@ -23,16 +25,27 @@ from refcodec.train.data import find_images
 from refcodec.train.trainer import logged_time
 
 
+KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
+VARIABLE_QUALITIES = [0, 1, 2, 3, 4, 5, 6, 7, 8]
+
+
 def write_curve(name: str, preset: str, folder: Path) -> None:
-    """The RD curve of every shipped quality of a model, from the model cards, in CompressAI's results layout."""
-    cards = sorted((json.loads(p.read_text()) for p in registry.WEIGHTS_DIR.glob(f"{name}-{preset}-q*.json")),
-                   key=lambda c: int(c["id"].split("/q")[1].split("-")[0]))  # fmt: skip
-    keys = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
+    """The RD curve of a shipped model, from its model cards (every fixed-rate quality, or the variable-rate
+    model's qualities), in CompressAI's results layout."""
+    variable = registry.WEIGHTS_DIR / f"{name}-{preset}-{registry.VARIABLE}.json"
+    if variable.is_file():
+        card = json.loads(variable.read_text())
+        points = card["evaluation"]["qualities"]
+        qualities, sources = [p["quality"] for p in points], card["id"]
+    else:
+        cards = sorted((json.loads(p.read_text()) for p in registry.WEIGHTS_DIR.glob(f"{name}-{preset}-q*.json")),
+                       key=lambda c: int(c["id"].split("/q")[1].split("-")[0]))  # fmt: skip
+        points, qualities, sources = [c["evaluation"] for c in cards], [c["id"] for c in cards], ", ".join(c["id"] for c in cards)
     curve = {
         "name": f"refcodec {name}/{preset}",
-        "description": f"shipped weights, real bitstreams, from the model cards of {', '.join(c['id'] for c in cards)}",
-        "qualities": [c["id"] for c in cards],
-        "results": {k: [c["evaluation"][k] for c in cards] for k in keys},
+        "description": f"shipped weights, real bitstreams, from the model cards of {sources}",
+        "qualities": qualities,
+        "results": {k: [p[k] for p in points] for k in KEYS},
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}-{preset}.json").write_text(json.dumps(curve, indent=2))
@@ -57,18 +70,21 @@ def main() -> None:
     p.add_argument("--init-id", help="model the run started from, for runs whose config does not record it")
     p.add_argument("--recipe", help="how the run was trained (crops, batches, learning rates, scripts), for the card")
     p.add_argument("--data-as", nargs="+", help="the training folders to record, where the run trained on a copy of them")
+    p.add_argument("--weights", type=Path, help="ship these weights of the run (default: its checkpoint, else its weights)")
+    p.add_argument("--qualities", nargs="+", type=float, default=VARIABLE_QUALITIES,
+                   help="qualities measured for a variable-rate model's card")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    if (args.run / "checkpoint.pt").exists():
+    if args.weights is None and (args.run / "checkpoint.pt").exists():
         state = torch.load(args.run / "checkpoint.pt", weights_only=False)
         hours = state.get("elapsed", logged_time(args.run / "log.csv")) / 3600
         config = {**state["config"], "steps": state["step"], "wall_seconds": round(hours * 3600)}
         base = state.get("base_step", 0)
         model = registry.MODELS[config["name"]](N=config["N"], M=config["M"], **config["flags"])
         model.load_state_dict(state["model"])
-    else:  # a run that came back as weights only (e.g. from a GPU machine)
-        model = registry.load_model(str(args.run / "weights.safetensors"))
+    else:  # given weights, or a run that came back as weights only (e.g. from a GPU machine)
+        model = registry.load_model(str(args.weights or args.run / "weights.safetensors"))
         config = model.config
         hours = config["wall_seconds"] / 3600
         base = config.get("init", {}).get("steps", 0)
@@ -89,25 +105,44 @@ def main() -> None:
         own = hours - before["wall_seconds"] / 3600
         hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {steps - base} ({own:.2f} h)"
     origin = f" (steps 1-{base}: the run of `{init}` it started from; {steps - base} steps here)" if base else ""
-    name = f"{config['name']}-{config['preset']}-q{config['quality']}"
-    out = registry.WEIGHTS_DIR / f"{name}.safetensors"
+    out = registry.weights_path(config["id"])
+    name = out.stem
     registry.save(model, out, config, dtype=torch.float16)
 
     shipped = registry.load_model(str(out))
     load = os.getloadavg()[0]  # other work on the machine slows the timings
-    rows = [evaluate_image(shipped, f, estimate=True) for f in find_images(args.eval)]
-    mean = summarize(rows)
+    files = find_images(args.eval)
+    if shipped.levels:  # one card, a point per quality
+        points = []
+        for q in args.qualities:
+            shipped.use_quality(q)
+            rows = [evaluate_image(shipped, f, estimate=True) for f in files]
+            points.append({"quality": q, **summarize(rows), "per_image": rows})
+            print(f"{shipped.id} q={q:g}: {points[-1]['bpp']:.4f} bpp, {points[-1]['psnr-rgb']:.2f} dB", flush=True)
+        mean = {"qualities": [{k: v if k == "per_image" else round(v, 5) for k, v in p.items()} for p in points]}
+        rows = []
+    else:
+        rows = [evaluate_image(shipped, f, estimate=True) for f in files]
+        mean = summarize(rows)
     card = {
         "id": shipped.id,
         "architecture": {"model": config["name"], "preset": config["preset"], "N": config["N"], "M": config["M"], "flags": config["flags"]},
         "training": {"data": config["data"], "steps": config["steps"], "initialized_from": init if base else None,
                      "steps_from_init": steps - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
                      "hardware": hardware},
-        "evaluation": {"images": str(args.eval), "count": len(rows), "threads": args.threads, "load_average": round(load, 1), **{k: round(v, 5) for k, v in mean.items()}},
+        "evaluation": {"images": str(args.eval), "count": len(files), "threads": args.threads, "load_average": round(load, 1),
+                       **{k: v if k == "qualities" else round(v, 5) for k, v in mean.items()}},
         "per_image": rows,
     }  # fmt: skip
     (registry.WEIGHTS_DIR / f"{name}.json").write_text(json.dumps(card, indent=2))
     ev = card["evaluation"]
+    points = ev["qualities"] if shipped.levels else [ev]
+    table = "".join(
+        (f"| {p['quality']:g} " if shipped.levels else "")
+        + f"| {p['bpp']:.4f} | {p['psnr-rgb']:.2f} | {p['ms-ssim-rgb']:.4f} | {p['encoding_time']:.2f} | "
+        f"{p['decoding_time']:.2f} | {100 * p['estimate_gap']:+.2f}% |\n"
+        for p in points
+    )
     (registry.WEIGHTS_DIR / f"{name}.md").write_text(
         f"# {shipped.id}\n\n"
         f"- Architecture: `{config['name']}`, preset `{config['preset']}` (N={config['N']}, M={config['M']}), flags {config['flags'] or 'default'}\n"
@@ -116,9 +151,12 @@ def main() -> None:
         + (f"- Recipe: {args.recipe}\n" if args.recipe else "")
         + f"- Stored as float16 safetensors; weights hash `{shipped.weights_hash().hex()}`\n\n"
         f"## Measured on {ev['count']} images of `{args.eval}` (real bitstreams, {args.threads} threads)\n\n"
-        f"| bpp | PSNR (dB) | MS-SSIM | encode (s) | decode (s) | file vs estimate |\n|---|---|---|---|---|---|\n"
-        f"| {ev['bpp']:.4f} | {ev['psnr-rgb']:.2f} | {ev['ms-ssim-rgb']:.4f} | {ev['encoding_time']:.2f} | "
-        f"{ev['decoding_time']:.2f} | {100 * ev['estimate_gap']:+.2f}% |\n\n"
+        + ("| quality " if shipped.levels else "")
+        + "| bpp | PSNR (dB) | MS-SSIM | encode (s) | decode (s) | file vs estimate |\n"
+        + ("|---" if shipped.levels else "")
+        + "|---|---|---|---|---|---|\n"
+        + table
+        + "\n"
         f"Timings were taken with a load average of {load:.1f} on {os.cpu_count()} cores.\n"
     )
     write_curve(config["name"], config["preset"], Path("results") / Path(args.eval).name)

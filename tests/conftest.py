@@ -1,6 +1,7 @@
 """Shared fixtures: small models saved as weights files, and test images made on the fly."""
 
 import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,35 @@ from PIL import Image
 from refcodec.models import registry
 
 
-def save_tiny(path, name="grm", seed=0, **flags):
-    """Save a small random model as a weights file (latents scaled up so coding is not trivial)."""
+def save_tiny(path, name="grm", seed=0, scale=60, **flags):
+    """Save a small random model as a weights file (latents scaled up so coding is not trivial).
+
+    With ``levels``, a variable-rate model whose gains spread over the qualities like a trained one's.
+    """
     torch.manual_seed(seed)
     model = registry.MODELS[name](N=16, M=24, **flags)
     with torch.no_grad():
-        model.g_a[-1].weight.mul_(60)
-    config = {"name": name, "preset": "test", "N": 16, "M": 24, "flags": flags, "quality": 3, "id": f"{name}/test/q3"}
+        model.g_a[-1].weight.mul_(scale)
+        if model.levels:
+            slope = [0.35 * (q - 3) for q in range(model.levels)]
+            model.y_gain.initialize(slope)
+            model.z_gain.initialize([0.0] * model.levels, [-s for s in slope])
+    quality = None if model.levels else 3
+    config = {"name": name, "preset": "test", "N": 16, "M": 24, "flags": flags, "quality": quality,
+              "id": registry.model_id(name, "test", quality)}  # fmt: skip
     registry.save(model, path, config)
     return path
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run with ``count`` torch threads, then restore the number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

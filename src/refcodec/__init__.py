@@ -2,7 +2,8 @@
 
 Public API::
 
-    data = refcodec.compress("photo.png", quality=3)   # bytes
+    data = refcodec.compress("photo.png", quality=3)   # bytes; quality=2.5 with a variable-rate model
+    data = refcodec.compress("photo.png", target_bpp=0.3)  # or target_psnr=32: rate control
     image = refcodec.decompress(data)                  # PIL.Image
     model = refcodec.load_model("grm", quality=3)
 
@@ -16,10 +17,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name in ("compress", "decompress"):
-        from . import codec
+    if name == "compress":
+        from .api import compress
 
-        return getattr(codec, name)
+        return compress
+    if name == "decompress":
+        from .codec import decompress
+
+        return decompress
     if name == "load_model":
         from .models.registry import load_model
 

@@ -111,11 +111,16 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[Path]:
 def cmd_compress(args) -> int:
     import torch
 
-    from . import codec
-    from .models.registry import load_model
+    from . import codec, ratecontrol
+    from .bitstream import read_header
+    from .models.registry import DEFAULT_QUALITY, load_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available")
+    target = args.target_bpp is not None or args.target_psnr is not None
+    if target and args.quality is not None:
+        raise CliError("give --quality or a target (--target-bpp, --target-psnr), not both")
+    quality = DEFAULT_QUALITY if args.quality is None else args.quality
     model = None
     failures = []
     for src, dst in zip(args.images, _outputs(args.images, args.output, ".rfc")):
@@ -125,19 +130,22 @@ def cmd_compress(args) -> int:
             start = time.perf_counter()
             image = codec.load_image(src, args.max_pixels)
             if model is None:  # loaded once, after the first readable input
-                net = load_model(args.model, args.quality, args.preset)
-                if args.schedule:
-                    try:
-                        net.use_schedule(args.schedule)
-                    except ValueError as e:
-                        raise CliError(str(e)) from None
-                model = net.to(args.device)
-            data = codec.compress(image, model, max_pixels=args.max_pixels)
+                model = _load_for_compress(args, load_model, quality, ratecontrol if target else None)
+            record = {"input": src, "output": str(dst)}
+            if target:
+                choice = ratecontrol.search(image, model, args.target_bpp, args.target_psnr, args.preset, args.max_pixels)
+                data = choice.data
+                record |= {"quality": choice.quality, "psnr": choice.psnr, "encodes": choice.encodes}
+                achieved = f", quality {choice.quality:g}, {choice.psnr:.2f} dB ({choice.encodes} encodes)"
+            else:
+                data = codec.compress(image, model, max_pixels=args.max_pixels)
+                record["quality"] = model.quality
+                achieved = "" if model.quality is None else f", quality {model.quality:g}"
             seconds = time.perf_counter() - start
             _write_atomic(dst, data, args.force)
             bpp = 8 * len(data) / (image.width * image.height)
-            record = {"input": src, "output": str(dst), "bytes": len(data), "bpp": bpp, "seconds": seconds, "model": model.id}
-            _emit(args, record, f"{src} -> {dst}: {len(data)} bytes, {bpp:.4f} bpp, {seconds:.2f} s")
+            record |= {"bytes": len(data), "bpp": bpp, "seconds": seconds, "model": read_header(data).model}
+            _emit(args, record, f"{src} -> {dst}: {len(data)} bytes, {bpp:.4f} bpp{achieved}, {seconds:.2f} s")
         except (CliError, RefcodecError, OSError) as e:
             if len(args.images) == 1:
                 raise
@@ -145,6 +153,26 @@ def cmd_compress(args) -> int:
     for f in failures:
         print(f"refcodec: error: {f}", file=sys.stderr)
     return EXIT_ERROR if failures else 0
+
+
+def _load_for_compress(args, load_model, quality: float, ratecontrol):
+    """What ``compress`` codes with: the model, or with rate control its candidates
+    (``ratecontrol.candidates``), on the device and in the decode order asked for."""
+    if ratecontrol is not None:
+        options = ratecontrol.candidates(args.model, args.preset)
+        for net in {id(o[0]): o[0] for o in options}.values():
+            _prepare(net, args)
+        return options
+    return _prepare(load_model(args.model, quality, args.preset), args)
+
+
+def _prepare(net, args):
+    if args.schedule:
+        try:
+            net.use_schedule(args.schedule)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    return net.to(args.device)
 
 
 def cmd_decompress(args) -> int:
@@ -194,10 +222,10 @@ def cmd_info(args) -> int:
 
 def cmd_demo(args) -> int:
     from . import codec
-    from .models.registry import load_model
+    from .models.registry import DEFAULT_QUALITY, load_model
     from .sample import sample_image
 
-    model = load_model(args.model, args.quality, args.preset)
+    model = load_model(args.model, DEFAULT_QUALITY if args.quality is None else args.quality, args.preset)
     image = sample_image()
     start = time.perf_counter()
     data = codec.compress(image, model)
@@ -239,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             sp.add_argument("--model", default=DEFAULT_MODEL,
                             help=f"model name (grm, joint, ...), model id (grm/small/q3) or .safetensors file (default {DEFAULT_MODEL})")  # fmt: skip
-            sp.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=sorted(LAMBDAS),
-                            help=f"quality level, higher is better and larger (default {DEFAULT_QUALITY}; shipped: 1-4)")  # fmt: skip
+            sp.add_argument("--quality", "-q", type=float, default=None,
+                            help=f"quality, higher is better and larger: any number in a variable-rate model's range "
+                            f"(0-{max(LAMBDAS)}), an integer for a fixed-rate one (default {DEFAULT_QUALITY})")  # fmt: skip
             sp.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                             help=f"model size with --model NAME (default {DEFAULT_PRESET}; paper: N=192, M=384)")  # fmt: skip
 
@@ -252,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--schedule", choices=["raster", "wavefront"], help="decode order (default: the model's)")
     c.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to encode (default cpu); files encoded on a GPU decode on a CPU")  # fmt: skip
+    target = c.add_mutually_exclusive_group()
+    target.add_argument("--target-bpp", type=float, metavar="B",
+                        help="rate control: the highest quality whose file has at most B bits per pixel")  # fmt: skip
+    target.add_argument("--target-psnr", type=float, metavar="P",
+                        help="rate control: the lowest quality whose decoded image has at least P dB PSNR")  # fmt: skip
     common(c, model=True, limit=True)
     c.set_defaults(func=cmd_compress)
 

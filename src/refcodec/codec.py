@@ -135,10 +135,15 @@ def compress(
 
 def compress_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None) -> bytes:
     """The bitstream of an RGB image (``to_rgb``) with a loaded model, at ``quality`` for a variable-rate one."""
+    return encode_rgb(rgb, mode, net, quality)[0]
+
+
+def encode_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None) -> tuple[bytes, torch.Tensor]:
+    """:func:`compress_rgb` and the quantized latents y_hat it coded (the decoder gets exactly these)."""
     width, height = rgb.size
     x = padded_tensor(rgb)
     with at_quality(net, quality if net.levels else None):
-        streams = net.compress(x.to(next(net.parameters()).device))  # a model on a GPU encodes there
+        streams, y_hat = net.encode(x.to(next(net.parameters()).device))  # a model on a GPU encodes there
         coded_quality = net.quality
     header = Header(
         model=net.id,
@@ -152,7 +157,7 @@ def compress_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: fl
         stream_lengths=tuple(len(s) for s in streams),
         quality=coded_quality,
     )
-    return pack(header, streams)
+    return pack(header, streams), y_hat
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -186,9 +191,6 @@ def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int =
         raise BitstreamError(f"file has {len(streams)} streams, model {header.model!r} needs {model.stream_count()}")
     if any(side % ALIGNMENT for side in header.padded_size):
         raise BitstreamError("padded size in the header is not a multiple of 64")
-    if (header.quality is None) != (not model.levels):
-        kind = "a fixed-rate" if header.quality is None else "a variable-rate"
-        raise BitstreamError(f"file was written by {kind} model, but {header.model!r} is not one")
     own_schedule, own_quality = model.schedule.name, model.quality
     try:
         model.use_schedule(header.schedule)

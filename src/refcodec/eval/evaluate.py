@@ -81,8 +81,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="refcodec eval", description="Evaluate a model with real bitstreams on a folder of images.")
     p.add_argument("folder", help="folder of images (searched recursively)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name, model id or .safetensors file")
-    p.add_argument("--quality", "-q", type=int, nargs="+", default=None, choices=sorted(LAMBDAS),
-                   help="qualities to evaluate with --model NAME (default: the default quality, 3)")  # fmt: skip
+    p.add_argument("--quality", "-q", type=float, nargs="+", default=None,
+                   help=f"qualities to evaluate: any numbers in a variable-rate model's range (0-{max(LAMBDAS)}), "
+                   "or the shipped qualities of --model NAME (default: the default quality, 3)")  # fmt: skip
     p.add_argument("--estimate", action="store_true", help="also report the estimated rate and its gap to the file size")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
     p.add_argument("-o", "--output", help="write the JSON here (default: print it)")
@@ -95,10 +96,11 @@ def main(argv=None) -> int:
     for q in qualities:
         model = load_model(args.model, q) if q is not None else load_model(args.model)
         rows = [evaluate_image(model, f, args.estimate) for f in files]
-        per_image[model.id] = rows
-        for k, v in summarize(rows).items():
+        label = model.id if not model.levels else f"{model.id}@{model.quality:g}"  # one variable-rate model, many qualities
+        per_image[label] = rows
+        for k, v in {**summarize(rows), **({"quality": model.quality} if model.levels else {})}.items():
             results.setdefault(k, []).append(v)
-        print(f"{model.id}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in results.items()), flush=True)
+        print(f"{label}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in results.items()), flush=True)
     report = {
         "name": f"refcodec-{args.model}",
         "description": f"refcodec {args.model} on {args.folder}, real bitstreams, {torch.get_num_threads()} threads",

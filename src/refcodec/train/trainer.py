@@ -231,11 +231,11 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         drawn += 1
         if args.variable_rate:  # drawn on the CPU generator, which the checkpoint restores
             q = torch.rand(len(x)) * (len(lambdas) - 1)
-            out = forward(x, q.to(ctx.device))
+            prediction = forward(x, q.to(ctx.device))
             step_lambda = gain.interpolate_log(level_lambdas, q).to(ctx.device)
         else:
-            out, step_lambda = forward(x), lmbda
-        metrics = rate_distortion(out, x, step_lambda, warm=step < warmup, metric=args.metric)
+            prediction, step_lambda = forward(x), lmbda
+        metrics = rate_distortion(prediction, x, step_lambda, warm=step < warmup, metric=args.metric)
         optimizer.zero_grad(set_to_none=True)
         metrics["loss"].backward()  # with several processes, this averages the gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)

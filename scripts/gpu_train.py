@@ -1,0 +1,134 @@
+"""Train the variable-rate model on a lent GPU: prepare the upload here, train there, bring back weights.
+
+Here (once per session, before the device call):
+
+    python scripts/gpu_train.py prepare --init runs/continue/weights.safetensors
+
+copies the training photos into ``gpu_data/`` (``photos/train`` first, then BSDS500's train and
+test splits, as many as fit next to the working tree in the device's 64 MiB upload), the starting
+weights as ``gpu_data/init.safetensors`` (float16), and the wheels the device image lacks
+(constriction, pytorch-msssim) into ``.whl/``. Both folders are git-ignored. It prints the
+device call: the command and the paths to carry.
+
+There (``device`` tool, ``run`` with ``carry: [".whl", "gpu_data"]``):
+
+    python3 scripts/gpu_train.py train --minutes 8 --out $OUT
+
+trains from ``gpu_data/init.safetensors`` with the paper's 512-px crops (section 5.1) at batch 16,
+TF32 matrix products (the losses stay finite; checked every step, a non-finite step is skipped),
+until the time limit, and leaves ``weights.safetensors`` (float32) and ``log.csv`` in OUT. The
+weights go to ``scripts/ship_gate.py``, and the background CPU run continues from them
+(``scripts/continue_training.py --init``, in a new run folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+UPLOAD_LIMIT = 64 * 2**20  # the device's working-tree limit
+MARGIN = 2 * 2**20  # kept free: files written before the call, rounding of sizes
+DATA = Path("gpu_data")
+WHEELS = Path(".whl")
+PACKAGES = ["constriction==0.5.0", "pytorch-msssim==1.0.0"]  # what the device image lacks (its Python is 3.12)
+WHEEL_PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of what the device call sends without carried paths: tracked and untracked, not ignored, files."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.split(b"\0")  # fmt: skip
+    return sum((root / name.decode()).stat().st_size for name in listed if name and (root / name.decode()).is_file())
+
+
+def choose(folders: list[Path], budget: int) -> list[Path]:
+    """The images of ``folders``, in order, while they fit in ``budget`` bytes."""
+    from refcodec.train.data import find_images
+
+    chosen, used = [], 0
+    for folder in folders:
+        for f in find_images(folder):
+            size = f.stat().st_size
+            if used + size > budget:
+                return chosen
+            chosen.append(f)
+            used += size
+    return chosen
+
+
+def prepare(args: argparse.Namespace) -> None:
+    import torch
+
+    from refcodec.models import registry
+
+    root = Path.cwd()
+    shutil.rmtree(DATA, ignore_errors=True)
+    (DATA / "train").mkdir(parents=True)
+    model = registry.load_model(args.init)
+    registry.save(model, DATA / "init.safetensors", model.config, dtype=torch.float16)
+    if not args.no_wheels:
+        shutil.rmtree(WHEELS, ignore_errors=True)
+        platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+                        "--implementation", "cp", *platforms, "-d", str(WHEELS), *PACKAGES], check=True)  # fmt: skip
+    carried = sum(f.stat().st_size for d in (DATA, WHEELS) if d.exists() for f in d.rglob("*") if f.is_file())
+    budget = args.limit - MARGIN - tree_size(root) - carried
+    root_data = Path(args.data_root)
+    files = choose([root_data / "photos" / "train", root_data / "bsds500" / "train", root_data / "bsds500" / "test"], max(budget, 0))
+    for i, f in enumerate(files):
+        shutil.copyfile(f, DATA / "train" / f"{i:04d}-{f.parent.name}-{f.name}")
+    print(f"gpu_data: {len(files)} training images ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB), "
+          f"init {args.init} ({model.config.get('steps')} steps)")  # fmt: skip
+    print('device run: carry [".whl", "gpu_data"], timeout_s 600, command:\n'
+          "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && "
+          f"PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 python3 scripts/gpu_train.py train --minutes {args.minutes} --out $OUT")
+
+
+def train(args: argparse.Namespace) -> None:
+    import torch
+
+    from refcodec.train import trainer
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # fixed crop size: cuDNN picks its fastest kernels once
+    run = Path(args.run)
+    trainer.main(["--data", str(DATA / "train"), "--out", str(run), "--model", "grm", "--preset", "small", "--variable-rate",
+                  "--init", str(DATA / "init.safetensors"), "--steps", "1000000", "--batch", str(args.batch),
+                  "--crop", str(args.crop), "--lr", str(args.lr), "--device", args.device, "--workers", str(args.workers),
+                  "--time-limit", str(args.minutes * 60), "--save-every", "500", "--val-every", "1000000"])  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("weights.safetensors", "log.csv"):
+        shutil.copyfile(run / name, out / name)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("prepare", help="here: training data, starting weights and wheels for the upload")
+    a.add_argument("--init", required=True, help="weights to start from (a model id or .safetensors)")
+    a.add_argument("--data-root", default="../shared/datasets")
+    a.add_argument("--limit", type=int, default=UPLOAD_LIMIT, help="bytes the upload may hold")
+    a.add_argument("--minutes", type=float, default=8, help="training minutes of the printed device command")
+    a.add_argument("--no-wheels", action="store_true", help="skip the wheels (tests, or a device that has the packages)")
+    a.set_defaults(func=prepare)
+    t = sub.add_parser("train", help="there: train until the time limit, copy weights and log to OUT")
+    t.add_argument("--minutes", type=float, required=True)
+    t.add_argument("--out", required=True, help="where the weights and the log go ($OUT on the device)")
+    t.add_argument("--run", default="/tmp/gpu-run", help="the run folder (checkpoints stay there)")
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--crop", type=int, default=512)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--workers", type=int, default=8, help="DataLoader workers (crops are cut on the CPU)")
+    t.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    t.set_defaults(func=train)
+    args = p.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The ship gate: a candidate replaces the shipped model only if it is better on the validation sets.
+
+    python scripts/ship_gate.py runs/continue/weights.safetensors                  # judge only
+    python scripts/ship_gate.py runs/continue/weights.safetensors --ship --run runs/continue
+
+The candidate is judged as it would ship (float16, ``registry.save``) with real bitstreams
+(``refcodec eval``'s ``evaluate_image``) at ``--qualities`` (at least five, spanning 1-8) on the
+first ``--limit`` images of each validation set (``photos/val`` and ``bsds500/val``; never
+Kodak). The shipped model is measured the same way: the shipped variable-rate ``grm/small/vr``,
+or before one exists the fixed-rate ``grm/small/q1``-``q4``. BD-rate (``eval.bdrate``: Akima,
+over the common PSNR range) of the candidate against the shipped model must be below 0 on every
+set; the gate also reports both models' BD-rates against WebP and HEVC (x265) on each set.
+
+Curves that do not change (the shipped model, WebP, HEVC) are cached in ``results/gate/cache``
+under a hash of the weights, images and settings. Every verdict goes to
+``results/gate/verdicts.json``. With ``--ship``, an accepted candidate is written into the
+package by ``scripts/ship_weights.py`` (which measures Kodak for the model card and the README:
+reported, never used to choose) and the ship is appended to the learning-curve log
+``results/learning-curve/ships.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from refcodec import codec
+from refcodec.eval import bdrate, compare
+from refcodec.eval.evaluate import evaluate_image, summarize
+from refcodec.models import registry
+from refcodec.train.data import find_images
+
+RESULTS = Path("results/gate")
+SHIPS = Path("results/learning-curve/ships.json")
+ANCHORS = ("webp", "hevc")
+DEFAULT_QUALITIES = [1.0, 2.75, 4.5, 6.25, 8.0]
+
+
+def shipped_models() -> list:
+    """The models a candidate must beat: the shipped variable-rate model, else the fixed-rate grm/small ones."""
+    variable = registry.model_id("grm", "small", None)
+    if variable in registry.shipped_ids():
+        return [variable]
+    return [i for i in registry.shipped_ids() if i.startswith("grm/small/q") and i[len("grm/small/q"):].isdigit()]
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(name: str, key: str, compute) -> dict:
+    path = RESULTS / "cache" / f"{name}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
+    return result
+
+
+def model_curve(weights: str, qualities: list[float | None], files: list[Path], label: str) -> dict:
+    """Mean bpp/PSNR/MS-SSIM per quality, real bitstreams, in CompressAI's results layout."""
+    results, per_image = {}, {}
+    for q in qualities:
+        model = registry.load_model(weights, 3.0 if q is None else q)
+        rows = [evaluate_image(model, f, estimate=False) for f in files]
+        for k, v in summarize(rows).items():
+            results.setdefault(k, []).append(v)
+        per_image[f"{model.id}@{model.quality}"] = rows
+        print(f"  {label} {model.id} q={model.quality}: {results['bpp'][-1]:.4f} bpp, {results['psnr-rgb'][-1]:.2f} dB", flush=True)
+    return {"name": label, "qualities": qualities, "results": results, "per_image": per_image}
+
+
+def anchor_curve(name: str, files: list[Path], threads: int) -> dict:
+    """A classical codec's default sweep on the images (``refcodec compare``)."""
+    images = {f.name: codec.to_rgb(codec.load_image(f))[0] for f in files}
+    return compare.sweep(compare.CODECS[name](threads), images, compare.CODECS[name](threads).sweep)
+
+
+def judge(candidate: Path, sets: list[Path], qualities: list[float], limit: int, threads: int) -> dict:
+    """Curves and BD-rates of the candidate (as float16) and the shipped model on every set."""
+    model = registry.load_model(str(candidate))
+    with tempfile.TemporaryDirectory() as tmp:
+        half = Path(tmp) / "candidate.safetensors"  # what would ship
+        registry.save(model, half, model.config, dtype=torch.float16)
+        as_shipped = registry.load_model(str(half))
+        shipped = shipped_models()
+        verdict = {"candidate": str(candidate), "candidate_hash": as_shipped.weights_hash().hex(),
+                   "candidate_steps": model.config.get("steps"), "shipped": shipped, "qualities": qualities,
+                   "limit": limit, "sets": {}}  # fmt: skip
+        for folder in sets:
+            files = find_images(folder)[:limit]
+            names = [f.name for f in files]
+            content = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]  # the cache key: what the images are
+            print(f"{folder}: {len(files)} images", flush=True)
+            cand = model_curve(str(half), qualities, files, "candidate")
+            reference = [registry.load_model(i) for i in shipped]
+            ref_qualities = qualities if reference[0].levels else [None]
+            ref = _cached("shipped", _key([m.weights_hash().hex() for m in reference], content, ref_qualities),
+                          lambda: _merge([model_curve(i, ref_qualities, files, "shipped") for i in shipped]))  # fmt: skip
+            curves = {"candidate": bdrate.curve(cand), "shipped": bdrate.curve(ref)}
+            anchors = {a: bdrate.curve(_cached(a, _key(a, content), lambda a=a: anchor_curve(a, files, threads))) for a in ANCHORS}
+            verdict["sets"][str(folder)] = {
+                "images": names,
+                "candidate_vs_shipped": bdrate.delta(curves["shipped"], curves["candidate"]),
+                **{f"{who}_vs_{a}": bdrate.delta(anchors[a], curves[who]) for who in curves for a in ANCHORS},
+                "candidate": cand["results"],
+                "shipped": ref["results"],
+            }
+    rates = [s["candidate_vs_shipped"]["bd_rate"] for s in verdict["sets"].values()]
+    verdict["accepted"] = all(math.isfinite(r) and r < 0 for r in rates)
+    return verdict
+
+
+def _merge(curves: list[dict]) -> dict:
+    """One curve from the fixed-rate models' points."""
+    results = {}
+    for c in curves:
+        for k, v in c["results"].items():
+            results.setdefault(k, []).extend(v)
+    return {"name": "shipped", "qualities": [q for c in curves for q in c["qualities"]], "results": results}
+
+
+def report(verdict: dict) -> str:
+    lines = [f"| set | vs shipped | candidate vs WebP | shipped vs WebP | candidate vs HEVC | shipped vs HEVC |", "|---|---|---|---|---|---|"]
+    for folder, s in verdict["sets"].items():
+        cells = [s["candidate_vs_shipped"], s["candidate_vs_webp"], s["shipped_vs_webp"], s["candidate_vs_hevc"], s["shipped_vs_hevc"]]
+        lines.append(f"| {folder} | " + " | ".join(f"{c['bd_rate']:+.1f}%" for c in cells) + " |")
+    lines.append(f"\n{'ACCEPTED' if verdict['accepted'] else 'REFUSED'}: candidate {verdict['candidate']} "
+                 f"({verdict['candidate_steps']} steps) against {', '.join(verdict['shipped'])}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _append(path: Path, entry: dict) -> None:
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries + [entry], indent=1, allow_nan=True) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("candidate", type=Path, help="weights of the candidate (a variable-rate model)")
+    p.add_argument("--val", nargs="+", type=Path, default=[Path("../shared/datasets/photos/val"), Path("../shared/datasets/bsds500/val")])
+    p.add_argument("--qualities", nargs="+", type=float, default=DEFAULT_QUALITIES, help="at least five, spanning 1-8")
+    p.add_argument("--limit", type=int, default=8, help="images per validation set (the first, sorted by path)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ship", action="store_true", help="ship an accepted candidate (scripts/ship_weights.py)")
+    p.add_argument("--run", type=Path, help="with --ship: the training run folder of the candidate")
+    p.add_argument("--eval", default="../shared/datasets/kodak", help="with --ship: images for the model card (reported only)")
+    args = p.parse_args(argv)
+    if len(args.qualities) < 5 or min(args.qualities) > 1 or max(args.qualities) < 8:
+        p.error("--qualities: at least five, spanning 1-8")
+    if args.ship and args.run is None:
+        p.error("--ship needs --run (the candidate's training run, for the model card)")
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    verdict = judge(args.candidate, args.val, sorted(args.qualities), args.limit, args.threads)
+    verdict |= {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - start),
+                "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"}  # fmt: skip
+    _append(RESULTS / "verdicts.json", verdict)
+    print(report(verdict))
+    if not verdict["accepted"]:
+        return 1
+    if args.ship:
+        subprocess.run([sys.executable, str(Path(__file__).parent / "ship_weights.py"), str(args.run), "--eval", args.eval,
+                        "--weights", str(args.candidate)], check=True)  # fmt: skip
+        config = registry.read_config(args.candidate)
+        _append(SHIPS, {"date": verdict["date"], "id": config["id"], "steps": config.get("steps"),
+                        "hours": round(config.get("wall_seconds", 0) / 3600, 2), "hardware": config.get("hardware"),
+                        "validation": {f: {k: s[k]["bd_rate"] for k in ("candidate_vs_webp", "candidate_vs_hevc", "candidate_vs_shipped")}
+                                       for f, s in verdict["sets"].items()}})  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The public ``refcodec.compress``: a fixed quality, or rate control to a target bpp or PSNR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from . import codec, ratecontrol
+from .models.base import CompressionModel
+
+
+def compress(
+    image: str | Path | Image.Image,
+    model: CompressionModel | str | None = None,
+    quality: float | None = None,
+    target_bpp: float | None = None,
+    target_psnr: float | None = None,
+    max_pixels: int = codec.MAX_PIXELS,
+) -> bytes:
+    """Compress an image into a refcodec bitstream.
+
+    ``quality`` is any float in a variable-rate model's range (an integer for fixed-rate
+    models); ``target_bpp`` or ``target_psnr`` instead finds the quality by bisection on real
+    encodes (``ratecontrol``; use ``ratecontrol.search`` to get the chosen quality as well).
+    """
+    if target_bpp is None and target_psnr is None:
+        return codec.compress(image, model, quality, max_pixels)
+    if quality is not None:
+        raise ValueError("give a quality or a target, not both")
+    return ratecontrol.search(image, model, target_bpp, target_psnr, max_pixels=max_pixels).data

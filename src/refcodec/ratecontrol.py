@@ -1,0 +1,121 @@
+"""Rate control: the quality that meets a target bpp or PSNR, found by bisection on real encodes.
+
+A target bpp B asks for the largest file of at most B bits per pixel; a target PSNR P for the
+smallest file of at least P dB. Candidates are ordered by quality: every quality of a
+variable-rate model on a grid of 1/QUALITY_GRID (continuous for practical purposes), or the
+shipped fixed-rate models of one name. Rate and PSNR grow with quality, so bisection needs
+about log2(candidates) encodes after the two ends. Every candidate is a real encode (the file's
+exact size); its PSNR comes from the latents the file codes, synthesized as the decoder does,
+and the chosen file is decoded once to report the PSNR a user gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import codec
+from .errors import RefcodecError
+from .models.base import CompressionModel
+from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, load_model, model_id, shipped_ids
+
+QUALITY_GRID = 64  # a variable-rate model's qualities are searched on steps of 1/64 (about 1% in rate)
+
+
+class TargetError(RefcodecError):
+    """A target that no quality of the model meets on this image."""
+
+
+@dataclass
+class Choice:
+    """The file rate control chose, with its quality, rate, distortion and the number of encodes it took."""
+
+    data: bytes
+    quality: float
+    bpp: float
+    psnr: float
+    encodes: int
+
+
+Candidates = list[tuple[CompressionModel, float | None, float]]  # (model, coding quality, nominal quality)
+
+
+def candidates(model: CompressionModel | str | None, preset: str = DEFAULT_PRESET) -> Candidates:
+    """(model, coding quality, nominal quality) of every candidate, in increasing quality.
+
+    A variable-rate model (object, name with a shipped variable-rate model, id or file) gives
+    its whole range on the QUALITY_GRID; a name without one gives its shipped fixed-rate models.
+    """
+    if isinstance(model, CompressionModel):
+        if not model.levels:
+            raise TargetError("rate control needs a variable-rate model or a model name with several shipped qualities")
+        return [(model, q / QUALITY_GRID, q / QUALITY_GRID) for q in range((model.levels - 1) * QUALITY_GRID + 1)]
+    name = model or DEFAULT_MODEL
+    if "/" in name or name.endswith(".safetensors") or model_id(name, preset, None) in shipped_ids():
+        return candidates(load_model(name, preset=preset), preset)
+    prefix = model_id(name, preset, 0)[:-1]  # name/preset/q
+    qualities = sorted(int(i[len(prefix):]) for i in shipped_ids() if i.startswith(prefix) and i[len(prefix):].isdigit())
+    if len(qualities) < 2:
+        raise TargetError(f"rate control needs a variable-rate model or several shipped qualities of {name}/{preset}")
+    return [(load_model(name, q, preset), None, float(q)) for q in qualities]
+
+
+def search(
+    image: str | Path | Image.Image,
+    model: CompressionModel | str | Candidates | None = None,
+    target_bpp: float | None = None,
+    target_psnr: float | None = None,
+    preset: str = DEFAULT_PRESET,
+    max_pixels: int = codec.MAX_PIXELS,
+) -> Choice:
+    """The file that meets ``target_bpp`` (largest at most that rate) or ``target_psnr`` (smallest
+    of at least that PSNR), exactly one of them; raises TargetError when the target is out of the
+    model's range on this image, saying what the range is. ``model`` may also be the list of
+    :func:`candidates`, prepared once for many images."""
+    if (target_bpp is None) == (target_psnr is None):
+        raise ValueError("give exactly one of target_bpp and target_psnr")
+    target = target_bpp if target_bpp is not None else target_psnr
+    if not np.isfinite(target) or target <= 0:
+        raise TargetError(f"the target must be a positive number, got {target:g}")
+    rgb, mode = codec.to_rgb(codec.load_image(image, max_pixels))
+    options = model if isinstance(model, list) else candidates(model, preset)
+    pixels = rgb.width * rgb.height
+    tried: dict[int, tuple[bytes, float, float]] = {}
+
+    def encode(i: int) -> tuple[bytes, float, float]:
+        if i not in tried:
+            net, quality, _ = options[i]
+            data, y_hat = codec.encode_rgb(rgb, mode, net, quality)
+            with codec.at_quality(net, quality):
+                x_hat = net.synthesize(y_hat)
+            tried[i] = (data, 8 * len(data) / pixels, codec.psnr(rgb, codec.tensor_to_image(x_hat[:, :, : rgb.height, : rgb.width])))
+        return tried[i]
+
+    def meets(i: int) -> bool:  # monotone: true for low qualities (bpp), for high ones (PSNR)
+        _, bpp, psnr = encode(i)
+        return bpp <= target_bpp if target_bpp is not None else psnr >= target_psnr
+
+    lo, hi = 0, len(options) - 1
+    low, high = encode(lo), encode(hi)
+    span = (f"{low[1]:.4f}-{high[1]:.4f} bpp" if target_bpp is not None else f"{low[2]:.2f}-{high[2]:.2f} dB")
+    where = f"quality {options[lo][2]:g}-{options[hi][2]:g} gives {span} on this image"
+    if target_bpp is not None:
+        if not meets(lo) or meets(hi) and high[1] < target_bpp:
+            raise TargetError(f"target {target_bpp:g} bpp is out of range: {where}")
+        while hi - lo > 1:  # invariant: meets(lo); the answer is below hi unless hi meets too
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if meets(mid) else (lo, mid)
+        best = hi if meets(hi) else lo
+    else:
+        if not meets(hi) or meets(lo) and low[2] > target_psnr:
+            raise TargetError(f"target {target_psnr:g} dB is out of range: {where}")
+        while hi - lo > 1:  # invariant: meets(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+        best = lo if meets(lo) else hi
+    data, bpp, _ = encode(best)
+    decoded = codec.decompress(data, options[best][0], max_pixels=max_pixels).convert("RGB")
+    return Choice(data, options[best][2], bpp, codec.psnr(rgb, decoded), len(tried))

@@ -1,0 +1,88 @@
+"""The training routine on tiny runs: the background CPU run, the GPU upload and run, the ship gate."""
+
+import csv
+import json
+import subprocess
+
+import pytest
+
+from refcodec.models import registry
+
+from conftest import load_script, natural_image
+
+
+@pytest.fixture
+def datasets(tmp_path):
+    """A data root laid out like ../shared/datasets, with a few small generated photos."""
+    root = tmp_path / "datasets"
+    for i, split in enumerate(["photos/train", "photos/val", "bsds500/train", "bsds500/test", "bsds500/val"]):
+        folder = root / split
+        folder.mkdir(parents=True)
+        for j in range(3):
+            natural_image(96, 80, seed=10 * i + j).save(folder / f"{j}.png")
+    return root
+
+
+def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path):
+    script = load_script("continue_training")
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--data-root", str(datasets), "--batch", "2", "--crop", "64", "--val-images", "1",
+              "--save-every", "1", "--nice", "0", "--threads", "1"]  # fmt: skip
+    script.main([*common, "--minutes", "0"])  # the first step ends past the limit: one step, saved
+    script.main([*common, "--minutes", "0"])  # resumed from the checkpoint: one more
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    base = registry.read_config(registry.weights_path(script.initial_weights()))["steps"]
+    assert [int(r["step"]) for r in rows] == [base + 1, base + 2]
+    model = registry.load_model(str(out / "weights.safetensors"), 5.5)
+    assert model.id == "grm/small/vr" and model.config["steps"] == base + 2
+    assert model.config["data"][0].endswith("photos/train")
+
+
+def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
+    script = load_script("gpu_train")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / "big.bin").write_bytes(b"x" * 100_000)  # stands for the project's own files
+    (repo / ".gitignore").write_text("/gpu_data/\n/.whl/\n")
+    monkeypatch.chdir(repo)
+    prepare = ["prepare", "--init", "grm/small/q3", "--data-root", str(datasets), "--no-wheels"]
+    script.main(prepare)  # 64 MiB: every image fits
+    assert len(list((repo / "gpu_data" / "train").iterdir())) == 9
+    init = (repo / "gpu_data" / "init.safetensors").stat().st_size
+    photos = sorted((datasets / "photos/train").glob("*.png"))
+    limit = script.MARGIN + script.tree_size(repo) + init + sum(p.stat().st_size for p in photos[:2]) + photos[2].stat().st_size // 2
+    script.main([*prepare, "--limit", str(limit)])  # room for two and a half photos: two, from photos/train first
+    copied = sorted(p.name for p in (repo / "gpu_data" / "train").iterdir())
+    assert copied == ["0000-train-0.png", "0001-train-1.png"]
+    sent = script.tree_size(repo) + sum(f.stat().st_size for f in (repo / "gpu_data").rglob("*") if f.is_file())
+    assert sent <= limit - script.MARGIN
+    script.main(["train", "--minutes", "0", "--out", str(tmp_path / "out"), "--run", str(tmp_path / "gpu-run"),
+                 "--batch", "1", "--crop", "64", "--workers", "0", "--device", "cpu"])  # fmt: skip
+    back = registry.load_model(str(tmp_path / "out" / "weights.safetensors"), 2.0)
+    assert back.levels == 9 and (tmp_path / "out" / "log.csv").is_file()
+
+
+def test_ship_gate_judges_against_the_shipped_models(datasets, tmp_path, monkeypatch):
+    gate = load_script("ship_gate")
+    candidate = tmp_path / "candidate.safetensors"
+    model = registry.build("grm", "small", levels=9)
+    from refcodec.models import convert
+
+    convert.initialize(model, "grm/small/q3")
+    registry.save(model, candidate, {"name": "grm", "preset": "small", **registry.PRESETS["small"], "flags": {"levels": 9},
+                                     "quality": None, "id": "grm/small/vr", "steps": 18009})  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    sets = [str(datasets / "photos/val"), str(datasets / "bsds500/val")]
+    status = gate.main([str(candidate), "--val", *sets, "--limit", "1", "--threads", "1"])
+    verdicts = json.loads((tmp_path / "results/gate/verdicts.json").read_text())
+    verdict = verdicts[-1]
+    assert status == (0 if verdict["accepted"] else 1)
+    assert verdict["shipped"] == ["grm/small/q1", "grm/small/q2", "grm/small/q3", "grm/small/q4"]
+    for s in verdict["sets"].values():
+        assert len(s["candidate"]["bpp"]) == 5 and len(s["shipped"]["bpp"]) == 4
+        assert {"candidate_vs_shipped", "candidate_vs_webp", "candidate_vs_hevc", "shipped_vs_webp"} <= set(s)
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "results/gate/cache").iterdir())
+    assert cached == ["hevc", "hevc", "shipped", "shipped", "webp", "webp"]
+    with pytest.raises(SystemExit):
+        gate.main([str(candidate), "--qualities", "1", "2", "3"])  # fewer than five qualities

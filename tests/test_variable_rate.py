@@ -1,0 +1,199 @@
+"""One model for every rate: gain units, exact qualities in files, initialization, training and rate control."""
+
+import csv
+import math
+import struct
+
+import pytest
+import torch
+
+from refcodec import api, codec, ratecontrol
+from refcodec.bitstream import BitstreamError, read_header
+from refcodec.cli import main as cli
+from refcodec.fixedpoint import WEIGHT_BITS
+from refcodec.layers.gain import GainUnit, interpolate_log
+from refcodec.models import convert, registry
+from refcodec.train import trainer
+
+from conftest import natural_image, save_tiny, torch_threads
+
+
+@pytest.fixture(scope="module")
+def variable_weights(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("weights") / "grm-test-vr.safetensors", scale=20, levels=9)
+
+
+@pytest.fixture(scope="module")
+def started_weights(tmp_path_factory):
+    """The shipped grm/small/q3 turned into a variable-rate model (untrained gains: rate and PSNR grow with quality)."""
+    model = registry.build("grm", "small", levels=9)
+    convert.initialize(model, "grm/small/q3")
+    path = tmp_path_factory.mktemp("weights") / "grm-small-vr.safetensors"
+    registry.save(model, path, {"name": "grm", "preset": "small", **registry.PRESETS["small"], "flags": {"levels": 9},
+                                "quality": None, "id": "grm/small/vr"})  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def image():
+    return natural_image(128, 96, seed=3)
+
+
+def test_exact_gains_are_on_the_grid_and_interpolate_exponentially():
+    unit = GainUnit(4, 3)
+    with torch.no_grad():
+        unit.log_gain.copy_(torch.tensor([[0.0, 0.5, -1.0, 2.0], [1.0, 0.5, 0.0, 2.5], [2.0, 1.5, 1.0, 3.0]]))
+    gain, _ = unit.exact(1.0)
+    assert gain.dtype == torch.float64 and gain.shape == (1, 4, 1, 1)
+    assert torch.equal(gain * 2**WEIGHT_BITS, torch.round(gain * 2**WEIGHT_BITS))
+    assert gain.flatten().tolist() == pytest.approx([math.e, math.exp(0.5), 1.0, math.exp(2.5)], abs=2**-WEIGHT_BITS)
+    half = unit.exact(0.5)[0].flatten()  # the geometric mean of levels 0 and 1 (Cui et al., eq. 6)
+    assert half.tolist() == pytest.approx([math.exp(0.5), math.exp(0.5), math.exp(-0.5), math.exp(2.25)], abs=2**-WEIGHT_BITS)
+    # training's float gains agree with the exact ones
+    train_gain = unit(torch.tensor([0.5, 1.75]))[0].detach().double().view(2, 4)
+    assert torch.allclose(train_gain[0], half, atol=2**-WEIGHT_BITS)
+    assert torch.allclose(train_gain[1], unit.exact(1.75)[0].flatten(), atol=2**-WEIGHT_BITS)
+
+
+def test_lambda_interpolates_log_linearly_between_levels():
+    lambdas = [registry.LAMBDAS[q] for q in sorted(registry.LAMBDAS)]
+    at = interpolate_log(lambdas, torch.tensor([0.0, 1.0, 8.0, 2.5], dtype=torch.float64))
+    assert at[:3].tolist() == pytest.approx([0.0009, 0.0018, 0.18])
+    assert float(at[3]) == pytest.approx(math.sqrt(0.0035 * 0.0067))
+
+
+@pytest.mark.parametrize("quality", [0.0, 2.5, 1 / 3, 8.0])
+def test_fractional_quality_round_trip(variable_weights, image, quality):
+    model = registry.load_model(str(variable_weights), quality)
+    data = codec.compress(image, model)
+    header = read_header(data)
+    assert header.quality == quality  # exactly, as a float64
+    assert header.model == "grm/test/vr"
+    encoded, y_hat = codec.encode_rgb(image, "RGB", model, quality)
+    assert encoded == data
+    expected = codec.tensor_to_image(model.synthesize(y_hat)[:, :, :96, :128])
+    fresh = registry.load_model(str(variable_weights))  # at the default quality: the file sets its own
+    decoded = codec.decompress(data, fresh)
+    assert decoded.tobytes() == expected.tobytes()
+    assert fresh.quality == 3.0  # restored after decoding
+
+
+def test_rate_grows_with_quality(variable_weights, image):
+    model = registry.load_model(str(variable_weights))
+    sizes = [len(codec.compress(image, model, quality=q)) for q in (0, 2, 4, 6, 8)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_same_bits_on_one_and_two_threads(variable_weights, image):
+    model = registry.load_model(str(variable_weights), 4.75)
+    with torch_threads(1):
+        one = codec.compress(image, model)
+        decoded = codec.decompress(one, model).tobytes()
+    with torch_threads(2):
+        assert codec.compress(image, model) == one
+        assert codec.decompress(one, model).tobytes() == decoded
+
+
+def test_qualities_out_of_range_and_mismatched_models_are_refused(variable_weights, tiny_weights, image):
+    model = registry.load_model(str(variable_weights))
+    for bad in (-0.5, 8.01, math.nan, math.inf):
+        with pytest.raises(ValueError, match="quality"):
+            model.use_quality(bad)
+    with pytest.raises(registry.ModelNotFoundError, match="out of this model's range 0-8"):
+        registry.load_model(str(variable_weights), 9)
+    fixed = registry.load_model(str(tiny_weights))
+    with pytest.raises(ValueError, match="fixed rate"):
+        fixed.use_quality(2.5)
+    data = codec.compress(image, model)
+    with pytest.raises(BitstreamError, match="weights hash mismatch"):  # a fixed-rate model cannot decode it ...
+        codec.decompress(data, fixed)
+    with pytest.raises(BitstreamError, match="weights hash mismatch"):  # ... nor the other way round
+        codec.decompress(codec.compress(image, fixed), model)
+    patched = bytearray(data)  # a quality beyond the model's range, with a valid checksum
+    struct.pack_into("<d", patched, 33, 8.5)
+    import zlib
+
+    patched[-4:] = struct.pack("<I", zlib.crc32(bytes(patched[:-4])))
+    with pytest.raises(BitstreamError, match="out of this model's range"):
+        codec.decompress(bytes(patched), model)
+
+
+def test_fractional_quality_needs_a_variable_rate_model():
+    with pytest.raises(registry.ModelNotFoundError, match="no variable-rate grm/small model for fractional quality 2.5"):
+        registry.load_model("grm", 2.5)
+
+
+def test_variable_rate_model_starts_as_the_fixed_rate_one(tmp_path, image):
+    fixed = registry.load_model(str(save_tiny(tmp_path / "fixed.safetensors")))
+    fixed.config["lambda"] = registry.LAMBDAS[3]
+    variable = registry.MODELS["grm"](N=16, M=24, levels=9)
+    assert "variable-rate model from the fixed-rate weights" in convert.initialize(variable, fixed)
+    variable.eval().update()
+    variable.id = "grm/test/vr"
+    variable.use_quality(3)
+    a, b = codec.encode_rgb(image, "RGB", fixed)[1], codec.encode_rgb(image, "RGB", variable, 3)[1]
+    assert torch.equal(a, b)  # quality 3 is the source's lambda: unit gains
+    assert variable.y_gain.exact(8)[0].mean() > 1 > variable.y_gain.exact(0)[0].mean()
+
+
+def _images(folder, count):
+    folder.mkdir(parents=True)
+    for i in range(count):
+        natural_image(96, 80, seed=i).save(folder / f"{i}.png")
+    return folder
+
+
+def test_variable_rate_training_writes_a_model_for_every_quality(tmp_path):
+    data = _images(tmp_path / "images", 4)
+    args = ["--data", str(data), "--val", str(data), "--preset", "small", "--batch", "2", "--crop", "64",
+            "--save-every", "2", "--val-every", "2", "--val-images", "1", "--variable-rate", "--lr-warmup", "1"]  # fmt: skip
+    trainer.main([*args, "--out", str(tmp_path / "straight"), "--steps", "4"])
+    trainer.main([*args, "--out", str(tmp_path / "resumed"), "--steps", "4", "--stop-at", "2"])
+    trainer.main([*args, "--out", str(tmp_path / "resumed"), "--steps", "4", "--resume"])
+    logs = [list(csv.DictReader(open(tmp_path / run / "log.csv"))) for run in ("straight", "resumed")]
+    assert [float(r["loss"]) for r in logs[1]] == pytest.approx([float(r["loss"]) for r in logs[0]], rel=1e-5)
+    assert all(logs[0][-1][f"val_file_bpp_q{q}"] != "" for q in trainer.VAL_QUALITIES)
+    model = registry.load_model(str(tmp_path / "straight" / "weights.safetensors"), 6.5)
+    assert model.id == "grm/small/vr" and model.levels == 9 and model.quality == 6.5
+    assert model.config["lambda"] == [registry.LAMBDAS[q] for q in range(9)]
+
+
+def test_rate_control_meets_targets(started_weights, image):
+    model = registry.load_model(str(started_weights))
+    options = ratecontrol.candidates(model)
+    sizes = {q: 8 * len(codec.compress(image, model, quality=q)) / (128 * 96) for q in (2, 6)}
+    target = (sizes[2] + sizes[6]) / 2
+    choice = ratecontrol.search(image, model, target_bpp=target)
+    assert choice.bpp <= target and 2 < choice.quality < 6
+    assert choice.encodes <= 2 + math.ceil(math.log2(len(options)))
+    above = 8 * len(codec.compress(image, model, quality=choice.quality + 1 / ratecontrol.QUALITY_GRID)) / (128 * 96)
+    assert above > target  # the next quality on the grid would be too large
+    assert read_header(choice.data).quality == choice.quality
+    assert codec.psnr(image, codec.decompress(choice.data, model)) == choice.psnr
+    by_psnr = ratecontrol.search(image, model, target_psnr=choice.psnr)
+    assert by_psnr.psnr >= choice.psnr and by_psnr.quality <= choice.quality
+    assert api.compress(image, model, target_bpp=target) == choice.data
+    with pytest.raises(ratecontrol.TargetError, match=r"target 0.0001 bpp is out of range: quality 0-8 gives"):
+        ratecontrol.search(image, model, target_bpp=0.0001)
+    with pytest.raises(ratecontrol.TargetError, match="target 99 dB is out of range"):
+        ratecontrol.search(image, model, target_psnr=99)
+
+
+def test_rate_control_from_the_command_line(started_weights, image, tmp_path, capsys):
+    variable_weights = started_weights
+    src = tmp_path / "a.png"
+    image.save(src)
+    model = registry.load_model(str(variable_weights))
+    target = 8 * len(codec.compress(image, model, quality=5)) / (128 * 96)
+    assert cli(["compress", str(src), "-o", str(tmp_path / "a.rfc"), "--model", str(variable_weights), "--target-bpp", f"{target}", "--json"]) == 0
+    record = __import__("json").loads(capsys.readouterr().out)
+    assert record["bpp"] <= target and 4.9 < record["quality"] <= 5 and record["psnr"] > 0 and record["encodes"] > 2
+    assert cli(["compress", str(src), "-o", str(tmp_path / "b.rfc"), "--model", str(variable_weights), "-q", "2.25"]) == 0
+    assert "quality 2.25" in capsys.readouterr().out
+    assert read_header((tmp_path / "b.rfc").read_bytes()).quality == 2.25
+    assert cli(["compress", str(src), "-o", str(tmp_path / "c.rfc"), "--model", str(variable_weights), "--target-psnr", "99"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("refcodec: error: target 99 dB is out of range") and err.count("\n") == 1
+    assert not (tmp_path / "c.rfc").exists()
+    assert cli(["compress", str(src), "-o", str(tmp_path / "d.rfc"), "-q", "3", "--target-bpp", "0.3"]) == 1
+    assert "not both" in capsys.readouterr().err
