@@ -2,6 +2,7 @@
 
     python scripts/continue_training.py --minutes 150                 # CPU: nice, one thread
     python scripts/continue_training.py --minutes 150 --out runs/continue --data-root ../shared/datasets
+    python scripts/continue_training.py --minutes 150 --metric ms-ssim --out runs/continue-ms-ssim
 
 The first call starts OUT from the shipped ``grm/small/vr`` weights (or, before one is shipped,
 turns the fixed-rate ``grm/small/q3`` into a variable-rate model: ``models.convert``); every later
@@ -28,10 +29,13 @@ from refcodec.train import trainer
 SCHEDULE_STEPS = 1_000_000
 
 
-def initial_weights() -> str:
-    """The shipped variable-rate model, or the fixed-rate model it starts from before one is shipped."""
-    variable = registry.model_id("grm", "small", None)
-    return variable if registry.weights_path(variable).is_file() else registry.model_id("grm", "small", registry.DEFAULT_QUALITY)
+def initial_weights(metric: str = "mse") -> str:
+    """The shipped variable-rate model of the metric; for MS-SSIM, else the MSE one (section 5.1 fine-tunes
+    MS-SSIM models from MSE ones); else the fixed-rate model it starts from before one is shipped."""
+    for candidate in dict.fromkeys([registry.model_id("grm", "small", None, metric), registry.model_id("grm", "small", None)]):
+        if registry.weights_path(candidate).is_file():
+            return candidate
+    return registry.model_id("grm", "small", registry.DEFAULT_QUALITY)
 
 
 def train_args(args: argparse.Namespace) -> list[str]:
@@ -42,10 +46,10 @@ def train_args(args: argparse.Namespace) -> list[str]:
             "--out", args.out, "--model", "grm", "--preset", "small", "--variable-rate", "--steps", str(SCHEDULE_STEPS),
             "--batch", str(args.batch), "--crop", str(args.crop), "--lr", str(args.lr), "--threads", str(args.threads),
             "--device", args.device, "--time-limit", str(args.minutes * 60), "--val-every", str(args.val_every),
-            "--save-every", str(args.save_every)]  # fmt: skip
+            "--save-every", str(args.save_every), "--metric", args.metric]  # fmt: skip
     if (Path(args.out) / "checkpoint.pt").is_file():
         return argv + ["--resume"]
-    return argv + ["--init", args.init or initial_weights()]
+    return argv + ["--init", args.init or initial_weights(args.metric)]
 
 
 def main(argv=None) -> None:
@@ -56,6 +60,7 @@ def main(argv=None) -> None:
     p.add_argument("--init", help="weights to start a new run from (default: the shipped grm/small/vr, else grm/small/q3)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="patch side (the paper's 512 in a final phase)")
+    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="ms-ssim: the MS-SSIM model (use its own --out)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

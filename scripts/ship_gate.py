@@ -16,7 +16,9 @@ under a hash of the weights, images and settings. Every verdict goes to
 ``results/gate/verdicts.json``. With ``--ship``, an accepted candidate is written into the
 package by ``scripts/ship_weights.py`` (which measures Kodak for the model card and the README:
 reported, never used to choose) and the ship is appended to the learning-curve log
-``results/learning-curve/ships.json``.
+``results/learning-curve/ships.json``. The first variable-rate model to pass retires the
+per-quality ``grm/small`` and ``joint/small`` models (``registry.retire``: their files are then
+refused with a line that names the release that decodes them).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+import refcodec
 from refcodec import codec
 from refcodec.eval import bdrate, compare
 from refcodec.eval.evaluate import evaluate_image, summarize
@@ -176,6 +179,10 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, str(Path(__file__).parent / "ship_weights.py"), str(args.run), "--eval", args.eval,
                         "--weights", str(args.candidate)], check=True)  # fmt: skip
         config = registry.read_config(args.candidate)
+        fixed = [i for i in registry.shipped_ids() if "/q" in i]  # the per-quality grm and joint models leave the package
+        if fixed and not verdict["shipped"][0].endswith(f"/{registry.VARIABLE}"):
+            registry.retire(fixed, refcodec.__version__)
+            print(f"retired {', '.join(fixed)} (their files name refcodec {refcodec.__version__}); bump the version")
         _append(SHIPS, {"date": verdict["date"], "id": config["id"], "steps": config.get("steps"),
                         "hours": round(config.get("wall_seconds", 0) / 3600, 2), "hardware": config.get("hardware"),
                         "validation": {f: {k: s[k]["bd_rate"] for k in ("candidate_vs_webp", "candidate_vs_hevc", "candidate_vs_shipped")}

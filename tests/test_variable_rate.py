@@ -197,3 +197,22 @@ def test_rate_control_from_the_command_line(started_weights, image, tmp_path, ca
     assert not (tmp_path / "c.rfc").exists()
     assert cli(["compress", str(src), "-o", str(tmp_path / "d.rfc"), "-q", "3", "--target-bpp", "0.3"]) == 1
     assert "not both" in capsys.readouterr().err
+
+
+def test_retired_models_are_refused_with_the_release_that_decodes_them(tmp_path, monkeypatch, image):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
+    save_tiny(weights / "grm-test-q3.safetensors")
+    (weights / "grm-test-q3.md").write_text("card")
+    data = codec.compress(image, "grm/test/q3")
+    written_with = registry.load_model("grm/test/q3").weights_hash().hex()
+    registry.retire(["grm/test/q3"], "0.2.0")
+    assert registry.shipped_ids() == [] and sorted(p.name for p in weights.iterdir()) == ["retired.json"]
+    with pytest.raises(BitstreamError) as info:
+        codec.decompress(data)
+    message = str(info.value)
+    assert message.startswith(f"file was written by grm/test/q3 with weights {written_with}: grm/test/q3 was retired after refcodec 0.2.0")
+    assert "decode with refcodec 0.2.0 (pip install refcodec==0.2.0)" in message and "\n" not in message
+    with pytest.raises(registry.ModelNotFoundError, match="grm/test/q3 was retired"):
+        registry.load_model("grm/test/q3")

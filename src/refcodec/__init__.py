@@ -13,7 +13,7 @@ Attributes are imported on first use, so ``refcodec.bitstream`` loads without to
 from .errors import RefcodecError
 
 __all__ = ["RefcodecError", "compress", "decompress", "load_model"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

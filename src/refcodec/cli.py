@@ -159,11 +159,11 @@ def _load_for_compress(args, load_model, quality: float, ratecontrol):
     """What ``compress`` codes with: the model, or with rate control its candidates
     (``ratecontrol.candidates``), on the device and in the decode order asked for."""
     if ratecontrol is not None:
-        options = ratecontrol.candidates(args.model, args.preset)
+        options = ratecontrol.candidates(args.model, args.preset, args.metric)
         for net in {id(o[0]): o[0] for o in options}.values():
             _prepare(net, args)
         return options
-    return _prepare(load_model(args.model, quality, args.preset), args)
+    return _prepare(load_model(args.model, quality, args.preset, args.metric), args)
 
 
 def _prepare(net, args):
@@ -225,7 +225,7 @@ def cmd_demo(args) -> int:
     from .models.registry import DEFAULT_QUALITY, load_model
     from .sample import sample_image
 
-    model = load_model(args.model, DEFAULT_QUALITY if args.quality is None else args.quality, args.preset)
+    model = load_model(args.model, DEFAULT_QUALITY if args.quality is None else args.quality, args.preset, args.metric)
     image = sample_image()
     start = time.perf_counter()
     data = codec.compress(image, model)
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(0-{max(LAMBDAS)}), an integer for a fixed-rate one (default {DEFAULT_QUALITY})")  # fmt: skip
             sp.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                             help=f"model size with --model NAME (default {DEFAULT_PRESET}; paper: N=192, M=384)")  # fmt: skip
+            sp.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"],
+                            help="with --model NAME: the model trained for this distortion (default mse)")  # fmt: skip
 
     c = sub.add_parser("compress", help="compress images into .rfc files",
                        description="Compress images into .rfc files; with several inputs, code them all and list the failures.")  # fmt: skip

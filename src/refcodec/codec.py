@@ -22,7 +22,7 @@ from .bitstream import BitstreamError, Header, pack, unpack
 from .entropy.coder import CodingError
 from .errors import RefcodecError
 from .models.base import ALIGNMENT, CompressionModel
-from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model
+from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model, retired_reason
 
 MAX_PIXELS = 8192 * 8192  # default limit on width x height, checked before any pixel is decoded or allocated
 _CONVERTIBLE = {"P", "CMYK", "YCbCr", "LAB", "HSV", "1"}  # coded as RGB
@@ -181,6 +181,9 @@ def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int =
     if header.width * header.height > max_pixels:
         raise BitstreamError(f"file holds a {header.width}x{header.height} image, over the limit of {max_pixels} pixels")
     if model is None:
+        retired = retired_reason(header.model)
+        if retired:
+            raise BitstreamError(f"file was written by {header.model} with weights {header.weights_hash.hex()}: {retired}")
         try:
             model = load_model(header.model)
         except ModelNotFoundError as e:

@@ -20,7 +20,7 @@ from PIL import Image
 from . import codec
 from .errors import RefcodecError
 from .models.base import CompressionModel
-from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, load_model, model_id, shipped_ids
+from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, LAMBDAS, load_model, model_id, shipped_ids
 
 QUALITY_GRID = 64  # a variable-rate model's qualities are searched on steps of 1/64 (about 1% in rate)
 
@@ -43,7 +43,7 @@ class Choice:
 Candidates = list[tuple[CompressionModel, float | None, float]]  # (model, coding quality, nominal quality)
 
 
-def candidates(model: CompressionModel | str | None, preset: str = DEFAULT_PRESET) -> Candidates:
+def candidates(model: CompressionModel | str | None, preset: str = DEFAULT_PRESET, metric: str = "mse") -> Candidates:
     """(model, coding quality, nominal quality) of every candidate, in increasing quality.
 
     A variable-rate model (object, name with a shipped variable-rate model, id or file) gives
@@ -54,13 +54,13 @@ def candidates(model: CompressionModel | str | None, preset: str = DEFAULT_PRESE
             raise TargetError("rate control needs a variable-rate model or a model name with several shipped qualities")
         return [(model, q / QUALITY_GRID, q / QUALITY_GRID) for q in range((model.levels - 1) * QUALITY_GRID + 1)]
     name = model or DEFAULT_MODEL
-    if "/" in name or name.endswith(".safetensors") or model_id(name, preset, None) in shipped_ids():
-        return candidates(load_model(name, preset=preset), preset)
-    prefix = model_id(name, preset, 0)[:-1]  # name/preset/q
-    qualities = sorted(int(i[len(prefix):]) for i in shipped_ids() if i.startswith(prefix) and i[len(prefix):].isdigit())
+    if "/" in name or name.endswith(".safetensors") or model_id(name, preset, None, metric) in shipped_ids():
+        return candidates(load_model(name, preset=preset, metric=metric), preset)
+    fixed = {i: model_id(name, preset, i, metric) for i in range(max(LAMBDAS) + 1)}
+    qualities = [q for q, i in fixed.items() if i in shipped_ids()]
     if len(qualities) < 2:
         raise TargetError(f"rate control needs a variable-rate model or several shipped qualities of {name}/{preset}")
-    return [(load_model(name, q, preset), None, float(q)) for q in qualities]
+    return [(load_model(fixed[q]), None, float(q)) for q in qualities]
 
 
 def search(

@@ -54,6 +54,37 @@ class ModelNotFoundError(RefcodecError):
     """No weights for the requested model id."""
 
 
+RETIRED = "retired.json"  # in WEIGHTS_DIR: {model id: {"weights_hash": hex, "release": last release that shipped it}}
+
+
+def retired() -> dict[str, dict]:
+    """The model ids that left the package, with the weights hash of their last weights and the release that decodes them."""
+    path = WEIGHTS_DIR / RETIRED
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def retire(ids: list[str], release: str) -> None:
+    """Remove shipped models (weights, card) from the package, recording them in ``retired.json`` so
+    that their files are refused with a line naming the release that decodes them."""
+    record = retired()
+    for model_id in ids:
+        path = weights_path(model_id)
+        record[model_id] = {"weights_hash": load_model(model_id).weights_hash().hex(), "release": release}
+        for suffix in (".safetensors", ".json", ".md"):
+            path.with_suffix(suffix).unlink(missing_ok=True)
+    (WEIGHTS_DIR / RETIRED).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def retired_reason(model_id: str) -> str | None:
+    """Why a retired model is not available, naming its last weights and the release to use; None if not retired."""
+    entry = retired().get(model_id)
+    if entry is None:
+        return None
+    release = entry["release"]
+    return (f"{model_id} was retired after refcodec {release} (last weights {entry['weights_hash']}); "
+            f"decode with refcodec {release} (pip install refcodec=={release})")  # fmt: skip
+
+
 def build(name: str, preset: str = DEFAULT_PRESET, **flags) -> CompressionModel:
     """A freshly initialized model of the registry."""
     if name not in MODELS:
@@ -118,16 +149,19 @@ def resolve_id(name: str, quality: float, preset: str = DEFAULT_PRESET, metric: 
     return model_id(name, preset, int(quality), metric)
 
 
-def load_model(name: str = DEFAULT_MODEL, quality: float = DEFAULT_QUALITY, preset: str = DEFAULT_PRESET) -> CompressionModel:
+def load_model(name: str = DEFAULT_MODEL, quality: float = DEFAULT_QUALITY, preset: str = DEFAULT_PRESET, metric: str = "mse") -> CompressionModel:
     """Load shipped weights by name (or a model id, or a .safetensors path), ready for coding.
 
     A variable-rate model is set to code at ``quality`` (any float in its range); a fixed-rate
-    model found by name is the one of that quality. The returned model carries ``model.id``
+    model found by name is the one of that quality; ``metric`` picks a name's model trained for
+    ``mse`` or ``ms-ssim``. The returned model carries ``model.id``
     (stored in bitstreams) and ``model.config``.
     """
-    ref = resolve_id(name, quality, preset)
+    ref = resolve_id(name, quality, preset, metric)
     path = weights_path(ref)
     if not path.is_file():
+        if retired_reason(ref):
+            raise ModelNotFoundError(retired_reason(ref))
         shipped = ", ".join(shipped_ids()) or "none"
         raise ModelNotFoundError(f"no weights for {ref!r} (shipped: {shipped})")
     try:
