@@ -3,6 +3,7 @@
 import csv
 import math
 import struct
+import zlib
 
 import pytest
 import torch
@@ -111,8 +112,6 @@ def test_qualities_out_of_range_and_mismatched_models_are_refused(variable_weigh
         codec.decompress(codec.compress(image, fixed), model)
     patched = bytearray(data)  # a quality beyond the model's range, with a valid checksum
     struct.pack_into("<d", patched, 33, 8.5)
-    import zlib
-
     patched[-4:] = struct.pack("<I", zlib.crc32(bytes(patched[:-4])))
     with pytest.raises(BitstreamError, match="out of this model's range"):
         codec.decompress(bytes(patched), model)
@@ -216,3 +215,11 @@ def test_retired_models_are_refused_with_the_release_that_decodes_them(tmp_path,
     assert "decode with refcodec 0.2.0 (pip install refcodec==0.2.0)" in message and "\n" not in message
     with pytest.raises(registry.ModelNotFoundError, match="grm/test/q3 was retired"):
         registry.load_model("grm/test/q3")
+
+
+def test_files_of_format_version_1_still_decode(tiny_model, image):
+    """A fixed-rate file as releases before 0.2.0 wrote it (no quality field) decodes to the same pixels."""
+    v2 = codec.compress(image, tiny_model)
+    body = v2[:4] + b"\x01" + v2[5:33] + v2[41:-4]
+    v1 = body + struct.pack("<I", zlib.crc32(body))
+    assert codec.decompress(v1, tiny_model).tobytes() == codec.decompress(v2, tiny_model).tobytes()
