@@ -22,3 +22,13 @@ def test_kodak_ratios_takes_medians_of_rounds_and_skips_a_missing_compressai(tmp
     ratios = [r["raster_decode"] / r["wavefront_decode"] for r in report["rounds"]]
     assert report["decode_vs_raster"] == round(sum(ratios) / 2, 2)  # the median of two is their mean
     assert report["decode_vs_mbt2018"] is None and report["encode_vs_mbt2018"] is None
+
+
+def test_train_step_times_grm_joint_and_variable_rate_grm(tmp_path):
+    out = tmp_path / "train-step.json"
+    cmd = [sys.executable, str(BENCHMARKS / "train_step.py"), "--batch", "1", "--crop", "64", "--steps", "1",
+           "--rounds", "2", "--warmup", "0", "--threads", "1", "--levels", "9", "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert len(report["rounds"]) == 2 and set(report["rounds"][0]) == {"joint", "grm", "grm-vr"}
+    assert set(report["step_time_vs_joint"]) == {"grm", "grm-vr"} and report["median_steps_per_second"]["grm"] > 0

@@ -87,3 +87,38 @@ def test_reference_index_matches_the_exact_search_step_by_step(scale):
         growing.add(positions, keys[positions])
         index, s = growing.search(keys[positions], steps[positions])
         assert torch.equal(index, expected[0][positions]) and torch.equal(s, expected[1][positions])
+
+
+def _naive_search(q: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image, the whole similarity matrix at once: eq. 4, causal mask, first maximum, S = max(cos, 0)."""
+    norm = torch.sqrt((q * q).sum(1).clamp_min(1e-12))
+    r = (q @ q.T) / (norm.view(-1, 1) * norm.view(1, -1))
+    r = r.masked_fill(steps.view(1, -1) >= steps.view(-1, 1), -2.0)
+    index = torch.argmax(r, 1)
+    return index, r.gather(1, index.view(-1, 1)).squeeze(1).clamp_min(0)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("name", ["raster", "wavefront"])
+def test_batched_search_equals_the_per_image_loop(name, batch, monkeypatch):
+    """A batch searched at once gives, bit for bit, every image's own index and S, with ties."""
+    torch.manual_seed(batch)
+    mask, steps = Schedule(name).visible(3, False), Schedule(name).steps(9, 12).flatten()
+    y = torch.randint(-4, 5, (batch, 6, 9, 12)).float()
+    y[:, :, 5:8] = y[:, :, 1:4]  # repeated patches: exact ties at S = 1
+    y[0, :, :, 6:] = 1  # constant patches: many ties
+    y[-1, :, 4:] = 0  # all-zero patches: S = 0
+    q = masked_patches(y, mask).requires_grad_()
+    import refcodec.layers.reference as ref
+
+    monkeypatch.setattr(ref, "SEARCH_BLOCK", 25)  # several blocks of queries
+    index, s = search(q, steps, q, steps)
+    for i in range(batch):
+        one = search(q[i], steps, q[i], steps)
+        naive = _naive_search(q[i], steps)
+        assert torch.equal(index[i], one[0]) and torch.equal(s[i], one[1])
+        assert torch.equal(index[i], naive[0]) and torch.equal(s[i], naive[1])
+    weights = torch.rand(s.shape)
+    (grad,) = torch.autograd.grad((s * weights).sum(), q)  # S's gradient, taken at the chosen pairs only
+    naive = torch.stack([_naive_search(q[i], steps)[1] for i in range(batch)])
+    assert torch.allclose(grad, torch.autograd.grad((naive * weights).sum(), q)[0], atol=1e-6)

@@ -49,11 +49,11 @@ def patches_at(y_padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, m
 
 
 def cosine(dot: torch.Tensor, norm2_a: torch.Tensor, norm2_b: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Eq. 4 from dot products and squared norms; 0 where a patch is all zero (its dot products are 0).
+    """Eq. 4 from dot products (..., A, B) and squared norms (..., A), (..., B); 0 where a patch is all zero.
 
     ``inplace`` overwrites ``dot`` (coding: no gradient, one pass less over a large matrix).
     """
-    denom = torch.sqrt(norm2_a.clamp_min(1e-12)).view(-1, 1) * torch.sqrt(norm2_b.clamp_min(1e-12)).view(1, -1)
+    denom = torch.sqrt(norm2_a.clamp_min(1e-12)).unsqueeze(-1) * torch.sqrt(norm2_b.clamp_min(1e-12)).unsqueeze(-2)
     return dot.div_(denom) if inplace else dot / denom
 
 
@@ -85,21 +85,30 @@ def _exact_dots(qb: torch.Tensor, kb: torch.Tensor, key_max: float) -> torch.Ten
 def search(q: torch.Tensor, q_steps: torch.Tensor, keys: torch.Tensor, key_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Most similar earlier-decoded position for each query row (training; differentiable in S).
 
-    q: (P, D) patches of the targets, decoded at q_steps (P,); keys: (K, D) patches of
-    candidates decoded at key_steps (K,). Returns (index (P,), similarity S (P,)):
+    q: (..., P, D) patches of the targets, decoded at q_steps (P,); keys: (..., K, D) patches of
+    candidates decoded at key_steps (K,); leading dimensions (a batch of images) are searched at
+    once, each image in its own keys. Returns (index (..., P), similarity S (..., P)):
     S = max(cos, 0) and 0 with index 0 where no candidate was decoded before.
+
+    The search runs without gradient; S is then recomputed, with its gradient, at the chosen
+    pairs only: the same operations on the same numbers (dot products of integer latents are
+    exact in float32 below 2^24), so the same S, without a backward pass over every pair.
     """
-    prefix, norm2 = visible_prefix(key_steps), (keys * keys).sum(1)
-    index, score = [], []
-    for start in range(0, len(q), SEARCH_BLOCK):
-        qb, tb = q[start : start + SEARCH_BLOCK], q_steps[start : start + SEARCH_BLOCK]
-        n = max(prefix(int(tb.max())), 1)  # at least one column: a query with nothing before it gets S = 0
-        r = cosine(qb @ keys[:n].T, (qb * qb).sum(1), norm2[:n])
-        r = r.masked_fill(key_steps[:n].view(1, -1) >= tb.view(-1, 1), -2.0)  # not decoded before the query
-        best = torch.argmax(r, 1)  # first maximum: the lowest index wins ties
-        index.append(best)
-        score.append(r.gather(1, best.view(-1, 1)).squeeze(1).clamp_min(0))
-    return torch.cat(index), torch.cat(score)
+    prefix, q_steps_cpu = visible_prefix(key_steps.cpu()), q_steps.cpu()  # block bounds without a device sync per block
+    with torch.no_grad():
+        norm2 = (keys * keys).sum(-1)
+        index = []
+        for start in range(0, q.shape[-2], SEARCH_BLOCK):
+            qb, tb = q[..., start : start + SEARCH_BLOCK, :], q_steps[start : start + SEARCH_BLOCK]
+            n = max(prefix(int(q_steps_cpu[start : start + SEARCH_BLOCK].max())), 1)  # a query with nothing before it gets S = 0
+            r = cosine(qb @ keys[..., :n, :].mT, (qb * qb).sum(-1), norm2[..., :n], inplace=True)
+            r.masked_fill_(key_steps[:n] >= tb.view(-1, 1), -2.0)  # not decoded before the query
+            index.append(torch.argmax(r, -1))  # first maximum: the lowest index wins ties
+        index = torch.cat(index, -1)
+    best = keys.gather(-2, index.unsqueeze(-1).expand(q.shape))
+    dot, norm2_q, norm2_best = ((a * b).sum(-1, keepdim=True) for a, b in ((q, best), (q, q), (best, best)))
+    s = cosine(dot.unsqueeze(-1), norm2_q, norm2_best)[..., 0, 0]  # each pair as a 1 x 1 similarity matrix
+    return index, s.masked_fill(key_steps[index] >= q_steps, -2.0).clamp_min(0)
 
 
 class ReferenceIndex:

@@ -234,17 +234,12 @@ class GRM(CompressionModel):
         n, _, h, w = y_hat.shape
 
         def reference_fn(mean1, log_scale1):
-            feats = _rows(self.transfer(y_hat))
-            conf = likelihood(_rows(y_hat), mean1, log_scale1).mean(1) if self.confidence else None
             steps = self.schedule.steps(h, w).flatten().to(y_hat.device)
             q = masked_patches(y_hat, self.search_mask)
-            ref = []
-            for i in range(n):
-                index, s = search(q[i], steps, q[i], steps)
-                index = index + i * h * w
-                weight = s if conf is None else s * conf[index]
-                ref.append(feats[index] * weight.unsqueeze(1))
-            return torch.cat(ref)
+            index, s = search(q, steps, q, steps)  # every image of the batch at once, in its own latents
+            index = (index + torch.arange(0, n * h * w, h * w, device=index.device).view(-1, 1)).flatten()
+            conf = likelihood(_rows(y_hat), mean1, log_scale1).mean(1)[index] if self.confidence else 1
+            return _rows(self.transfer(y_hat))[index] * (s.flatten() * conf).unsqueeze(1)
 
         hyper_rows = None if hyper is None else _rows(hyper)
         return self._predict(_rows(self.context(y_hat)), hyper_rows, reference_fn, lambda i, r: _linear_rows(self.param_nets[i], r))
