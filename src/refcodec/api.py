@@ -17,15 +17,17 @@ def compress(
     target_bpp: float | None = None,
     target_psnr: float | None = None,
     max_pixels: int = codec.MAX_PIXELS,
+    effort: str = "default",
 ) -> bytes:
     """Compress an image into a refcodec bitstream.
 
     ``quality`` is any float in a variable-rate model's range (an integer for fixed-rate
     models); ``target_bpp`` or ``target_psnr`` instead finds the quality by bisection on real
     encodes (``ratecontrol``; use ``ratecontrol.search`` to get the chosen quality as well).
+    ``effort="slow"`` refines each image's latents for smaller files (``refine``), decoder unchanged.
     """
     if target_bpp is None and target_psnr is None:
-        return codec.compress(image, model, quality, max_pixels)
+        return codec.compress(image, model, quality, max_pixels, effort)
     if quality is not None:
         raise ValueError("give a quality or a target, not both")
-    return ratecontrol.search(image, model, target_bpp, target_psnr, max_pixels=max_pixels).data
+    return ratecontrol.search(image, model, target_bpp, target_psnr, max_pixels=max_pixels, effort=effort).data

@@ -111,7 +111,7 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[Path]:
 def cmd_compress(args) -> int:
     import torch
 
-    from . import codec, ratecontrol
+    from . import codec, ratecontrol, refine
     from .bitstream import read_header
     from .models.registry import DEFAULT_QUALITY, load_model
 
@@ -133,18 +133,20 @@ def cmd_compress(args) -> int:
                 model = _load_for_compress(args, load_model, quality, ratecontrol if target else None)
             record = {"input": src, "output": str(dst)}
             if target:
-                choice = ratecontrol.search(image, model, args.target_bpp, args.target_psnr, args.preset, args.max_pixels)
+                choice = ratecontrol.search(image, model, args.target_bpp, args.target_psnr, args.preset, args.max_pixels, args.effort)
                 data = choice.data
                 record |= {"quality": choice.quality, "psnr": choice.psnr, "encodes": choice.encodes}
                 achieved = f", quality {choice.quality:g}, {choice.psnr:.2f} dB ({choice.encodes} encodes)"
             else:
-                data = codec.compress(image, model, max_pixels=args.max_pixels)
+                rgb, mode = codec.to_rgb(image)
+                data = codec.encode_rgb(rgb, mode, model, effort=args.effort, progress=not args.json and sys.stderr.isatty())[0]
                 record["quality"] = model.quality
                 achieved = "" if model.quality is None else f", quality {model.quality:g}"
             seconds = time.perf_counter() - start
             _write_atomic(dst, data, args.force)
             bpp = 8 * len(data) / (image.width * image.height)
-            record |= {"bytes": len(data), "bpp": bpp, "seconds": seconds, "model": read_header(data).model}
+            record |= {"bytes": len(data), "bpp": bpp, "seconds": seconds, "model": read_header(data).model,
+                       "effort": args.effort, "refinement_steps": refine.steps_of(args.effort)}  # fmt: skip
             _emit(args, record, f"{src} -> {dst}: {len(data)} bytes, {bpp:.4f} bpp{achieved}, {seconds:.2f} s")
         except (CliError, RefcodecError, OSError) as e:
             if len(args.images) == 1:
@@ -283,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--schedule", choices=["raster", "wavefront"], help="decode order (default: the model's)")
     c.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to encode (default cpu); files encoded on a GPU decode on a CPU")  # fmt: skip
+    c.add_argument("--effort", default="default", choices=["default", "slow"],
+                   help="encoder effort: slow refines each image's latents for its RD objective (smaller files, "
+                   "slower encoding; the same decoder)")  # fmt: skip
     target = c.add_mutually_exclusive_group()
     target.add_argument("--target-bpp", type=float, metavar="B",
                         help="rate control: the highest quality whose file has at most B bits per pixel")  # fmt: skip

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import refine
 from .bitstream import BitstreamError, Header, pack, unpack
 from .entropy.coder import CodingError
 from .errors import RefcodecError
@@ -123,27 +124,38 @@ def compress(
     model: CompressionModel | str | None = None,
     quality: float | None = None,
     max_pixels: int = MAX_PIXELS,
+    effort: str = "default",
 ) -> bytes:
     """Compress an image (path or PIL image) of at most ``max_pixels`` into a refcodec bitstream.
 
     ``quality`` picks the shipped model of that quality, or, for a variable-rate model, any float
     in its range (recorded exactly in the file). A fixed-rate model object takes no quality.
+    ``effort`` (``refine.EFFORTS``) spends encode time for smaller files; decoding is unchanged.
     """
     rgb, mode = to_rgb(load_image(image, max_pixels))
-    return compress_rgb(rgb, mode, _resolve_model(model, quality), quality)
+    return compress_rgb(rgb, mode, _resolve_model(model, quality), quality, effort)
 
 
-def compress_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None) -> bytes:
+def compress_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None, effort: str = "default") -> bytes:
     """The bitstream of an RGB image (``to_rgb``) with a loaded model, at ``quality`` for a variable-rate one."""
-    return encode_rgb(rgb, mode, net, quality)[0]
+    return encode_rgb(rgb, mode, net, quality, effort)[0]
 
 
-def encode_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None) -> tuple[bytes, torch.Tensor]:
-    """:func:`compress_rgb` and the quantized latents y_hat it coded (the decoder gets exactly these)."""
+def encode_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None, effort: str = "default",
+               progress: bool = False) -> tuple[bytes, torch.Tensor]:  # fmt: skip
+    """:func:`compress_rgb` and the quantized latents y_hat it coded (the decoder gets exactly these).
+
+    ``effort`` above ``default`` refines the image's latents first (``refine``); the file is the same format.
+    """
     width, height = rgb.size
-    x = padded_tensor(rgb)
+    x = padded_tensor(rgb).to(next(net.parameters()).device)  # a model on a GPU encodes there
+    steps = refine.steps_of(effort)
     with at_quality(net, quality if net.levels else None):
-        streams, y_hat = net.encode(x.to(next(net.parameters()).device))  # a model on a GPU encodes there
+        if steps:
+            refined = refine.refine(net, x, steps, height, width, progress)
+            streams, y_hat = net.encode_latents(refined.y, refined.z)
+        else:
+            streams, y_hat = net.encode(x)
         coded_quality = net.quality
     header = Header(
         model=net.id,

@@ -70,11 +70,12 @@ def search(
     target_psnr: float | None = None,
     preset: str = DEFAULT_PRESET,
     max_pixels: int = codec.MAX_PIXELS,
+    effort: str = "default",
 ) -> Choice:
     """The file that meets ``target_bpp`` (largest at most that rate) or ``target_psnr`` (smallest
     of at least that PSNR), exactly one of them; raises TargetError when the target is out of the
     model's range on this image, saying what the range is. ``model`` may also be the list of
-    :func:`candidates`, prepared once for many images."""
+    :func:`candidates`, prepared once for many images. Every encode of the search runs at ``effort``."""
     if (target_bpp is None) == (target_psnr is None):
         raise ValueError("give exactly one of target_bpp and target_psnr")
     target = target_bpp if target_bpp is not None else target_psnr
@@ -88,7 +89,7 @@ def search(
     def encode(i: int) -> tuple[bytes, float, float]:
         if i not in tried:
             net, quality, _ = options[i]
-            data, y_hat = codec.encode_rgb(rgb, mode, net, quality)
+            data, y_hat = codec.encode_rgb(rgb, mode, net, quality, effort)
             with codec.at_quality(net, quality):
                 x_hat = net.synthesize(y_hat)
             tried[i] = (data, 8 * len(data) / pixels, codec.psnr(rgb, codec.tensor_to_image(x_hat[:, :, : rgb.height, : rgb.width])))

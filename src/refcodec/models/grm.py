@@ -327,14 +327,27 @@ class GRM(CompressionModel):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
+        return self.encode_latents(*self.latents(x))
+
+    @torch.no_grad()
+    def latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unquantized latents y and z (None without a hyperprior) that the encoder rounds and codes."""
         y = self.analysis(x)
+        if not self.hyperprior:
+            return y, None
+        with profiling.stage("hyper"):
+            z = self.h_a(y)
+        return y, z if not self.levels else z * self.coding_gains()[2].to(z)
+
+    @torch.no_grad()
+    def encode_latents(self, y: torch.Tensor, z: torch.Tensor | None) -> tuple[list[bytes], torch.Tensor]:
+        """Streams and y_hat of given latents (:meth:`latents`, or refined ones: ``refine``)."""
         _, _, h, w = y.shape
         y_hat = torch.round(y).clamp(-SYMBOL_MAX, SYMBOL_MAX)
         streams, hyper = [], None
         if self.hyperprior:
             with profiling.stage("hyper"):
-                z = self.h_a(y)
-                z_hat = self.density.clamp_to_support(torch.round(z if not self.levels else z * self.coding_gains()[2].to(z)))
+                z_hat = self.density.clamp_to_support(torch.round(z))
                 streams.append(encode_factorized(self.density, z_hat))
                 hyper = self._hyper_rows(z_hat)
         mean, log_scale = self.exact_predict(y_hat, hyper)[-1]
@@ -344,6 +357,24 @@ class GRM(CompressionModel):
             enc.gaussian(_rows(y_hat)[order], mean[order], coding_scale(log_scale[order]))
             streams.append(enc.finish())
         return streams, y_hat
+
+    def quantized(self, y: torch.Tensor, z: torch.Tensor | None, quantize) -> dict:
+        """Likelihoods of the coding stage and of z, and the reconstruction, of latents y, z quantized by
+        ``quantize`` (rounding, or a relaxation of it with gradients), at the coding quality: the
+        training-time form of what :meth:`encode_latents` codes, for refining latents (``refine``)."""
+        n, _, h, w = y.shape
+        y_q = quantize(y)
+        gains = [g.to(y) for g in self.coding_gains()] if self.levels else [y.new_ones(())] * 4
+        out = {"likelihoods": {}}
+        hyper = None
+        if self.hyperprior:
+            z_q = quantize(z)
+            out["likelihoods"]["z"] = self.density.likelihood(z_q)
+            hyper = self.h_s(z_q * gains[3])
+        mean, log_scale = self.predict(y_q, hyper)[-1]
+        out["likelihoods"]["y"] = [_unrows(likelihood(_rows(y_q), mean, log_scale), n, h, w)]
+        out["x_hat"] = self.g_s(y_q * gains[1])
+        return out
 
     @torch.no_grad()
     def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
