@@ -32,3 +32,17 @@ def test_train_step_times_grm_joint_and_variable_rate_grm(tmp_path):
     report = json.loads(out.read_text())
     assert len(report["rounds"]) == 2 and set(report["rounds"][0]) == {"joint", "grm", "grm-vr"}
     assert set(report["step_time_vs_joint"]) == {"grm", "grm-vr"} and report["median_steps_per_second"]["grm"] > 0
+
+
+def test_effort_reports_the_saving_of_slow_per_quality_and_image(tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "effort"
+    folder.mkdir()
+    for i in range(2):
+        sample_image(96, 64).rotate(90 * i).save(folder / f"{i}.png")
+    cmd = [sys.executable, str(BENCHMARKS / "effort.py"), str(folder), "-q", "1", "3", "--steps", "4", "--threads", "1", "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["steps"] == 4 and len(report["per_image"]) == 4 and [r["quality"] for r in report["per_quality"]] == [1, 3]
+    for row in report["per_image"]:
+        assert row["slow"]["bpp"] > 0 and row["default"]["encode_seconds"] > 0
+    assert "BD-rate" in out.with_suffix(".md").read_text()

@@ -94,3 +94,9 @@ def test_effort_from_the_command_line(tmp_path, capsys):
     assert cli(["compress", str(src), "-o", str(tmp_path / "b.rfc"), "--model", str(weights), "--effort", "slow"]) == 1
     err = capsys.readouterr().err
     assert "no latent refinement" in err and err.count("\n") == 1
+
+
+def test_images_beyond_4k_are_refused_in_one_line(model, monkeypatch):
+    monkeypatch.setattr(refine, "MAX_PIXELS", 64 * 64)
+    with pytest.raises(refine.EffortError, match="up to 4096 pixels .* this one has 6144: use the default effort"):
+        codec.compress(natural_image(96, 64), model, effort="slow")

@@ -29,11 +29,13 @@ from .layers.gain import interpolate_log
 from .models import registry
 from .models.base import CompressionModel
 
-EFFORTS = {"default": 0, "slow": 100}  # refinement steps of each effort
+EFFORTS = {"default": 0, "slow": 120}  # refinement steps of each effort
 LEARNING_RATE = 5e-3  # Adam, on the latents (Yang et al. use 5e-3)
 TAU_START = 0.5  # SGA temperature at the start, annealed exponentially ...
 TAU_END = 0.05  # ... to this at the last step
 CHECK_EVERY = 10  # steps between evaluations of the rounded objective
+MAX_PIXELS = 3840 * 2160  # refinement holds every activation of g_s for the backward pass: about 0.8 GB per
+# megapixel for grm/small (peak 794 MiB at 768x512, 1735 MiB at 1536x1024), so 4K UHD stays within 8 GB
 
 
 class EffortError(RefcodecError):
@@ -99,6 +101,9 @@ def refine(model, x: torch.Tensor, steps: int, height: int, width: int, progress
     """Latents of the padded image ``x`` refined for ``steps`` SGA steps (see the module doc)."""
     if not hasattr(model, "quantized"):
         raise EffortError(f"{type(model).__name__} models have no latent refinement: use the default effort")
+    if height * width > MAX_PIXELS:
+        raise EffortError(f"latent refinement takes images of up to {MAX_PIXELS} pixels (4K UHD, within 8 GB of memory); "
+                          f"this one has {height * width}: use the default effort")  # fmt: skip
     lmbda = model_lambda(model)
     y0, z0 = model.latents(x)
     frozen = [p.requires_grad for p in model.parameters()]
