@@ -15,8 +15,8 @@ Curves that do not change (the shipped model, WebP, HEVC) are cached in ``result
 under a hash of the weights, images and settings. Every verdict goes to
 ``results/gate/verdicts.json``. With ``--ship``, an accepted candidate is written into the
 package by ``scripts/ship_weights.py`` (which measures Kodak for the model card and the README:
-reported, never used to choose) and the ship is appended to the learning-curve log
-``results/learning-curve/ships.json``. The first variable-rate model to pass retires the
+reported, never used to choose). Every judged candidate, shipped or not, is a point of the
+learning-curve log ``results/learning-curve/gate-log.json``. The first variable-rate model to pass retires the
 per-quality ``grm/small`` and ``joint/small`` models (``registry.retire``: their files are then
 refused with a line that names the release that decodes them).
 """
@@ -45,7 +45,7 @@ from refcodec.models import registry
 from refcodec.train.data import find_images
 
 RESULTS = Path("results/gate")
-SHIPS = Path("results/learning-curve/ships.json")
+CURVE = Path("results/learning-curve/gate-log.json")  # every judged candidate: the learning curve
 ANCHORS = ("webp", "hevc")
 DEFAULT_QUALITIES = [1.0, 2.75, 4.5, 6.25, 8.0]
 
@@ -75,8 +75,9 @@ def _cached(name: str, key: str, compute) -> dict:
 def model_curve(weights: str, qualities: list[float | None], files: list[Path], label: str) -> dict:
     """Mean bpp/PSNR/MS-SSIM per quality, real bitstreams, in CompressAI's results layout."""
     results, per_image = {}, {}
+    model = registry.load_model(weights)
     for q in qualities:
-        model = registry.load_model(weights, 3.0 if q is None else q)
+        model.use_quality(q)
         rows = [evaluate_image(model, f, estimate=False) for f in files]
         for k, v in summarize(rows).items():
             results.setdefault(k, []).append(v)
@@ -88,7 +89,8 @@ def model_curve(weights: str, qualities: list[float | None], files: list[Path], 
 def anchor_curve(name: str, files: list[Path], threads: int) -> dict:
     """A classical codec's default sweep on the images (``refcodec compare``)."""
     images = {f.name: codec.to_rgb(codec.load_image(f))[0] for f in files}
-    return compare.sweep(compare.CODECS[name](threads), images, compare.CODECS[name](threads).sweep)
+    classical = compare.CODECS[name](threads)
+    return compare.sweep(classical, images, classical.sweep)
 
 
 def judge(candidate: Path, sets: list[Path], qualities: list[float], limit: int, threads: int) -> dict:
@@ -145,6 +147,14 @@ def report(verdict: dict) -> str:
     return "\n".join(lines)
 
 
+def curve_point(verdict: dict, config: dict, shipped: bool) -> dict:
+    """The learning-curve log's entry of a judged candidate: steps, hours, hardware, validation BD-rates."""
+    return {"date": verdict["date"], "id": config["id"], "steps": config.get("steps"), "shipped": shipped,
+            "hours": round(config.get("wall_seconds", 0) / 3600, 2), "hardware": config.get("hardware"),
+            "validation": {f: {k: s[k]["bd_rate"] for k in ("candidate_vs_webp", "candidate_vs_hevc", "candidate_vs_shipped")}
+                           for f, s in verdict["sets"].items()}}  # fmt: skip
+
+
 def _append(path: Path, entry: dict) -> None:
     entries = json.loads(path.read_text()) if path.is_file() else []
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,20 +183,18 @@ def main(argv=None) -> int:
                 "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"}  # fmt: skip
     _append(RESULTS / "verdicts.json", verdict)
     print(report(verdict))
+    config = registry.read_config(args.candidate)
+    shipping = verdict["accepted"] and args.ship
+    _append(CURVE, curve_point(verdict, config, shipping))
     if not verdict["accepted"]:
         return 1
-    if args.ship:
+    if shipping:
         subprocess.run([sys.executable, str(Path(__file__).parent / "ship_weights.py"), str(args.run), "--eval", args.eval,
                         "--weights", str(args.candidate)], check=True)  # fmt: skip
-        config = registry.read_config(args.candidate)
         fixed = [i for i in registry.shipped_ids() if "/q" in i]  # the per-quality grm and joint models leave the package
         if fixed and not verdict["shipped"][0].endswith(f"/{registry.VARIABLE}"):
             registry.retire(fixed, refcodec.__version__)
             print(f"retired {', '.join(fixed)} (their files name refcodec {refcodec.__version__}); bump the version")
-        _append(SHIPS, {"date": verdict["date"], "id": config["id"], "steps": config.get("steps"),
-                        "hours": round(config.get("wall_seconds", 0) / 3600, 2), "hardware": config.get("hardware"),
-                        "validation": {f: {k: s[k]["bd_rate"] for k in ("candidate_vs_webp", "candidate_vs_hevc", "candidate_vs_shipped")}
-                                       for f, s in verdict["sets"].items()}})  # fmt: skip
     return 0
 
 

@@ -113,7 +113,7 @@ def cmd_compress(args) -> int:
 
     from . import codec, ratecontrol, refine
     from .bitstream import read_header
-    from .models.registry import DEFAULT_QUALITY, load_model
+    from .models.registry import DEFAULT_QUALITY
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available")
@@ -130,7 +130,7 @@ def cmd_compress(args) -> int:
             start = time.perf_counter()
             image = codec.load_image(src, args.max_pixels)
             if model is None:  # loaded once, after the first readable input
-                model = _load_for_compress(args, load_model, quality, ratecontrol if target else None)
+                model = _load_for_compress(args, quality, target)
             record = {"input": src, "output": str(dst)}
             if target:
                 choice = ratecontrol.search(image, model, args.target_bpp, args.target_psnr, args.preset, args.max_pixels, args.effort)
@@ -157,10 +157,13 @@ def cmd_compress(args) -> int:
     return EXIT_ERROR if failures else 0
 
 
-def _load_for_compress(args, load_model, quality: float, ratecontrol):
+def _load_for_compress(args, quality: float, target: bool):
     """What ``compress`` codes with: the model, or with rate control its candidates
     (``ratecontrol.candidates``), on the device and in the decode order asked for."""
-    if ratecontrol is not None:
+    from . import ratecontrol
+    from .models.registry import load_model
+
+    if target:
         options = ratecontrol.candidates(args.model, args.preset, args.metric)
         for net in {id(o[0]): o[0] for o in options}.values():
             _prepare(net, args)
