@@ -4,11 +4,15 @@
     python scripts/continue_training.py --minutes 150 --out runs/continue --data-root ../shared/datasets
     python scripts/continue_training.py --minutes 150 --metric ms-ssim --out runs/continue-ms-ssim
 
-The first call starts OUT from the shipped ``grm/small/vr`` weights (or, before one is shipped,
-turns the fixed-rate ``grm/small/q3`` into a variable-rate model: ``models.convert``); every later
-call with the same OUT resumes its checkpoint exactly (``refcodec train --resume``: the same
-batches, noise and qualities as one uninterrupted run), so a session can stop and restart it
-at will. The run trains on ``photos/train`` and BSDS500's train and test splits and validates
+The first call starts OUT from the model with the most training steps among the carried
+candidate ``training/grm-small-vr.safetensors`` and the shipped ``grm/small/vr`` (before either
+exists, it turns the fixed-rate ``grm/small/q3`` into a variable-rate model: ``models.convert``);
+every later call with the same OUT resumes its checkpoint exactly (``refcodec train --resume``: the
+same batches, noise and qualities as one uninterrupted run), so a session can stop and restart it
+at will. At the end, the weights are carried (float16, as they would ship) to ``--carry``, which the
+session commits: run folders are not kept between sessions, and a candidate the gate refuses would
+otherwise be lost with its compute. The optimizer's moments are not carried; Adam starts afresh
+with a short warm-up. The run trains on ``photos/train`` and BSDS500's train and test splits and validates
 on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
 ``scripts/ship_gate.py``. The learning rate stays near its peak (a schedule of a million steps):
 this run has no end, every session adds to it.
@@ -23,19 +27,43 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
 from refcodec.models import registry
 from refcodec.train import trainer
 
 SCHEDULE_STEPS = 1_000_000
+CARRIED = Path(__file__).resolve().parent.parent / "training"  # tracked: the run's weights between sessions
 
 
-def initial_weights(metric: str = "mse") -> str:
-    """The shipped variable-rate model of the metric; for MS-SSIM, else the MSE one (section 5.1 fine-tunes
-    MS-SSIM models from MSE ones); else the fixed-rate model it starts from before one is shipped."""
-    for candidate in dict.fromkeys([registry.model_id("grm", "small", None, metric), registry.model_id("grm", "small", None)]):
-        if registry.weights_path(candidate).is_file():
-            return candidate
+def carried_path(metric: str = "mse") -> Path:
+    """Where the run of the variable-rate model of ``metric`` is carried between sessions."""
+    return CARRIED / (registry.model_id("grm", "small", None, metric).replace("/", "-") + ".safetensors")
+
+
+def _steps(weights: str | Path) -> int:
+    path = Path(weights) if str(weights).endswith(".safetensors") else registry.weights_path(str(weights))
+    return registry.read_config(path).get("steps", 0)
+
+
+def initial_weights(metric: str = "mse", carried: Path | None = None) -> str:
+    """The most trained of the carried candidate and the shipped variable-rate model of the metric (a tie
+    goes to the shipped one); for MS-SSIM, before either exists, the MSE ones (section 5.1 fine-tunes
+    MS-SSIM models from MSE ones); before any, the fixed-rate model the variable-rate one starts from."""
+    for m in dict.fromkeys([metric, "mse"]):
+        shipped = registry.model_id("grm", "small", None, m)
+        path = carried if carried is not None and m == metric else carried_path(m)
+        found = [shipped] * registry.weights_path(shipped).is_file() + [str(path)] * path.is_file()
+        if found:
+            return max(found, key=_steps)  # max keeps the first (shipped) of equals
     return registry.model_id("grm", "small", registry.DEFAULT_QUALITY)
+
+
+def carry(run: Path, path: Path) -> None:
+    """Store the run's weights at ``path`` as they would ship (float16), for the next session to continue."""
+    model = registry.load_model(str(run / "weights.safetensors"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    registry.save(model, path, model.config, dtype=torch.float16)
 
 
 def train_args(args: argparse.Namespace) -> list[str]:
@@ -49,7 +77,7 @@ def train_args(args: argparse.Namespace) -> list[str]:
             "--save-every", str(args.save_every), "--metric", args.metric]  # fmt: skip
     if (Path(args.out) / "checkpoint.pt").is_file():
         return argv + ["--resume"]
-    return argv + ["--init", args.init or initial_weights(args.metric)]
+    return argv + ["--init", args.init or initial_weights(args.metric, args.carry)]
 
 
 def main(argv=None) -> None:
@@ -57,7 +85,10 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, required=True, help="training time of this call (a checkpoint is saved at the end)")
     p.add_argument("--out", default="runs/continue", help="run folder (resumed if it has a checkpoint)")
     p.add_argument("--data-root", default="../shared/datasets", help="folder holding photos/ and bsds500/")
-    p.add_argument("--init", help="weights to start a new run from (default: the shipped grm/small/vr, else grm/small/q3)")
+    p.add_argument("--init", help="weights to start a new run from (default: the most trained of the carried and the "
+                   "shipped grm/small/vr, else grm/small/q3)")
+    p.add_argument("--carry", type=Path, help="where the weights are carried at the end (default: training/grm-small-vr"
+                   ".safetensors, or -ms-ssim; commit it)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="patch side (the paper's 512 in a final phase)")
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="ms-ssim: the MS-SSIM model (use its own --out)")
@@ -69,10 +100,13 @@ def main(argv=None) -> None:
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--nice", type=int, default=19, help="added to the process's niceness (0: none)")
     args = p.parse_args(argv)
+    args.carry = args.carry or carried_path(args.metric)
     os.nice(args.nice)
     command = train_args(args)
     print("refcodec train " + " ".join(command), flush=True)
     trainer.main(command)
+    carry(Path(args.out), args.carry)
+    print(f"carried to {args.carry}: commit it, so that the next session continues this run", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 Here (once per session, before the device call):
 
-    python scripts/gpu_train.py prepare --init runs/continue/weights.safetensors
+    python scripts/gpu_train.py prepare --init training/grm-small-vr.safetensors
 
 copies the training photos into ``gpu_data/`` (``photos/train`` first, then BSDS500's train and
 test splits, as many as fit next to the working tree in the device's 64 MiB upload), the starting
-weights as ``gpu_data/init.safetensors`` (float16), and the wheels the device image lacks
+weights as ``gpu_data/init.safetensors`` (float16; unless they are a tracked file, which travels
+with the working tree anyway), and the wheels the device image lacks
 (constriction, pytorch-msssim) into ``.whl/``. Both folders are git-ignored. It prints the
 device call: the command and the paths to carry.
 
@@ -14,7 +15,7 @@ There (``device`` tool, ``run`` with ``carry: [".whl", "gpu_data"]``):
 
     python3 scripts/gpu_train.py train --minutes 8 --out $OUT
 
-trains from ``gpu_data/init.safetensors`` with the paper's 512-px crops (section 5.1) at batch 16,
+trains from the starting weights with the paper's 512-px crops (section 5.1) at batch 16,
 TF32 matrix products (the losses stay finite; checked every step, a non-finite step is skipped),
 until the time limit, and leaves ``weights.safetensors`` (float32) and ``log.csv`` in OUT. The
 weights go to ``scripts/ship_gate.py``, and the background CPU run continues from them
@@ -44,6 +45,11 @@ def tree_size(root: Path) -> int:
     return sum((root / name.decode()).stat().st_size for name in listed if name and (root / name.decode()).is_file())
 
 
+def tracked(path: Path) -> bool:
+    """Whether ``path`` is a file git tracks in the working tree (it is uploaded with the tree)."""
+    return path.is_file() and subprocess.run(["git", "ls-files", "--error-unmatch", str(path)], capture_output=True).returncode == 0
+
+
 def choose(folders: list[Path], budget: int) -> list[Path]:
     """The images of ``folders``, in order, while they fit in ``budget`` bytes."""
     from refcodec.train.data import find_images
@@ -68,7 +74,10 @@ def prepare(args: argparse.Namespace) -> None:
     shutil.rmtree(DATA, ignore_errors=True)
     (DATA / "train").mkdir(parents=True)
     model = registry.load_model(args.init)
-    registry.save(model, DATA / "init.safetensors", model.config, dtype=torch.float16)
+    init = Path(args.init)
+    if not tracked(init):
+        init = DATA / "init.safetensors"
+        registry.save(model, init, model.config, dtype=torch.float16)
     if not args.no_wheels:
         shutil.rmtree(WHEELS, ignore_errors=True)
         platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
@@ -84,7 +93,7 @@ def prepare(args: argparse.Namespace) -> None:
           f"init {args.init} ({model.config.get('steps')} steps)")  # fmt: skip
     print('device run: carry [".whl", "gpu_data"], timeout_s 600, command:\n'
           "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && "
-          f"PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 python3 scripts/gpu_train.py train --minutes {args.minutes} --out $OUT")
+          f"PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 python3 scripts/gpu_train.py train --init {init} --minutes {args.minutes} --out $OUT")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -97,7 +106,7 @@ def train(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = True  # fixed crop size: cuDNN picks its fastest kernels once
     run = Path(args.run)
     trainer.main(["--data", str(DATA / "train"), "--out", str(run), "--model", "grm", "--preset", "small", "--variable-rate",
-                  "--init", str(DATA / "init.safetensors"), "--steps", "1000000", "--batch", str(args.batch),
+                  "--init", args.init, "--steps", "1000000", "--batch", str(args.batch),
                   "--crop", str(args.crop), "--lr", str(args.lr), "--device", args.device, "--workers", str(args.workers),
                   "--time-limit", str(args.minutes * 60), "--save-every", "500", "--val-every", "1000000"])  # fmt: skip
     out = Path(args.out)
@@ -118,6 +127,7 @@ def main(argv=None) -> None:
     a.set_defaults(func=prepare)
     t = sub.add_parser("train", help="there: train until the time limit, copy weights and log to OUT")
     t.add_argument("--minutes", type=float, required=True)
+    t.add_argument("--init", default=str(DATA / "init.safetensors"), help="the starting weights (as prepare printed)")
     t.add_argument("--out", required=True, help="where the weights and the log go ($OUT on the device)")
     t.add_argument("--run", default="/tmp/gpu-run", help="the run folder (checkpoints stay there)")
     t.add_argument("--batch", type=int, default=16)

@@ -18,7 +18,8 @@ package by ``scripts/ship_weights.py`` (which measures Kodak for the model card 
 reported, never used to choose). Every judged candidate, shipped or not, is a point of the
 learning-curve log ``results/learning-curve/gate-log.json``. The first variable-rate model to pass retires the
 per-quality ``grm/small`` and ``joint/small`` models (``registry.retire``: their files are then
-refused with a line that names the release that decodes them).
+refused with a line that names the release that decodes them). Shipping also removes the carried run
+(``training/``, see ``scripts/continue_training.py``) that it supersedes.
 """
 
 from __future__ import annotations
@@ -195,6 +196,10 @@ def main(argv=None) -> int:
         if fixed and not verdict["shipped"][0].endswith(f"/{registry.VARIABLE}"):
             registry.retire(fixed, refcodec.__version__)
             print(f"retired {', '.join(fixed)} (their files name refcodec {refcodec.__version__}); bump the version")
+        carried = Path(__file__).resolve().parent.parent / "training" / (config["id"].replace("/", "-") + ".safetensors")
+        if carried.is_file() and registry.read_config(carried).get("steps", 0) <= config.get("steps", 0):
+            carried.unlink()  # scripts/continue_training.py's carried run is now the shipped model: it continues from that
+            print(f"removed {carried.name} from training/: the next session continues the shipped model")
     return 0
 
 

@@ -2,9 +2,12 @@
 
 import csv
 import json
+import shutil
 import subprocess
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from refcodec.models import registry
 
@@ -28,14 +31,27 @@ def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path)
     out = tmp_path / "run"
     common = ["--out", str(out), "--data-root", str(datasets), "--batch", "2", "--crop", "64", "--val-images", "1",
               "--save-every", "1", "--nice", "0", "--threads", "1"]  # fmt: skip
+    carried = tmp_path / "training" / "grm-small-vr.safetensors"
+    common = [*common, "--carry", str(carried)]
+    assert script.initial_weights(carried=carried) == "grm/small/q3"  # nothing carried or shipped yet
     script.main([*common, "--minutes", "0"])  # the first step ends past the limit: one step, saved
     script.main([*common, "--minutes", "0"])  # resumed from the checkpoint: one more
     rows = list(csv.DictReader(open(out / "log.csv")))
-    base = registry.read_config(registry.weights_path(script.initial_weights()))["steps"]
+    base = registry.read_config(registry.weights_path("grm/small/q3"))["steps"]
     assert [int(r["step"]) for r in rows] == [base + 1, base + 2]
     model = registry.load_model(str(out / "weights.safetensors"), 5.5)
     assert model.id == "grm/small/vr" and model.config["steps"] == base + 2
     assert model.config["data"][0].endswith("photos/train")
+
+    # the run is carried as it would ship (float16) and the next session's new run starts from it
+    kept = registry.load_model(str(carried), 5.5)
+    assert kept.config["steps"] == base + 2
+    assert all(t.dtype == torch.float16 for t in load_file(carried).values() if t.is_floating_point())
+    assert script.initial_weights(carried=carried) == str(carried)
+    script.main([*common, "--minutes", "0", "--out", str(tmp_path / "next")])
+    rows = list(csv.DictReader(open(tmp_path / "next" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [base + 3]
+    assert registry.read_config(carried)["steps"] == base + 3
 
 
 def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
@@ -61,6 +77,12 @@ def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
                  "--batch", "1", "--crop", "64", "--workers", "0", "--device", "cpu"])  # fmt: skip
     back = registry.load_model(str(tmp_path / "out" / "weights.safetensors"), 2.0)
     assert back.levels == 9 and (tmp_path / "out" / "log.csv").is_file()
+
+    # carried weights (tracked, uploaded with the tree) are not copied a second time
+    shutil.copyfile(registry.weights_path("grm/small/q3"), repo / "carried.safetensors")
+    subprocess.run(["git", "add", "carried.safetensors"], cwd=repo, check=True)
+    script.main(["prepare", "--init", "carried.safetensors", "--data-root", str(datasets), "--no-wheels"])
+    assert not (repo / "gpu_data" / "init.safetensors").exists()
 
 
 def test_ship_gate_judges_against_the_shipped_models(datasets, tmp_path, monkeypatch):
