@@ -24,9 +24,8 @@ import PIL
 import torch
 from PIL import Image, features
 
-from .. import codec as rfc
 from ..errors import RefcodecError
-from ..train.data import find_images
+from ..images import find_images, read_rgb
 from . import bdrate, plot
 from .evaluate import distortion, summarize
 
@@ -246,7 +245,7 @@ def _write_json(path: Path, data: dict) -> None:
 def run_codecs(names: list[str], qualities: dict, folder: str, threads: int, out: Path) -> tuple[list, dict]:
     """Sweep each codec over the images of ``folder``, writing OUTDIR/<codec>.json; the curves and the skipped codecs."""
     files = find_images(folder) if names else []
-    images = {str(f.relative_to(folder)): rfc.to_rgb(rfc.load_image(f))[0] for f in files}
+    images = {str(f.relative_to(folder)): read_rgb(f) for f in files}
     curves, skipped = [], {}
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # for MS-SSIM: more threads than cores are slow under load
