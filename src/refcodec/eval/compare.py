@@ -26,7 +26,7 @@ from PIL import Image, features
 
 from ..errors import RefcodecError
 from ..images import find_images, read_rgb
-from . import bdrate, plot
+from . import bdrate, plot, visual
 from .evaluate import distortion, summarize
 
 
@@ -298,12 +298,13 @@ def main(argv=None) -> int:
     p.add_argument("--curves", nargs="+", action="extend", default=[], metavar="JSON",
                    help="more results files in CompressAI's layout (refcodec eval, published curves)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="threads for x265, libde265, libavif and libjxl (default 1)")
+    visual.add_arguments(p)
     args = p.parse_args(argv)
 
     names = _codec_names(args.codecs)
     qualities = _qualities(args.qualities, names)
     extra = _extra_curves(args.curves, set(names))
-    known = names + [bdrate.key(c.name) for c in extra]
+    known = names + [bdrate.key(c.name) for c in extra] + ([bdrate.key(visual.curve_name(args))] if args.visual else [])
     if not known:
         raise RefcodecError("nothing to compare: no codecs and no --curves")
     anchors = [a.strip() for a in args.anchor.split(",") if a.strip()] if args.anchor else []
@@ -315,9 +316,15 @@ def main(argv=None) -> int:
         raise RefcodecError("a folder of images is needed to run codecs (or use --codecs none)")
     if args.threads < 1:
         raise RefcodecError("--threads must be at least 1")
+    if args.visual:
+        visual.check_arguments(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     curves, skipped = run_codecs(names, qualities, args.folder, args.threads, out)
+    if args.visual:
+        extra.append(visual.refcodec_curve(args, out))
     report(curves + extra, anchors, skipped, out, Path(args.folder).name if args.folder else "")
+    if args.visual:
+        print(f"wrote {visual.write(args, {n: CODECS[n](args.threads) for n in names if n not in skipped}, skipped, out)}")
     print(f"wrote {out}")
     return 0
