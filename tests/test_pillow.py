@@ -75,12 +75,12 @@ def test_size_and_mode_are_known_before_decoding(saved, monkeypatch):
     calls = []
     real = codec.decompress
     monkeypatch.setattr(codec, "decompress", lambda *a, **k: calls.append(1) or real(*a, **k))
-    gray = Image.open(saved)
-    assert (gray.size, gray.mode, calls) == ((72, 56), "RGB", [])
-    assert gray.info["refcodec"]["model"] == "grm/test/q3"
-    gray.load()
+    im = Image.open(saved)
+    assert (im.size, im.mode, calls) == ((72, 56), "RGB", [])
+    assert im.info["refcodec"]["model"] == "grm/test/q3"
+    im.load()
     assert calls == [1]
-    gray.load()  # decoded once
+    im.load()  # decoded once
     assert calls == [1]
 
 

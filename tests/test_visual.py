@@ -15,7 +15,7 @@ from refcodec.eval import visual
 from refcodec.sample import sample_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-TARGETS = "0.001,0.5,50"  # below the tiny model's range, inside it, above it
+TARGETS = "0.001,0.002,0.5,50"  # below the tiny model's range (twice), inside it, above it
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,8 @@ def test_page_matches_sizes_and_flags_what_is_off(report):
         assert Image.open(report / "crops" / name / "0.5-jpeg.png").size == (48, 48)
     assert text.count("target 0.001 bpp is out of range") == 2 and text.count("target 50 bpp is out of range") == 2
     assert "the lowest quality is shown" in text and "the highest quality is shown" in text
+    assert text.count("refcodec makes the same file as at 0.001 bpp: shown there") == 2  # 0.002 bpp: not again
+    assert not list(report.glob("crops/*/0.002-*"))
     assert "rd-psnr.png" in text and "MS-SSIM" in text and (report / "refcodec.json").is_file()
     rows = re.findall(r"<b>(refcodec|JPEG|WebP)</b><br>[^<]*<br>([0-9.]+) bpp", text)
     ours = [float(bpp) for codec, bpp in rows if codec == "refcodec"]
@@ -73,6 +75,8 @@ def test_a_given_crop_is_used_and_checked(report, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "refcodec: error: --crop 120,0,20,10 does not fit in b.png (128x96)"
     assert cli.main(common + ["--targets", "0.3,x"]) == 1
     assert "expected numbers" in capsys.readouterr().err
+    assert cli.main(["compare", str(folder), "-o", str(tmp_path / "new"), "--codecs", "jpeg", "--visual", "--model", "no-such"]) == 1
+    assert "no-such" in capsys.readouterr().err and not (tmp_path / "new").exists()  # refused before any codec ran
 
 
 def _chromium(*args, cwd):

@@ -93,6 +93,7 @@ def check_arguments(args) -> None:
         raise RefcodecError(f"--crop {args.crop}: width and height must be at least 1")
     if args.crop_size < 8 or not 1 <= args.zoom <= 16 or not args.tolerance > 0:
         raise RefcodecError("--crop-size must be at least 8, --zoom 1-16 and --tolerance positive")
+    ratecontrol.candidates(args.model)  # a model rate control cannot use is refused now, not after the sweeps
 
 
 def curve_name(args) -> str:
@@ -200,6 +201,10 @@ def build(args, classical: dict, out: Path) -> list[Section]:
         rows = {}
         for t in targets:
             ours = _at_target(rgb, options, t)
+            same = [shots for shots in rows.values() if shots[0].setting == ours.setting]
+            if same:  # the same file as at a lower target (out of range, or a fixed-rate model's few qualities)
+                rows[t] = same[0]
+                continue
             size = round(ours.bpp * rgb.width * rgb.height / 8)
             rows[t] = [ours] + [_matched(k, c, rgb, size, args.tolerance, encodes[k]) for k, c in classical.items()]
             print(f"{name} at {t:g} bpp: " + ", ".join(f"{s.codec} {s.bpp:.3f} bpp {s.psnr:.2f} dB" for s in rows[t]), flush=True)
@@ -216,6 +221,11 @@ def build(args, classical: dict, out: Path) -> list[Section]:
     return sections
 
 
+def _distinct(rows: dict[float, list[Shot]]) -> list[tuple[float, list[Shot]]]:
+    """(target, shots) of the rows that are not the same files as a lower target's."""
+    return [(t, shots) for i, (t, shots) in enumerate(rows.items()) if all(shots is not s for s in list(rows.values())[:i])]
+
+
 def _crop_file(section: Section, target: float | None = None, shot: Shot | None = None) -> str:
     base = f"crops/{_slug(section.name)}"
     return f"{base}/original.png" if shot is None else f"{base}/{target:g}-{_slug(shot.codec)}.png"
@@ -226,7 +236,7 @@ def _write_crops(section: Section, rgb: Image.Image, out: Path) -> None:
     region = (x, y, x + w, y + h)
     (out / _crop_file(section)).parent.mkdir(parents=True, exist_ok=True)
     rgb.crop(region).save(out / _crop_file(section))
-    for t, shots in section.rows.items():
+    for t, shots in _distinct(section.rows):
         for s in shots:
             s.image.crop(region).save(out / _crop_file(section, t, s))
             s.crop_psnr = codec.psnr(rgb.crop(region), s.image.crop(region))
@@ -265,11 +275,11 @@ def _figure(src: str, title: str, lines: list[str], w: int, h: int, note: str = 
 def _flip(section: Section, zoom: int) -> str:
     """Two crops at the same spot; the slider uncovers B from the right."""
     x, y, w, h = section.box
+    distinct = _distinct(section.rows)
     opts = [(_crop_file(section), "original")]
-    for t, shots in section.rows.items():
+    for t, shots in distinct:
         opts += [(_crop_file(section, t, s), f"{t:g} bpp: {s.codec} ({s.bpp:.3f} bpp)") for s in shots]
-    middle = list(section.rows)[len(section.rows) // 2]
-    ours, *others = section.rows[middle]
+    middle, (ours, *others) = distinct[len(distinct) // 2]
     others = [s for s in others if s.codec == "HEVC"] or others  # refcodec against HEVC (BPG) by default
     a, b = _crop_file(section, middle, ours), _crop_file(section, middle, others[0]) if others else opts[0][0]
 
@@ -329,7 +339,12 @@ def page(sections: list[Section], args, libraries: dict[str, str], skipped: dict
         parts.append(f'<h2 id="{_slug(sec.name)}">{html.escape(sec.name)} ({sec.size[0]}x{sec.size[1]})</h2>'
                      f'<div class="row"><img src="crops/{_slug(sec.name)}/where.png" alt="crop location">'
                      f"<p>Crop {w}x{h} at ({x}, {y}), {how}.</p></div>")  # fmt: skip
+        distinct = dict(_distinct(sec.rows))
         for t, shots in sec.rows.items():
+            if t not in distinct:
+                first = next(u for u, v in distinct.items() if v is shots)
+                parts.append(f'<h3>{t:g} bpp</h3><p class="note">refcodec makes the same file as at {first:g} bpp: shown there.</p>')
+                continue
             figures = [_figure(_crop_file(sec), "original", [f"{w}x{h} at ({x}, {y})"], w * zoom, h * zoom)]
             figures += [_figure(_crop_file(sec, t, s), s.codec, [html.escape(s.setting), f"{s.bpp:.3f} bpp, {s.psnr:.2f} dB",
                                 f'<span class="muted">crop {s.crop_psnr:.2f} dB</span>'], w * zoom, h * zoom, s.note)
