@@ -174,7 +174,7 @@ def busiest_window(reconstructions: list[list[Image.Image]], width: int, height:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
 @dataclass
