@@ -91,14 +91,19 @@ def _chromium(*args, cwd):
 
 def test_page_in_headless_chromium(report, tmp_path):
     """Every <img> loads, and the page is not blank."""
-    probe = report / "probe.html"  # the page with a script that lists the images that failed to load
+    probe = report / "probe.html"  # the page with a script that lists the images that failed to load, then flips
     probe.write_text((report / "index.html").read_text().replace("</body>", "<script>addEventListener('load', () => {"
         "const bad = [...document.images].filter(i => !i.complete || !i.naturalWidth).map(i => i.getAttribute('src'));"
-        "document.title = `images ${document.images.length} broken ${bad.length} ${bad.join(' ')}`; });</script></body>"))  # fmt: skip
+        "const f = document.querySelector('.flip'), a = f.querySelector('select'), s = f.querySelector('input');"
+        "a.value = a.options[0].value; s.value = 20; a.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('input'));"
+        "const [ia, ib] = f.querySelectorAll('img');"
+        "document.title = `images ${document.images.length} broken ${bad.length} ${bad.join(' ')} "
+        "flip ${ia.getAttribute('src')} ${ib.style.clipPath}`; });</script></body>"))  # fmt: skip
     dom = _chromium("--dump-dom", probe.as_uri(), cwd=tmp_path).stdout
-    title = re.search(r"<title>images (\d+) broken (\d+)(.*?)</title>", dom)
+    title = re.search(r"<title>images (\d+) broken (\d+)(.*?) flip (\S+) (.*?)</title>", dom)
     assert title, dom[:500]
     assert int(title[1]) > 20 and title[2] == "0", title[0]
+    assert title[4] == "crops/a-png/original.png" and title[5] == "inset(0px 0px 0px 20%)"  # the flip's A and slider act
     shot = tmp_path / "page.png"
     _chromium(f"--screenshot={shot}", "--window-size=1280,1600", (report / "index.html").as_uri(), cwd=tmp_path)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
