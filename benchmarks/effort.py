@@ -20,8 +20,8 @@ import torch
 
 from refcodec import codec, refine
 from refcodec.eval import bdrate
+from refcodec.images import find_images, read_rgb
 from refcodec.models.registry import load_model
-from refcodec.train.data import find_images
 
 
 def measure(model, image, effort: str) -> dict:
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     for q in args.quality:
         model = load_model(args.model, q)
         for f in files:
-            image = codec.to_rgb(codec.load_image(f))[0]
+            image = read_rgb(f)
             row = {"quality": q, "image": f.name, **{e: measure(model, image, e) for e in ("default", "slow")}}
             rows.append(row)
             d, s = row["default"], row["slow"]

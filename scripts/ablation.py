@@ -46,7 +46,7 @@ from refcodec.eval import bdrate, plot
 from refcodec.eval.evaluate import evaluate_image, summarize
 from refcodec.models import registry
 from refcodec.train import checkpoint
-from refcodec.train.data import find_images
+from refcodec.images import find_images
 
 LABELS = {  # Figure 7's variants, in order; each switches on its own flag and keeps the ones before it
     "context": "context only",

@@ -25,7 +25,7 @@ import torch
 
 from refcodec import codec
 from refcodec.models import registry
-from refcodec.train.data import find_images
+from refcodec.images import find_images
 
 THREADS = (1, 2)
 

@@ -52,7 +52,7 @@ def tracked(path: Path) -> bool:
 
 def choose(folders: list[Path], budget: int) -> list[Path]:
     """The images of ``folders``, in order, while they fit in ``budget`` bytes."""
-    from refcodec.train.data import find_images
+    from refcodec.images import find_images
 
     chosen, used = [], 0
     for folder in folders:

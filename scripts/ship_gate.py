@@ -39,11 +39,10 @@ from pathlib import Path
 import torch
 
 import refcodec
-from refcodec import codec
 from refcodec.eval import bdrate, compare
 from refcodec.eval.evaluate import evaluate_image, summarize
+from refcodec.images import find_images, read_rgb
 from refcodec.models import registry
-from refcodec.train.data import find_images
 
 RESULTS = Path("results/gate")
 CURVE = Path("results/learning-curve/gate-log.json")  # every judged candidate: the learning curve
@@ -89,7 +88,7 @@ def model_curve(weights: str, qualities: list[float | None], files: list[Path], 
 
 def anchor_curve(name: str, files: list[Path], threads: int) -> dict:
     """A classical codec's default sweep on the images (``refcodec compare``)."""
-    images = {f.name: codec.to_rgb(codec.load_image(f))[0] for f in files}
+    images = {f.name: read_rgb(f) for f in files}
     classical = compare.CODECS[name](threads)
     return compare.sweep(classical, images, classical.sweep)
 

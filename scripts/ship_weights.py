@@ -21,7 +21,7 @@ import torch
 
 from refcodec.eval.evaluate import evaluate_image, summarize
 from refcodec.models import registry
-from refcodec.train.data import find_images
+from refcodec.images import find_images
 from refcodec.train.trainer import logged_time
 
 

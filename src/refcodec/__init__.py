@@ -6,13 +6,14 @@ Public API::
     data = refcodec.compress("photo.png", target_bpp=0.3)  # or target_psnr=32: rate control
     image = refcodec.decompress(data)                  # PIL.Image
     model = refcodec.load_model("grm", quality=3)
+    refcodec.register_pillow()                         # Image.open/save of .rfc files (or import refcodec.pillow)
 
 Attributes are imported on first use, so ``refcodec.bitstream`` loads without torch.
 """
 
 from .errors import RefcodecError
 
-__all__ = ["RefcodecError", "compress", "decompress", "load_model"]
+__all__ = ["RefcodecError", "compress", "decompress", "load_model", "register_pillow"]
 __version__ = "0.2.0"
 
 
@@ -29,4 +30,8 @@ def __getattr__(name: str):
         from .models.registry import load_model
 
         return load_model
+    if name == "register_pillow":
+        from .pillow import register
+
+        return register
     raise AttributeError(f"module 'refcodec' has no attribute {name!r}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import codec, ratecontrol
+from . import codec, images, ratecontrol
 from .models.base import CompressionModel
 
 
@@ -16,7 +16,7 @@ def compress(
     quality: float | None = None,
     target_bpp: float | None = None,
     target_psnr: float | None = None,
-    max_pixels: int = codec.MAX_PIXELS,
+    max_pixels: int = images.MAX_PIXELS,
     effort: str = "default",
 ) -> bytes:
     """Compress an image into a refcodec bitstream.

@@ -111,7 +111,7 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[Path]:
 def cmd_compress(args) -> int:
     import torch
 
-    from . import codec, ratecontrol, refine
+    from . import codec, images, ratecontrol, refine
     from .bitstream import read_header
     from .models.registry import DEFAULT_QUALITY
 
@@ -128,7 +128,7 @@ def cmd_compress(args) -> int:
             if dst.exists() and not args.force:
                 raise CliError(f"{dst} exists (use --force to overwrite)")
             start = time.perf_counter()
-            image = codec.load_image(src, args.max_pixels)
+            image = images.load_image(src, args.max_pixels)
             if model is None:  # loaded once, after the first readable input
                 model = _load_for_compress(args, quality, target)
             record = {"input": src, "output": str(dst)}
@@ -138,7 +138,7 @@ def cmd_compress(args) -> int:
                 record |= {"quality": choice.quality, "psnr": choice.psnr, "encodes": choice.encodes}
                 achieved = f", quality {choice.quality:g}, {choice.psnr:.2f} dB ({choice.encodes} encodes)"
             else:
-                rgb, mode = codec.to_rgb(image)
+                rgb, mode = images.to_rgb(image)
                 data = codec.encode_rgb(rgb, mode, model, effort=args.effort, progress=not args.json and sys.stderr.isatty())[0]
                 record["quality"] = model.quality
                 achieved = "" if model.quality is None else f", quality {model.quality:g}"
@@ -248,7 +248,7 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the subcommands defined here (train, eval, compare, bench and viz parse their own)."""
-    from .codec import MAX_PIXELS
+    from .images import MAX_PIXELS
     from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
 
     p = argparse.ArgumentParser(

@@ -2,86 +2,26 @@
 
 The encoder pads the image to a multiple of the model's alignment by repeating
 its last row and column, and records the padding and the original mode; the
-decoder crops back and restores the mode. Grayscale images are coded as RGB and
-returned as grayscale; images with transparency are refused (the alpha channel
-would be lost).
+decoder crops back and restores the mode. Reading images and converting their
+modes is ``images``'s.
 """
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from . import refine
 from .bitstream import BitstreamError, Header, pack, unpack
 from .entropy.coder import CodingError
-from .errors import RefcodecError
+from .images import MAX_PIXELS, load_image, to_rgb
 from .models.base import ALIGNMENT, CompressionModel
 from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model, retired_reason
-
-MAX_PIXELS = 8192 * 8192  # default limit on width x height, checked before any pixel is decoded or allocated
-_CONVERTIBLE = {"P", "CMYK", "YCbCr", "LAB", "HSV", "1"}  # coded as RGB
-
-
-class ImageInputError(RefcodecError):
-    """The input is not an image refcodec can code."""
-
-
-def load_image(source: str | Path | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open (and EXIF-orient) an image file, or pass a PIL image through; refuse more than ``max_pixels``."""
-    if isinstance(source, Image.Image):
-        _check_size(source.width, source.height, max_pixels)
-        return source
-    path = Path(source)
-    if not path.exists():
-        raise ImageInputError(f"{path}: no such file")
-    if not path.is_file():
-        raise ImageInputError(f"{path}: not a file")
-    pillow_limit = Image.MAX_IMAGE_PIXELS  # Pillow's own bomb check, lifted to ours while we open
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = None if pillow_limit is None else max(pillow_limit, max_pixels)
-            with Image.open(path) as im:
-                _check_size(im.width, im.height, max_pixels, f"{path}: ")  # from the header, before decoding
-                im.load()
-                return ImageOps.exif_transpose(im)
-    except Image.DecompressionBombError:  # Pillow refuses from twice its limit, before we see the size
-        raise ImageInputError(f"{path}: image exceeds the limit of {max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageInputError(f"{path}: not a readable image ({e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = pillow_limit
-
-
-def _check_size(width: int, height: int, max_pixels: int, where: str = "") -> None:
-    if width * height > max_pixels:
-        raise ImageInputError(f"{where}image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
-
-
-def to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
-    """The RGB image to code and the mode to give back."""
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        raise ImageInputError(f"images with an alpha channel ({image.mode}) are not supported: convert to RGB first")
-    if image.mode == "RGB":
-        return image, "RGB"
-    if image.mode == "L":
-        return image.convert("RGB"), "L"
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I") and arr.max() > 255 else 255.0
-        gray = Image.fromarray(np.clip(np.round(arr / top * 255), 0, 255).astype(np.uint8))
-        return gray.convert("RGB"), "L"
-    if image.mode in _CONVERTIBLE:
-        return image.convert("RGB"), "RGB"
-    raise ImageInputError(f"unsupported image mode {image.mode}")
-
 
 def _resolve_model(model: CompressionModel | str | None, quality: float | None) -> CompressionModel:
     if isinstance(model, CompressionModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import codec
+from . import codec, images
 from .errors import RefcodecError
 from .models.base import CompressionModel
 from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, LAMBDAS, load_model, model_id, shipped_ids
@@ -69,7 +69,7 @@ def search(
     target_bpp: float | None = None,
     target_psnr: float | None = None,
     preset: str = DEFAULT_PRESET,
-    max_pixels: int = codec.MAX_PIXELS,
+    max_pixels: int = images.MAX_PIXELS,
     effort: str = "default",
 ) -> Choice:
     """The file that meets ``target_bpp`` (largest at most that rate) or ``target_psnr`` (smallest
@@ -81,7 +81,7 @@ def search(
     target = target_bpp if target_bpp is not None else target_psnr
     if not np.isfinite(target) or target <= 0:
         raise TargetError(f"the target must be a positive number, got {target:g}")
-    rgb, mode = codec.to_rgb(codec.load_image(image, max_pixels))
+    rgb, mode = images.to_rgb(images.load_image(image, max_pixels))
     options = model if isinstance(model, list) else candidates(model, preset)
     pixels = rgb.width * rgb.height
     tried: dict[int, tuple[bytes, float, float]] = {}

@@ -24,10 +24,9 @@ import PIL
 import torch
 from PIL import Image, features
 
-from .. import codec as rfc
 from ..errors import RefcodecError
-from ..train.data import find_images
-from . import bdrate, plot
+from ..images import find_images, read_rgb
+from . import bdrate, plot, visual
 from .evaluate import distortion, summarize
 
 
@@ -246,7 +245,7 @@ def _write_json(path: Path, data: dict) -> None:
 def run_codecs(names: list[str], qualities: dict, folder: str, threads: int, out: Path) -> tuple[list, dict]:
     """Sweep each codec over the images of ``folder``, writing OUTDIR/<codec>.json; the curves and the skipped codecs."""
     files = find_images(folder) if names else []
-    images = {str(f.relative_to(folder)): rfc.to_rgb(rfc.load_image(f))[0] for f in files}
+    images = {str(f.relative_to(folder)): read_rgb(f) for f in files}
     curves, skipped = [], {}
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # for MS-SSIM: more threads than cores are slow under load
@@ -299,12 +298,13 @@ def main(argv=None) -> int:
     p.add_argument("--curves", nargs="+", action="extend", default=[], metavar="JSON",
                    help="more results files in CompressAI's layout (refcodec eval, published curves)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="threads for x265, libde265, libavif and libjxl (default 1)")
+    visual.add_arguments(p)
     args = p.parse_args(argv)
 
     names = _codec_names(args.codecs)
     qualities = _qualities(args.qualities, names)
     extra = _extra_curves(args.curves, set(names))
-    known = names + [bdrate.key(c.name) for c in extra]
+    known = names + [bdrate.key(c.name) for c in extra] + ([bdrate.key(visual.curve_name(args))] if args.visual else [])
     if not known:
         raise RefcodecError("nothing to compare: no codecs and no --curves")
     anchors = [a.strip() for a in args.anchor.split(",") if a.strip()] if args.anchor else []
@@ -316,9 +316,15 @@ def main(argv=None) -> int:
         raise RefcodecError("a folder of images is needed to run codecs (or use --codecs none)")
     if args.threads < 1:
         raise RefcodecError("--threads must be at least 1")
+    if args.visual:
+        visual.check_arguments(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     curves, skipped = run_codecs(names, qualities, args.folder, args.threads, out)
+    if args.visual:
+        extra.append(visual.refcodec_curve(args, out))
     report(curves + extra, anchors, skipped, out, Path(args.folder).name if args.folder else "")
+    if args.visual:
+        print(f"wrote {visual.write(args, {n: CODECS[n](args.threads) for n in names if n not in skipped}, skipped, out)}")
     print(f"wrote {out}")
     return 0

@@ -19,12 +19,12 @@ import torch
 from pytorch_msssim import ms_ssim
 
 from .. import codec
+from ..images import find_images, read_rgb, to_rgb
 from ..models.registry import DEFAULT_MODEL, LAMBDAS, load_model
-from ..train.data import find_images
 
 
 def _estimated_bits(model, image) -> float:
-    x = codec.padded_tensor(codec.to_rgb(image)[0])
+    x = codec.padded_tensor(to_rgb(image)[0])
     with torch.no_grad():
         lik = model(x)["likelihoods"]
     bits = -torch.log2(lik["y"][-1]).sum()
@@ -44,7 +44,7 @@ def distortion(image, out) -> dict:
 def evaluate_image(model, path: Path, estimate: bool, effort: str = "default") -> dict:
     """Compress and decompress one image file with real bitstreams: bpp, PSNR, MS-SSIM, seconds;
     with ``estimate``, also the model's estimated rate and the file's gap to it (of the unrefined latents)."""
-    image = codec.to_rgb(codec.load_image(path))[0]
+    image = read_rgb(path)
     start = time.perf_counter()
     data = codec.compress(image, model, effort=effort)
     encoded = time.perf_counter()

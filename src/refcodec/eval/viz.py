@@ -27,9 +27,9 @@ from .. import codec
 from ..bitstream import unpack
 from ..entropy.gaussian import exact_likelihood
 from ..errors import RefcodecError
+from ..images import find_images, read_rgb
 from ..models.base import STRIDE
 from ..models.registry import load_model
-from ..train.data import find_images
 
 
 CODER_RESOLUTION = 2.0**-24  # the range coder gives every symbol at least this probability
@@ -71,7 +71,7 @@ def latent_histograms(model, images: list[Path], channels: int = 4) -> dict:
     and ``off_centre``, the mean over all channels of |channel mean| (GSDN's aim: section 4)."""
     values = []
     for path in images:
-        x = codec.image_to_tensor(codec.to_rgb(codec.load_image(path))[0])
+        x = codec.image_to_tensor(read_rgb(path))
         values.append(model.g_a(x)[0].flatten(1))
     y = torch.cat(values, 1)
     entropy = []

@@ -17,26 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
-
-
-def find_images(roots: str | Path | list) -> list[Path]:
-    """Image files under one or more folders, sorted (a fixed order keeps runs reproducible)."""
-    files = []
-    for root in [roots] if isinstance(roots, (str, Path)) else roots:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: not a folder")
-        found = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
-        if not found:
-            raise FileNotFoundError(f"{root}: no images ({', '.join(sorted(EXTENSIONS))})")
-        files += found
-    return files
-
-
-def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+from ..images import find_images, read_rgb
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -52,7 +33,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.files = find_images(roots)[:limit]
         self.crop = crop
         self.seed = seed
-        self.images = [self._fit(_load_rgb(p)) for p in self.files]
+        self.images = [self._fit(np.asarray(read_rgb(p, drop_alpha=True))) for p in self.files]
 
     def _fit(self, arr: np.ndarray) -> np.ndarray:
         h, w = arr.shape[:2]

@@ -1,0 +1,111 @@
+"""A Pillow plugin: ``Image.open`` reads .rfc files and ``Image.save`` writes them.
+
+Importing this module registers the format ``REFCODEC`` (extension ``.rfc``, MIME type
+``image/x-refcodec``) with Pillow, as ``pillow_heif.register_heif_opener()`` does for HEIF::
+
+    import refcodec.pillow                                # or refcodec.register_pillow()
+    im = Image.open("photo.rfc")                          # size and mode from the header
+    im.load()                                             # decodes (refcodec.decompress)
+    im.save("photo.rfc", quality=3)                       # or target_bpp=, target_psnr=, effort=, model=
+    refcodec.register_pillow(models=["run/weights.safetensors"])  # also decode files of your own weights
+
+``Image.open`` recognizes a file by its magic number and checks the whole container (header
+and checksum) from the bytes alone, without torch; the pixels are decoded on ``load()``. A
+damaged file raises ``UnidentifiedImageError`` on open, and a file that cannot be decoded
+(another model's weights, a corrupt stream) ``OSError`` on load, with refcodec's one-line reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .bitstream import MAGIC, read_header
+from .errors import RefcodecError
+
+FORMAT = "REFCODEC"
+EXTENSION = ".rfc"
+MIME = "image/x-refcodec"
+SAVE_OPTIONS = ("model", "quality", "target_bpp", "target_psnr", "effort")  # the keywords of refcodec.compress
+_models: list = []  # weights files (loaded on first use) or models that decode files of weights not shipped
+
+
+def _accept(prefix: bytes) -> bool:
+    return prefix[: len(MAGIC)] == MAGIC
+
+
+class RefcodecImageFile(ImageFile.ImageFile):
+    """An .rfc file: size, mode and ``info["refcodec"]`` (the header) at open, pixels on ``load()``."""
+
+    format = FORMAT
+    format_description = "refcodec learned image codec"
+
+    def _open(self) -> None:
+        data = self.fp.read()
+        try:
+            header = read_header(data)
+        except RefcodecError as e:
+            raise UnidentifiedImageError(f"refcodec: {e}") from None
+        self._mode = header.mode
+        self._size = (header.width, header.height)
+        self.info["refcodec"] = header.to_dict()
+        self.tile = [ImageFile._Tile(FORMAT, (0, 0) + self.size, 0, (data,))]
+
+
+class RefcodecDecoder(ImageFile.PyDecoder):
+    """Decodes a whole file at once (``refcodec.decompress``); the file's bytes come as the tile's argument."""
+
+    _pulls_fd = True  # called once, and reads nothing more: the bytes were read at open
+
+    def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
+        from .codec import decompress
+
+        try:
+            image = decompress(self.args[0], _model_for(read_header(self.args[0])))
+        except RefcodecError as e:
+            raise OSError(f"refcodec: {e}") from None
+        self.set_as_raw(image.tobytes())
+        return -1, 0
+
+
+def _model_for(header):
+    """The registered model that wrote a file (same model id and weights hash), or None: a shipped one."""
+    from .models.registry import load_model
+
+    for i, model in enumerate(_models):
+        if isinstance(model, (str, Path)):
+            model = _models[i] = load_model(str(model))
+        if model.id == header.model and model.weights_hash() == header.weights_hash:
+            return model
+    return None
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    """Encode with ``refcodec.compress``, taking its keyword arguments from ``im.save(...)``."""
+    from .api import compress
+
+    options = {k: im.encoderinfo[k] for k in SAVE_OPTIONS if im.encoderinfo.get(k) is not None}
+    try:
+        data = compress(im, **options)
+    except RefcodecError as e:
+        raise OSError(f"refcodec: {e}") from None
+    fp.write(data)
+
+
+def register(models: list = ()) -> None:
+    """Register the format with Pillow (done on import; calling it again changes nothing).
+
+    ``models``: weights files (``.safetensors``) or loaded models, to decode files written with
+    weights that refcodec does not ship; each file is decoded by the one whose id and weights hash it names.
+    """
+    _models.extend(m for m in models if m not in _models)
+    Image.register_open(FORMAT, RefcodecImageFile, _accept)
+    Image.register_decoder(FORMAT, RefcodecDecoder)
+    Image.register_save(FORMAT, _save)
+    Image.register_extension(FORMAT, EXTENSION)
+    Image.register_mime(FORMAT, MIME)
+
+
+register()
