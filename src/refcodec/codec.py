@@ -234,5 +234,5 @@ def decompress(data: bytes, model: CompressionModel | None = None, progress: boo
     Files of more than ``max_pixels`` are refused from their header, before anything is allocated.
     """
     with opened(data, model, max_pixels) as (header, streams, model):
-        x_hat = model.decompress(streams, *header.padded_size, progress)
+        x_hat = model.decompress(streams, *header.padded_size, progress, header.exact_synthesis)
     return to_image(header, x_hat)

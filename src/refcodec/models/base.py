@@ -24,6 +24,7 @@ from ..entropy.factorized import FactorizedDensity
 from ..fixedpoint import cached
 from ..layers.gdn import GSDN, IGSDN
 from ..schedule import Schedule
+from ..synthesis import exact_synthesis
 from ..tiling import ANALYSIS_TILE, SYNTHESIS_TILE, halo_for, run_tiled
 
 ALIGNMENT = 64  # image sides are padded to a multiple of this (16x analysis, 4x hyper analysis)
@@ -146,15 +147,25 @@ class CompressionModel(nn.Module):
             return run_tiled(_channels_last(self.g_a), x, ANALYSIS_TILE, halo_for(self.g_a, STRIDE), 1 / STRIDE, align=STRIDE)
 
     @torch.no_grad()
-    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """g_s for coding, in tiles (``tiling``): bounded memory, the same pixels for any thread count."""
+    def synthesize(self, y_hat: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """g_s for coding, in tiles (``tiling``, bounded memory): exact (``synthesis``: the same pixels on every
+        machine, in float64), or the float32 transform of files before format version 3 (the same pixels
+        for any thread count, which a tile per thread keeps, but not on every machine)."""
         with profiling.stage("synthesis"):
+            gain = self.synthesis_gain()
+            if exact:
+                return run_tiled(exact_synthesis(self.g_s, gain), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE)
+            y_hat = y_hat if gain is None else y_hat * gain.to(y_hat)
             return run_tiled(_channels_last(self.g_s), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE)
 
+    def synthesis_gain(self) -> torch.Tensor | None:
+        """What the quantized latents are multiplied by before g_s at the coding quality (1, M, 1, 1); None: nothing."""
+        return None
+
     @torch.no_grad()
-    def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
-        """Reconstruction (1, 3, height, width), unclamped, of a padded image."""
-        return self.synthesize(self.decode(streams, height, width, progress))
+    def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False, exact: bool = True) -> torch.Tensor:
+        """Reconstruction (1, 3, height, width), unclamped, of a padded image (``exact``: see :meth:`synthesize`)."""
+        return self.synthesize(self.decode(streams, height, width, progress), exact)
 
     def update(self) -> None:
         """Tabulate every factorized density for coding (call after training)."""

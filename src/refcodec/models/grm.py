@@ -281,10 +281,9 @@ class GRM(CompressionModel):
         y = super().analysis(x)
         return y if not self.levels else y * self.coding_gains()[0].to(y)
 
-    @torch.no_grad()
-    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """The inverse gain of the coding quality for a variable-rate model, then g_s."""
-        return super().synthesize(y_hat if not self.levels else y_hat * self.coding_gains()[1].to(y_hat))
+    def synthesis_gain(self) -> torch.Tensor | None:
+        """The inverse gain of the coding quality for a variable-rate model (exact, on the fixed-point grid)."""
+        return self.coding_gains()[1] if self.levels else None
 
     def _coding_latent(self, height: int, width: int, device: torch.device | str = "cpu") -> CodingLatent:
         kernel = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1)
