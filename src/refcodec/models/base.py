@@ -164,7 +164,9 @@ class CompressionModel(nn.Module):
 
     @torch.no_grad()
     def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False, exact: bool = True) -> torch.Tensor:
-        """Reconstruction (1, 3, height, width), unclamped, of a padded image (``exact``: see :meth:`synthesize`)."""
+        """Reconstruction (1, 3, height, width), unclamped, of a padded image (``exact``: see :meth:`synthesize`),
+        on the model's device: a model on a GPU runs the exact entropy model and synthesis there, the range
+        decoder on the CPU, and gives the CPU's latents and pixels."""
         return self.synthesize(self.decode(streams, height, width, progress), exact)
 
     def update(self) -> None:
@@ -202,8 +204,9 @@ def encode_factorized(density: FactorizedDensity, x_hat: torch.Tensor) -> bytes:
 
 
 def decode_factorized(density: FactorizedDensity, data: bytes, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`encode_factorized`: (1, C, height, width) float integers."""
+    """Inverse of :func:`encode_factorized`: (1, C, height, width) float integers, on the density's device."""
     dec = Decoder(data)
     rows = [dec.categorical(height * width, table) for table in density.tables()]
-    symbols = torch.from_numpy(np.stack(rows).astype(np.int64)) + density.pmf_offset.view(-1, 1).long()
+    offset = density.pmf_offset.view(-1, 1).long()
+    symbols = torch.from_numpy(np.stack(rows).astype(np.int64)).to(offset.device) + offset
     return symbols.view(1, -1, height, width).float()
