@@ -1,9 +1,11 @@
-"""Encode on a GPU, decode on the CPU: does it round-trip, and how fast is each side?
+"""Encode on a GPU, decode on the CPU and on the GPU: does it round-trip, and how fast is each side?
 
 For every (model, size): the model encodes a generated image (or ``--image``) on the GPU and,
-unless ``--no-cpu-encode``, on the CPU; a CPU copy of the model decodes the GPU's streams.
-Round trip means the CPU decoder's latents equal, integer for integer, the latents the GPU
-encoder coded (the entropy model's arithmetic is exact on both, see ``fixedpoint``). The
+unless ``--no-cpu-encode``, on the CPU; a CPU copy of the model and the GPU model decode the GPU's
+streams and synthesize the image. Round trip means the CPU decoder's latents equal, integer for
+integer, the latents the GPU encoder coded (the entropy model's arithmetic is exact on both, see
+``fixedpoint``); the GPU decoder must give the same latents and, with the exact synthesis
+(``synthesis``), the same pixels as the CPU. The
 analysis transform runs in float32, so the GPU may round a few latents the other way than the
 CPU: the two files can differ and both decode. Each GPU encode follows one warm-up encode of a
 64x64 image (CUDA context, kernel loading). Prints and writes JSON with per-stage seconds.
@@ -30,10 +32,11 @@ from refcodec.sample import sample_image
 
 
 def timed(fn, *args):
-    """(result, total seconds, seconds per stage)."""
+    """(result, total seconds, seconds per stage), the GPU's queued work included."""
     with profiling.record() as seconds:
         start = time.perf_counter()
         result = fn(*args)
+        torch.cuda.synchronize()
         total = time.perf_counter() - start
     return result, round(total, 4), {k: round(v, 4) for k, v in seconds.items()}
 
@@ -58,6 +61,11 @@ def measure(ref: str, size, image: Path | None, cpu_encode: bool, decode: bool) 
     if decode:
         y_dec, row["cpu_decode_seconds"], row["cpu_decode_stages"] = timed(cpu_model.decode, streams, x.shape[2], x.shape[3])
         row["round_trip"] = bool(torch.equal(y_dec, y_gpu))
+        y_gdec, row["gpu_decode_seconds"], row["gpu_decode_stages"] = timed(gpu_model.decode, streams, x.shape[2], x.shape[3])
+        row["gpu_decode_same_latents"] = bool(torch.equal(y_gdec.cpu(), y_dec))
+        x_cpu, row["cpu_synthesis_seconds"], _ = timed(cpu_model.synthesize, y_dec)
+        x_gpu, row["gpu_synthesis_seconds"], _ = timed(gpu_model.synthesize, y_gdec)
+        row["gpu_decode_same_pixels"] = bool(torch.equal(x_gpu.cpu(), x_cpu))
     print(json.dumps(row), flush=True)
     return row
 

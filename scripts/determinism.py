@@ -1,12 +1,16 @@
 """Determinism matrix: every image x shipped model, encoded with 1 and 2 threads, each file decoded
-with 1 and 2 threads, every encode and every decode in a fresh process.
+with 1 and 2 threads, every encode and every decode in a fresh process; with the CPU model and
+instruction set, so that runs on different machines can be compared.
 
     python scripts/determinism.py ../shared/datasets/kodak -o results/reliability
+    python scripts/determinism.py ../shared/datasets/kodak --compare other-machine/determinism.json
 
 Passes when, for every (image, model), both encoders wrote the same bytes and all four
-(encoder threads, decoder threads) combinations decoded the same pixels. Writes
-``determinism.json`` (per model, per image: file hash, pixel hash of each combination) and
-``determinism.md`` (a table per model); exits 1 if anything differs.
+(encoder threads, decoder threads) combinations decoded the same pixels, and, with ``--compare``,
+when every file that is byte-identical to the other machine's decoded to the same pixels there
+(encoders may round a latent differently on another machine; a file decodes everywhere to its own
+pixels). Writes ``determinism.json`` (the machine; per model, per image: file hash, pixel hash of
+each combination) and ``determinism.md`` (a table per model); exits 1 if anything differs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,35 @@ from refcodec.models import registry
 from refcodec.images import find_images
 
 THREADS = (1, 2)
+INSTRUCTION_SETS = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                    "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "sve2"}  # fmt: skip
+
+
+def machine() -> dict:
+    """The CPU model, its vector instruction sets (``/proc/cpuinfo`` flags), the kernels torch picked, the platform."""
+    fields: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text(errors="replace").splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first core's
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {"cpu": name, "instruction_sets": sorted(flags & INSTRUCTION_SETS), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}  # fmt: skip
+
+
+def compare(report: dict, other: dict) -> dict:
+    """Per model: images coded on both machines, how many files are byte-identical, and how many of
+    those decoded to the same pixels (must be all); pixels are compared for the 1-thread encode and decode."""
+    out = {"other_machine": other.get("machine"), "models": {}, "failures": 0}
+    for model_id, mine in report["models"].items():
+        theirs = other.get("models", {}).get(model_id, {}).get("per_image", {})
+        common = sorted(set(mine["per_image"]) & set(theirs))
+        same_file = [i for i in common if mine["per_image"][i]["file_sha256"]["1"] == theirs[i]["file_sha256"]["1"]]
+        same_pixels = [i for i in same_file if mine["per_image"][i]["pixels_sha256"]["enc1-dec1"] == theirs[i]["pixels_sha256"]["enc1-dec1"]]
+        out["models"][model_id] = {"images": len(common), "same_bytes": len(same_file), "same_pixels_of_same_bytes": len(same_pixels)}
+        out["failures"] += len(same_file) - len(same_pixels)
+    return out
 
 
 def child_encode(models: list[str], images: list[Path], out: Path) -> None:
@@ -67,6 +100,8 @@ def main() -> None:
     p.add_argument("images", nargs="?", type=Path)
     p.add_argument("--models", nargs="+", default=None, help="model ids (default: every shipped model)")
     p.add_argument("-o", "--output", type=Path, help="folder for determinism.json and determinism.md")
+    p.add_argument("--every", type=int, default=1, help="take every n-th image (1: all)")
+    p.add_argument("--compare", type=Path, help="another machine's determinism.json: same files must give the same pixels")
     p.add_argument("--child", choices=["encode", "decode"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--images-list", nargs="*", type=Path, help=argparse.SUPPRESS)
@@ -81,7 +116,7 @@ def main() -> None:
             print(json.dumps(child_decode(models, args.folder)))
         return
 
-    images = find_images(args.images)
+    images = find_images(args.images)[:: args.every]
     with tempfile.TemporaryDirectory() as tmp:
         folders = {t: Path(tmp) / f"enc{t}" for t in THREADS}
         for t, folder in folders.items():
@@ -94,10 +129,7 @@ def main() -> None:
                 print(f"decoding the {te}-thread files with {td} thread(s)", flush=True)
                 pixels[f"enc{te}-dec{td}"] = json.loads(spawn("decode", td, models, ["--folder", str(folder)]).splitlines()[-1])
 
-    report = {
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}",
-        "images": str(args.images), "threads": list(THREADS), "models": {},
-    }  # fmt: skip
+    report = {"machine": machine(), "images": str(args.images), "threads": list(THREADS), "models": {}}
     failures = 0
     for model_id in models:
         key = model_id.replace("/", "-")
@@ -116,13 +148,25 @@ def main() -> None:
             "same_pixels": sum(r["same_pixels"] for r in rows.values()),
             "per_image": rows,
         }
+    if args.compare:
+        report["compared"] = compare(report, json.loads(args.compare.read_text()))
+        failures += report["compared"]["failures"]
     report["failures"] = failures
+    m = report["machine"]
     lines = [f"Determinism matrix: {len(images)} images from {args.images}, encoders and decoders with "
-             f"{' and '.join(map(str, THREADS))} threads, each in a fresh process; {report['machine']}\n",
+             f"{' and '.join(map(str, THREADS))} threads, each in a fresh process; {m['cpu']} ({m['cores']} cores; "
+             f"{', '.join(m['instruction_sets'])}; torch {m['torch']}, kernels {m['torch_cpu_capability']})\n",
              "| model | images | same bytes (1 vs 2 encoder threads) | same pixels (all 4 combinations) |",
              "|---|---|---|---|"]  # fmt: skip
-    for model_id, m in report["models"].items():
-        lines.append(f"| {model_id} | {m['images']} | {m['same_bytes']}/{m['images']} | {m['same_pixels']}/{m['images']} |")
+    for model_id, row in report["models"].items():
+        lines.append(f"| {model_id} | {row['images']} | {row['same_bytes']}/{row['images']} | {row['same_pixels']}/{row['images']} |")
+    if args.compare:
+        other = report["compared"]["other_machine"] or {}
+        lines += [f"\nAgainst {args.compare} ({other.get('cpu', 'unknown CPU') if isinstance(other, dict) else other}):\n",
+                  "| model | images on both | same bytes | same pixels, of the same bytes |", "|---|---|---|---|"]  # fmt: skip
+        for model_id, row in report["compared"]["models"].items():
+            lines.append(f"| {model_id} | {row['images']} | {row['same_bytes']}/{row['images']} | "
+                         f"{row['same_pixels_of_same_bytes']}/{row['same_bytes']} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
     print(table)
     if args.output:

@@ -46,3 +46,18 @@ def test_effort_reports_the_saving_of_slow_per_quality_and_image(tmp_path):
     for row in report["per_image"]:
         assert row["slow"]["bpp"] > 0 and row["default"]["encode_seconds"] > 0
     assert "BD-rate" in out.with_suffix(".md").read_text()
+
+
+def test_exact_synthesis_times_both_syntheses_in_one_run(tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "exact.json"
+    folder.mkdir()
+    for i in range(2):
+        sample_image(96 + 32 * i, 64).save(folder / f"{i}.png")
+    cmd = [sys.executable, str(BENCHMARKS / "exact_synthesis.py"), str(folder), "--models", "joint/small/q1",
+           "--threads", "1", "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    model = json.loads(out.read_text())["models"]["joint/small/q1"]
+    assert len(model["per_image"]) == 2 and model["seconds_exact"] > 0 and model["seconds_float32"] > 0
+    assert abs(model["psnr_exact"] - model["psnr_float32"]) < 0.01
+    assert [layer[0] for layer in model["worst_case_log2"]] == ["ExactDeconv", "ExactIGSDN"] * 3 + ["ExactDeconv"]
+    assert out.with_suffix(".md").read_text().count("joint/small/q1") == 1

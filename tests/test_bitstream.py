@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
 import struct
 import zlib
@@ -101,11 +102,23 @@ def test_quality_is_recorded_exactly(quality: float) -> None:
 def test_version_1_files_still_read() -> None:
     """A file of format version 1 (before variable-rate models): the same layout without the quality."""
     header, streams = make([b"AB", b"CDE"], model="m1")
-    v2 = pack(header, streams)
-    body = v2[:4] + b"\x01" + v2[5:33] + v2[41:-4]
+    v3 = pack(header, streams)
+    body = v3[:4] + b"\x01" + v3[5:33] + v3[41:-4]
     v1 = body + struct.pack("<I", zlib.crc32(body))
-    assert unpack(v1) == (header, streams)
-    assert read_header(v1).quality is None
+    assert unpack(v1) == (dataclasses.replace(header, version=1), streams)
+    assert read_header(v1).quality is None and not read_header(v1).exact_synthesis
+
+
+def test_version_2_files_are_read_as_float_synthesis() -> None:
+    """Version 2 has version 3's layout; only version 3 and later are synthesized exactly."""
+    header, streams = make([b"AB", b"CDE"], model="m1", quality=2.5)
+    v3 = pack(header, streams)
+    body = v3[:4] + b"\x02" + v3[5:-4]
+    v2 = read_header(body + struct.pack("<I", zlib.crc32(body)))
+    assert v2 == dataclasses.replace(header, version=2) and not v2.exact_synthesis
+    assert read_header(v3).exact_synthesis and read_header(v3).to_dict()["format_version"] == 3
+    with pytest.raises(ValueError, match="writes format version 3 only"):
+        pack(v2, streams)
 
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf])

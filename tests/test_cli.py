@@ -393,3 +393,15 @@ def test_compress_device_cpu_is_the_default_and_cuda_without_a_gpu_is_a_clean_er
         rc, _, err = run_main(capsys, "compress", files["png"], "-o", tmp_path / "b.rfc", "--model", tiny_weights, "--device", "cuda")
         assert_one_line_error(rc, err)
         assert "no CUDA device" in err and not (tmp_path / "b.rfc").exists()
+
+
+def test_decompress_device_cpu_is_the_default_and_cuda_without_a_gpu_is_a_clean_error(capsys, files, tiny_weights, tmp_path):
+    rc, _, err = run_main(capsys, "decompress", files["rfc"], "-o", tmp_path / "a.png", "--model", tiny_weights, "--device", "cpu")
+    assert rc == 0, err
+    rc, _, err = run_main(capsys, "decompress", files["rfc"], "-o", tmp_path / "b.png", "--model", tiny_weights)
+    assert rc == 0, err
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    if not torch.cuda.is_available():
+        rc, _, err = run_main(capsys, "decompress", files["rfc"], "-o", tmp_path / "c.png", "--device", "cuda")
+        assert_one_line_error(rc, err)
+        assert "no CUDA device" in err and not (tmp_path / "c.png").exists()

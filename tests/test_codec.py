@@ -301,3 +301,10 @@ def test_every_registry_model_round_trips_odd_sizes_two_threads_then_one(name, t
             torch.set_num_threads(threads)
         assert back.size == (width, height)
         assert codec.psnr(image, back) > 5
+
+
+def test_decompress_on_a_device_loads_the_model_there_and_refuses_a_model_elsewhere(tiny_model):
+    data = codec.compress(natural_image(70, 50, seed=9), tiny_model)
+    assert codec.decompress(data, tiny_model, device="cpu").tobytes() == codec.decompress(data, tiny_model).tobytes()
+    with pytest.raises(ValueError, match="the model is on cpu, not cuda"):
+        codec.decompress(data, tiny_model, device="cuda")

@@ -33,3 +33,52 @@ def test_cli_compress_on_the_gpu_then_decompress_on_the_cpu(tmp_path):
     natural_image(120, 80, seed=5).save(tmp_path / "a.png")
     assert cli.main(["compress", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.rfc"), "--device", "cuda"]) == 0
     assert cli.main(["decompress", str(tmp_path / "a.rfc"), "-o", str(tmp_path / "b.png")]) == 0
+
+
+def _pixels(image) -> bytes:
+    return image.convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("name", ["factorized", "hyperprior", "joint", "grm"])
+def test_gpu_decoder_gives_the_cpu_decoders_latents_and_pixels_both_ways(name):
+    torch.manual_seed(1)
+    cpu = registry.build(name, "small").eval()
+    cpu.update()
+    cpu.id = f"{name}/small/test"
+    gpu = copy.deepcopy(cpu).cuda()
+    x = codec.padded_tensor(natural_image(200, 136, seed=4))
+    for encoder in (cpu, gpu):  # CPU encode, GPU decode; GPU encode, CPU decode
+        streams, y_hat = encoder.encode(x.to(next(encoder.parameters()).device))
+        y_cpu, y_gpu = cpu.decode(streams, *x.shape[2:]), gpu.decode(streams, *x.shape[2:])
+        assert y_gpu.is_cuda and torch.equal(y_gpu.cpu(), y_cpu) and torch.equal(y_cpu, y_hat.cpu())
+        assert torch.equal(gpu.synthesize(y_gpu).cpu(), cpu.synthesize(y_cpu))
+
+
+@pytest.mark.parametrize("model_id", ["grm/small/q3", "joint/small/q1"])
+def test_gpu_decodes_shipped_models_files_to_the_cpus_pixels(model_id):
+    image = natural_image(250, 170, seed=6)
+    cpu_file = codec.compress(image, registry.load_model(model_id))
+    gpu_file = codec.compress(image, registry.load_model(model_id).cuda())
+    for data in (cpu_file, gpu_file):
+        assert _pixels(codec.decompress(data, device="cuda")) == _pixels(codec.decompress(data))
+
+
+def test_gpu_decodes_the_conformance_files_to_their_manifests_pixels():
+    import hashlib
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "conformance"
+    for name, expected in json.loads((folder / "MANIFEST.json").read_text()).items():
+        image = codec.decompress((folder / name).read_bytes(), device="cuda")
+        assert hashlib.sha256(_pixels(image)).hexdigest() == expected, name
+
+
+def test_cli_decompress_on_the_gpu(tmp_path):
+    from refcodec import cli
+
+    natural_image(120, 80, seed=7).save(tmp_path / "a.png")
+    assert cli.main(["compress", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.rfc")]) == 0
+    assert cli.main(["decompress", str(tmp_path / "a.rfc"), "-o", str(tmp_path / "gpu.png"), "--device", "cuda"]) == 0
+    assert cli.main(["decompress", str(tmp_path / "a.rfc"), "-o", str(tmp_path / "cpu.png")]) == 0
+    assert (tmp_path / "gpu.png").read_bytes() == (tmp_path / "cpu.png").read_bytes()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from refcodec import api, codec, ratecontrol
-from refcodec.bitstream import BitstreamError, read_header
+from refcodec.bitstream import BitstreamError, read_header, unpack
 from refcodec.cli import main as cli
 from refcodec.fixedpoint import WEIGHT_BITS
 from refcodec.layers.gain import GainUnit, interpolate_log
@@ -217,9 +217,14 @@ def test_retired_models_are_refused_with_the_release_that_decodes_them(tmp_path,
         registry.load_model("grm/test/q3")
 
 
-def test_files_of_format_version_1_still_decode(tiny_model, image):
-    """A fixed-rate file as releases before 0.2.0 wrote it (no quality field) decodes to the same pixels."""
-    v2 = codec.compress(image, tiny_model)
-    body = v2[:4] + b"\x01" + v2[5:33] + v2[41:-4]
-    v1 = body + struct.pack("<I", zlib.crc32(body))
-    assert codec.decompress(v1, tiny_model).tobytes() == codec.decompress(v2, tiny_model).tobytes()
+def test_files_of_format_versions_1_and_2_still_decode(tiny_model, image):
+    """Files of format versions 1 (no quality field) and 2 decode with the float32 synthesis they were
+    written for; version 3 files with the exact one."""
+    v3 = codec.compress(image, tiny_model)
+    header, streams = unpack(v3)
+    bodies = (v3[:4] + b"\x01" + v3[5:33] + v3[41:-4], v3[:4] + b"\x02" + v3[5:-4])
+    v1, v2 = (body + struct.pack("<I", zlib.crc32(body)) for body in bodies)
+    y_hat = tiny_model.decode(streams, *header.padded_size)
+    float32 = codec.to_image(header, tiny_model.synthesize(y_hat, exact=False)).tobytes()
+    assert codec.decompress(v1, tiny_model).tobytes() == codec.decompress(v2, tiny_model).tobytes() == float32
+    assert codec.decompress(v3, tiny_model).tobytes() == codec.to_image(header, tiny_model.synthesize(y_hat)).tobytes()

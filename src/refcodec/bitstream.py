@@ -5,11 +5,11 @@ Stdlib only (no torch, no numpy), so the parser can be fuzzed on its own.
 Versioning rule: ``FORMAT_VERSION`` is bumped whenever the byte layout or the
 meaning of any field changes. A reader refuses every version it does not know.
 
-Byte layout of version 2 (all integers little-endian, unsigned)::
+Byte layout of version 3 (all integers little-endian, unsigned)::
 
     offset          size  field
     0               4     magic b"RFCD"
-    4               1     format version (2)
+    4               1     format version (3)
     5               1     schedule code (0 = raster, 1 = wavefront)
     6               1     mode code (0 = RGB, 1 = L)
     7               1     n: byte length of the model id (1..255)
@@ -25,9 +25,12 @@ Byte layout of version 2 (all integers little-endian, unsigned)::
     41+n+4k         P     the k streams, concatenated (P = sum of the lengths)
     41+n+4k+P       4     CRC32 (zlib.crc32) of every byte before it
 
-A file ends exactly after the CRC; anything longer or shorter is rejected. Version 1, written
-by releases before variable-rate models, is the same without the quality field; it is still
-read (as a fixed-rate file).
+A file ends exactly after the CRC; anything longer or shorter is rejected. Version 3 means that
+the decoder synthesizes the image with the exact fixed-point g_s (``synthesis``), the same pixels on
+every machine; versions 1 and 2 are decoded with the float32 g_s they were written for, whose
+pixels may differ by a level between machines. Version 2 has the layout of version 3. Version 1,
+written by releases before variable-rate models, is the same without the quality field; it is
+still read (as a fixed-rate file).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from typing import Any
 from .errors import RefcodecError
 
 MAGIC = b"RFCD"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+EXACT_SYNTHESIS_FROM = 3  # files of this version and later are synthesized exactly (``synthesis``)
 
 MAX_STREAMS = 16
 HASH_SIZE = 16
@@ -53,7 +57,7 @@ _MODES = ("RGB", "L")  # index = byte code
 _PREAMBLE = struct.Struct("<4sB")  # magic, version
 _FIXED = struct.Struct(f"<BBBB{HASH_SIZE}sHHHH")  # offsets 5..32
 _QUALITY = struct.Struct("<d")  # version 2 and later
-_HEADER_FIXED_SIZE = {1: _PREAMBLE.size + _FIXED.size, 2: _PREAMBLE.size + _FIXED.size + _QUALITY.size}  # 33, 41
+_HEADER_FIXED_SIZE = {1: _PREAMBLE.size + _FIXED.size, 2: _PREAMBLE.size + _FIXED.size + _QUALITY.size, 3: _PREAMBLE.size + _FIXED.size + _QUALITY.size}  # 33, 41, 41
 _STREAM_LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 
@@ -87,6 +91,7 @@ class Header:
     pad_bottom: int
     stream_lengths: tuple[int, ...]
     quality: float | None = None  # a variable-rate model's coding quality; None for a fixed-rate model
+    version: int = FORMAT_VERSION  # the format version a file was read from (``pack`` writes FORMAT_VERSION only)
 
     def __post_init__(self) -> None:
         """Validate every field against what the format can store."""
@@ -117,11 +122,18 @@ class Header:
             if isinstance(self.quality, bool) or not isinstance(self.quality, (int, float)) or not math.isfinite(self.quality):
                 raise ValueError(f"quality must be a finite number or None, got {self.quality!r}")
             object.__setattr__(self, "quality", float(self.quality))
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"version must be one of {READABLE_VERSIONS}, got {self.version!r}")
 
     @property
     def padded_size(self) -> tuple[int, int]:
         """(height, width) of the padded image the model coded."""
         return self.height + self.pad_bottom, self.width + self.pad_right
+
+    @property
+    def exact_synthesis(self) -> bool:
+        """Whether the decoder synthesizes this file exactly (format version 3 and later) or in float32."""
+        return self.version >= EXACT_SYNTHESIS_FROM
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable view (hash as hex), for ``refcodec info``."""
@@ -136,11 +148,14 @@ class Header:
             "pad_bottom": self.pad_bottom,
             "stream_lengths": list(self.stream_lengths),
             "quality": self.quality,
+            "format_version": self.version,
         }
 
 
 def pack(header: Header, streams: list[bytes]) -> bytes:
     """Serialize ``header`` and ``streams`` (whose lengths the header lists) to a file."""
+    if header.version != FORMAT_VERSION:
+        raise ValueError(f"this refcodec writes format version {FORMAT_VERSION} only, not {header.version}")
     if len(streams) != len(header.stream_lengths):
         raise ValueError(
             f"header lists {len(header.stream_lengths)} streams, got {len(streams)}"
@@ -244,6 +259,7 @@ def _parse(data: bytes) -> tuple[Header, int]:
             pad_bottom=pad_bottom,
             stream_lengths=stream_lengths,
             quality=None if math.isnan(quality) else quality,
+            version=version,
         )
     except ValueError as e:
         raise BitstreamError(f"invalid header: {e}") from None

@@ -181,8 +181,12 @@ def _prepare(net, args):
 
 
 def cmd_decompress(args) -> int:
+    import torch
+
     from . import codec
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
     src = Path(args.file)
     dst = Path(args.output) if args.output else src.with_suffix(".png")
     if dst.exists() and not args.force:
@@ -192,9 +196,10 @@ def cmd_decompress(args) -> int:
     if args.model:
         from .models.registry import load_model
 
-        model = load_model(args.model)
+        model = load_model(args.model).to(args.device)
     start = time.perf_counter()
-    image = codec.decompress(data, model, progress=not args.json and sys.stderr.isatty(), max_pixels=args.max_pixels)
+    image = codec.decompress(data, model, progress=not args.json and sys.stderr.isatty(), max_pixels=args.max_pixels,
+                             device=args.device)  # fmt: skip
     seconds = time.perf_counter() - start
     from io import BytesIO
 
@@ -305,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", help="output PNG (default: FILE with .png)")
     d.add_argument("--force", action="store_true", help="overwrite an existing output")
     d.add_argument("--model", help="weights to decode with (default: the shipped model named in the file)")
+    d.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the exact entropy model and synthesis run (default cpu; the range decoder runs on the "
+                   "CPU); the same pixels on either")  # fmt: skip
     common(d, limit=True)
     d.set_defaults(func=cmd_decompress)
 

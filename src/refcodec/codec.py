@@ -55,7 +55,7 @@ def padded_tensor(rgb: Image.Image) -> torch.Tensor:
 
 def tensor_to_image(x: torch.Tensor) -> Image.Image:
     """A (1, 3, H, W) tensor in [0, 1] (clamped) as an 8-bit RGB image, rounding to the nearest level."""
-    arr = torch.round(x.clamp(0, 1)[0].permute(1, 2, 0) * 255).to(torch.uint8).numpy()
+    arr = torch.round(x.clamp(0, 1)[0].permute(1, 2, 0) * 255).to(torch.uint8).cpu().numpy()
     return Image.fromarray(arr, "RGB")
 
 
@@ -119,8 +119,9 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
 
 
 @contextmanager
-def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int = MAX_PIXELS):
-    """Check a file and yield (header, streams, model), the model set to the file's decode order.
+def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int = MAX_PIXELS, device: str | torch.device | None = None):
+    """Check a file and yield (header, streams, model), the model set to the file's decode order (the model
+    named in the file, on ``device``, unless one is given).
 
     Everything is refused before any decoding: implausible headers, files of more than
     ``max_pixels``, a missing model, other weights than the file was written with, a wrong
@@ -137,7 +138,7 @@ def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int =
         if retired:
             raise BitstreamError(f"file was written by {header.model} with weights {header.weights_hash.hex()}: {retired}")
         try:
-            model = load_model(header.model)
+            model = load_model(header.model).to(device or "cpu")
         except ModelNotFoundError as e:
             raise BitstreamError(f"file needs model {header.model!r}, which is not available ({e})") from None
     if model.weights_hash() != header.weights_hash:
@@ -168,11 +169,17 @@ def to_image(header: Header, x_hat: torch.Tensor) -> Image.Image:
     return image.convert("L") if header.mode == "L" else image
 
 
-def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False, max_pixels: int = MAX_PIXELS,
+               device: str | torch.device | None = None) -> Image.Image:  # fmt: skip
     """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder).
 
     Files of more than ``max_pixels`` are refused from their header, before anything is allocated.
+    ``device`` (for example ``"cuda"``) is where the model named in the file decodes: the exact entropy
+    model and synthesis run there, the range decoder on the CPU, and the pixels are the CPU's. A given
+    ``model`` decodes where it is.
     """
-    with opened(data, model, max_pixels) as (header, streams, model):
-        x_hat = model.decompress(streams, *header.padded_size, progress)
+    if device is not None and model is not None and torch.device(device) != next(model.parameters()).device:
+        raise ValueError(f"the model is on {next(model.parameters()).device}, not {device}: move it, or give no model")
+    with opened(data, model, max_pixels, device) as (header, streams, model):
+        x_hat = model.decompress(streams, *header.padded_size, progress, header.exact_synthesis)
     return to_image(header, x_hat)

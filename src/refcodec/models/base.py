@@ -24,6 +24,7 @@ from ..entropy.factorized import FactorizedDensity
 from ..fixedpoint import cached
 from ..layers.gdn import GSDN, IGSDN
 from ..schedule import Schedule
+from ..synthesis import exact_synthesis
 from ..tiling import ANALYSIS_TILE, SYNTHESIS_TILE, halo_for, run_tiled
 
 ALIGNMENT = 64  # image sides are padded to a multiple of this (16x analysis, 4x hyper analysis)
@@ -146,15 +147,27 @@ class CompressionModel(nn.Module):
             return run_tiled(_channels_last(self.g_a), x, ANALYSIS_TILE, halo_for(self.g_a, STRIDE), 1 / STRIDE, align=STRIDE)
 
     @torch.no_grad()
-    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """g_s for coding, in tiles (``tiling``): bounded memory, the same pixels for any thread count."""
+    def synthesize(self, y_hat: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """g_s for coding, in tiles (``tiling``, bounded memory): exact (``synthesis``: the same pixels on every
+        machine, in float64), or the float32 transform of files before format version 3 (the same pixels
+        for any thread count, which a tile per thread keeps, but not on every machine)."""
         with profiling.stage("synthesis"):
+            gain = self.synthesis_gain()
+            if exact:
+                return run_tiled(exact_synthesis(self.g_s, gain), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE)
+            y_hat = y_hat if gain is None else y_hat * gain.to(y_hat)
             return run_tiled(_channels_last(self.g_s), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE)
 
+    def synthesis_gain(self) -> torch.Tensor | None:
+        """What the quantized latents are multiplied by before g_s at the coding quality (1, M, 1, 1); None: nothing."""
+        return None
+
     @torch.no_grad()
-    def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
-        """Reconstruction (1, 3, height, width), unclamped, of a padded image."""
-        return self.synthesize(self.decode(streams, height, width, progress))
+    def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False, exact: bool = True) -> torch.Tensor:
+        """Reconstruction (1, 3, height, width), unclamped, of a padded image (``exact``: see :meth:`synthesize`),
+        on the model's device: a model on a GPU runs the exact entropy model and synthesis there, the range
+        decoder on the CPU, and gives the CPU's latents and pixels."""
+        return self.synthesize(self.decode(streams, height, width, progress), exact)
 
     def update(self) -> None:
         """Tabulate every factorized density for coding (call after training)."""
@@ -191,8 +204,9 @@ def encode_factorized(density: FactorizedDensity, x_hat: torch.Tensor) -> bytes:
 
 
 def decode_factorized(density: FactorizedDensity, data: bytes, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`encode_factorized`: (1, C, height, width) float integers."""
+    """Inverse of :func:`encode_factorized`: (1, C, height, width) float integers, on the density's device."""
     dec = Decoder(data)
     rows = [dec.categorical(height * width, table) for table in density.tables()]
-    symbols = torch.from_numpy(np.stack(rows).astype(np.int64)) + density.pmf_offset.view(-1, 1).long()
+    offset = density.pmf_offset.view(-1, 1).long()
+    symbols = torch.from_numpy(np.stack(rows).astype(np.int64)).to(offset.device) + offset
     return symbols.view(1, -1, height, width).float()

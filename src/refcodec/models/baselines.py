@@ -102,4 +102,4 @@ class MeanScaleHyperprior(CompressionModel):
             mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
         with profiling.stage("coder"):
             symbols = Decoder(streams[1]).gaussian(mean, coding_scale(log_scale))
-        return torch.from_numpy(symbols).float().view(mean.shape)
+        return torch.from_numpy(symbols).float().view(mean.shape).to(mean.device)

@@ -281,10 +281,9 @@ class GRM(CompressionModel):
         y = super().analysis(x)
         return y if not self.levels else y * self.coding_gains()[0].to(y)
 
-    @torch.no_grad()
-    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """The inverse gain of the coding quality for a variable-rate model, then g_s."""
-        return super().synthesize(y_hat if not self.levels else y_hat * self.coding_gains()[1].to(y_hat))
+    def synthesis_gain(self) -> torch.Tensor | None:
+        """The inverse gain of the coding quality for a variable-rate model (exact, on the fixed-point grid)."""
+        return self.coding_gains()[1] if self.levels else None
 
     def _coding_latent(self, height: int, width: int, device: torch.device | str = "cpu") -> CodingLatent:
         kernel = max(self.context.mask.shape[-1], self.transfer.mask.shape[-1] if self.reference else 1)
@@ -392,18 +391,20 @@ class GRM(CompressionModel):
     def decode_latents(self, streams: list[bytes], hyper: torch.Tensor | None, height: int, width: int, progress: bool = False) -> torch.Tensor:
         """y_hat from the latent stream, given the hyperprior rows of :meth:`decode_hyper`."""
         h, w, m = height // STRIDE, width // STRIDE, self.M
+        device = self.context.weight.device  # a model on a GPU decodes there; the range decoder runs on the CPU
         dec = Decoder(streams[-1])
         nets = self._exact_nets()
-        latent = self._coding_latent(h, w)
-        steps = self.schedule.steps(h, w).flatten()
+        latent = self._coding_latent(h, w, device)
+        steps = self.schedule.steps(h, w).flatten().to(device)
         context_at = latent.conv(self.context)
         if self.reference:
             transfer_at = latent.conv(self.transfer)
             found = ReferenceIndex(steps, m * int(self.search_mask.sum()))
-            feats = torch.zeros(h * w, 2 * m, dtype=torch.float64)
-            conf = torch.zeros(h * w, dtype=torch.float64)
+            feats = torch.zeros(h * w, 2 * m, dtype=torch.float64, device=device)
+            conf = torch.zeros(h * w, dtype=torch.float64, device=device)
 
         for positions in tqdm(self.schedule.order(h, w), desc="decode", unit="step", disable=not progress, leave=False):
+            positions = positions.to(device)
             rows, cols = positions // w, positions % w
             stage1 = {}
 
@@ -420,7 +421,7 @@ class GRM(CompressionModel):
             mean, log_scale = preds[-1]
             with profiling.stage("coder"):
                 symbols = dec.gaussian(mean, coding_scale(log_scale))
-            y_new = torch.from_numpy(symbols.astype(np.float64)).view(len(positions), m)
+            y_new = torch.from_numpy(symbols.astype(np.float64)).view(len(positions), m).to(device)
             latent.set(rows, cols, y_new)
             if self.reference:
                 with profiling.stage("reference"):

@@ -1,0 +1,284 @@
+"""Bit-exact synthesis g_s: the same pixels from a file on every machine, thread count and device.
+
+g_s (four stride-2 5x5 transposed convolutions with IGSDN, eq. 6, or IGDN between them) runs in
+integer fixed-point arithmetic, as the entropy model does (``fixedpoint``), so that the decoded
+pixels depend on the file and the weights only. Every layer is a function of integers:
+
+- Activations are integers: the latents themselves at the input, then units of 2**-SYNTHESIS_BITS
+  (about 1/8000 of an 8-bit level), clamped to what three digits hold (+-31.7) before every layer.
+- A transposed convolution sums integer products: acc_c = sum_k x_k w_kc + b_c, where the weights
+  of output column c are rounded to 13 significant bits (w_kc = round(w * 2**e_c), |w_kc| <= 8127,
+  e_c chosen per column) and b_c = round(b * 2**(input bits + e_c)). The output is
+  round(acc_c * 2**(SYNTHESIS_BITS - input bits - e_c)), half to even: a power-of-two scaling and
+  one rounding of an exact integer.
+- IGSDN: u = round(w * sqrt(beta + sum_j gamma_ij w_j^2)) + round(nu + sum_j tau_ij w_j), with the
+  squares rounded to units, gamma, tau on the grid 2**-WEIGHT_BITS and beta, nu on the units' grid
+  of 2**-WEIGHT_BITS; the square root of an exact number is correctly rounded (IEEE 754) and then
+  rounded to units.
+
+Every sum is of integers (or of multiples of 2**-WEIGHT_BITS for IGSDN) whose worst case, the sum of
+the absolute terms at the largest inputs, is checked when a layer is prepared to stay below 2**53
+(2**53 units of 2**-WEIGHT_BITS for IGSDN): then float64 holds every partial sum exactly, whatever
+the order of the additions, blocking, fused multiply-adds, thread count or device. For the shipped
+``small`` models the largest worst case is 2**40.9 for a transposed convolution (limit 2**53) and
+2**28.0 for IGSDN (limit 2**37); ``ExactSynthesis.margins`` gives every layer's, and
+``benchmarks/exact_synthesis.py`` records them.
+
+How the integer sums are computed does not change them, so the fastest exact way is used on each
+device. On a CPU the transposed convolutions split their operands into signed 7-bit digits
+(x = x0 + 128 x1 + 128**2 x2, weights two digits) and multiply the digits as int8 matrices with
+int32 sums (``torch._int_mm``, oneDNN's s8s8s32 GEMM), which are exact: a column sums at most
+2 * 576 products below 2**12, far from 2**31, and 7-bit digits keep every pair of products below
+2**15, so even the AVX2 instruction that saturates 16-bit pair sums cannot saturate. Elsewhere (a
+GPU) they are float64 products of im2col rows, exact by the bound above. No convolution kernel of a
+library, and so no cuDNN algorithm, is on this path.
+
+Each layer rounds to units and the weights carry 13 significant bits, so the pixels are those of
+the float32 transform up to an occasional level at a rounding boundary (measured in
+``benchmarks/exact_synthesis.py``). Format version 3 files are synthesized this way; older files
+with the float32 transform they were written for (``models.base.CompressionModel.synthesize``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fixedpoint import WEIGHT_BITS, cached, snap
+from .layers.gdn import IGSDN
+
+SYNTHESIS_BITS = 15  # activations after the first layer: units of 2**-15
+DIGIT_BITS = 7  # int8 digits in [-64, 63]
+WEIGHT_DIGITS = 2  # weights: two digits, |w| <= 8127 in units of their column's grid
+INPUT_DIGITS = 2  # the latents: integers, |y| <= 8127 (the coder keeps them within 255)
+ACTIVATION_DIGITS = 3  # later activations: |x| <= 1040319 units (31.7)
+EXACT = 2.0**53  # float64 holds every integer below this
+FEW_OUTPUTS = 8  # a transposed convolution with at most this many output channels sums its taps into place
+BLOCK = 4096  # positions per product on a CPU: a block's rows stay in cache; elsewhere one block per layer
+
+
+class ExactnessError(ValueError):
+    """A layer whose worst-case sums could round: it cannot run exactly."""
+
+
+def digit_max(count: int) -> int:
+    """The largest |x| whose ``count`` digits (:func:`digits`) all lie in [-64, 63]."""
+    return 63 * sum(128**i for i in range(count))
+
+
+def digits(x: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """Integers |x| <= digit_max(count) (float) as int8 digits d_i in [-64, 63], x = sum_i 128**i d_i.
+
+    In float32, which holds these integers and every step exactly (scaling by 1/128, adding 1/2, floor)."""
+    v = x.float()
+    out = []
+    for _ in range(count - 1):
+        high = v.mul(1 / 128).add_(0.5).floor_()
+        out.append(torch.add(v, high, alpha=-128).to(torch.int8))
+        v = high
+    return out + [v.to(torch.int8)]
+
+
+def _check(name: str, worst: torch.Tensor, limit: float = EXACT) -> float:
+    """The largest worst-case magnitude, refused at or above ``limit``."""
+    top = float(worst.max())
+    if top >= limit:
+        raise ExactnessError(f"{name}: worst-case sum 2**{math.log2(top):.1f} is not below 2**{math.log2(limit):.0f}; "
+                             "it cannot run in exact fixed point")  # fmt: skip
+    return top
+
+
+def _block(x: torch.Tensor) -> int:
+    return BLOCK if x.device.type == "cpu" else 1 << 62
+
+
+class ExactDeconv:
+    """A transposed convolution (kernel k odd, stride s, padding k // 2, output padding s - 1: output s*H x s*W)
+    from (H, W, C) integers in units of 2**-in_bits to units of 2**-SYNTHESIS_BITS. Output phase (a, b), the
+    outputs (s*m + a, s*n + b), is a small convolution: input (m + e, n + f) times tap (a + p - s*e, b + p - s*f)
+    for the e, f that give taps within the kernel; each phase is one product of im2col rows and an integer
+    matrix. ``gain``, per input channel, is folded into the weights (a variable-rate model's inverse gain)."""
+
+    def __init__(self, layer: nn.ConvTranspose2d, in_bits: int, in_digits: int, gain: torch.Tensor | None = None):
+        (k, _), (s, _), (p, _), (op, _) = layer.kernel_size, layer.stride, layer.padding, layer.output_padding
+        if k % 2 == 0 or p != k // 2 or op != s - 1 or layer.kernel_size[1] != k or layer.stride[1] != s or layer.groups != 1:
+            raise ExactnessError(f"no exact synthesis for {layer}")
+        weight = layer.weight.detach().double().cpu()
+        if gain is not None:
+            weight = weight * gain.detach().double().cpu().view(-1, 1, 1, 1)
+        shifts = {a: [e for e in range(-k, k + 1) if 0 <= a + p - s * e < k] for a in range(s)}
+        self.lo = -min(min(e) for e in shifts.values())
+        self.hi = max(max(e) for e in shifts.values())
+        bias = torch.zeros(weight.shape[1], dtype=torch.float64) if layer.bias is None else layer.bias.detach().double().cpu()
+        self.phases = []  # (a, b, taps as (row, col) offsets into the padded input, integer weights, digits, bias, scale)
+        self.worst = 0.0
+        for a in range(s):
+            for b in range(s):
+                taps = [(e, f) for e in shifts[a] for f in shifts[b]]
+                matrix = torch.cat([weight[:, :, a + p - s * e, b + p - s * f] for e, f in taps])  # (taps * C_in, C_out)
+                top = matrix.abs().amax(0)
+                exponent = torch.floor(torch.log2(digit_max(WEIGHT_DIGITS) / top.clamp_min(2.0**-30))).clamp(max=30.0)
+                w = torch.round(matrix * 2**exponent)  # integers, |w| <= 8127, 13 significant bits per column
+                b_int = torch.round(bias * 2 ** (exponent + in_bits))
+                in_max = digit_max(in_digits)
+                self.worst = max(self.worst, _check("transposed convolution", w.abs().sum(0) * in_max + b_int.abs()))
+                _check("int8 digit products", torch.tensor(64.0 * len(w) * (digit_max(WEIGHT_DIGITS) + 64)), 2.0**31)
+                offsets = [(e + self.lo, f + self.lo) for e, f in taps]
+                self.phases.append((a, b, offsets, w, torch.cat(digits(w, WEIGHT_DIGITS), 1), b_int, 2 ** (SYNTHESIS_BITS - in_bits - exponent)))
+        self.stride, self.cout, self.kernel = s, weight.shape[1], k
+        self.in_digits, self.in_max = in_digits, digit_max(in_digits)
+        # Few outputs (the last layer): every tap's product at once, (C_in, k*k*C_out), summed into place.
+        self.taps = torch.zeros(k, k, weight.shape[0], self.cout, dtype=torch.float64) if self.cout <= FEW_OUTPUTS else None
+        if self.taps is not None:
+            for a, b, offsets, w, _, _, _ in self.phases:
+                for n, (i, j) in enumerate(offsets):
+                    e, f = i - self.lo, j - self.lo
+                    self.taps[a + p - s * e, b + p - s * f] = w[n * weight.shape[0] : (n + 1) * weight.shape[0]]
+            self.taps = self.taps.permute(2, 0, 1, 3).reshape(weight.shape[0], -1)
+
+    def to(self, device: torch.device) -> ExactDeconv:
+        self.taps = None if self.taps is None else self.taps.to(device)
+        self.phases = [(a, b, o, w.to(device), d, bias.to(device), scale.to(device)) for a, b, o, w, d, bias, scale in self.phases]
+        return self
+
+    def __call__(self, x: torch.Tensor, integer: bool | None = None) -> torch.Tensor:
+        """Output units of input units ``x`` (H, W, C); ``integer``: int8 digit products (default on a CPU)
+        or float64 products (elsewhere), the same numbers."""
+        h, w, _ = x.shape
+        s, cout = self.stride, self.cout
+        if self.taps is not None and integer is None:
+            return self._scatter(x)
+        integer = x.device.type == "cpu" if integer is None else integer
+        pad = (0, 0, self.lo, self.hi, self.lo, self.hi)
+        planes = [F.pad(d, pad) for d in digits(x, self.in_digits)] if integer else [F.pad(x, pad)]
+        out = x.new_empty(h, s, w, s, cout)
+        rows = max(1, _block(x) // w)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            for a, b, offsets, weight, weight_digits, bias, scale in self.phases:
+                cols = [torch.cat([plane[r0 + i : r1 + i, j : j + w] for i, j in offsets], -1).view((r1 - r0) * w, -1) for plane in planes]
+                if integer:
+                    acc = self._digit_products(torch.cat(cols), weight_digits).add_(bias)
+                else:
+                    acc = torch.addmm(bias, cols[0], weight)
+                out[r0:r1, a, :, b] = acc.mul_(scale).round_().view(r1 - r0, w, cout)
+        return out.view(h * s, w * s, cout)
+
+    def _scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """The same sums as the phases, for few output channels: each input's products with every tap
+        (a float64 product of integers), added into place (col2im), then scaled and rounded."""
+        h, w, cin = x.shape
+        s, k, cout, p = self.stride, self.kernel, self.cout, self.kernel // 2
+        products = (x.view(-1, cin) @ self.taps).view(h, w, k, k, cout)
+        acc = x.new_zeros(s * h + k - 1, s * w + k - 1, cout)  # output o = s*m - p + t, shifted by p
+        for ty in range(k):
+            for tx in range(k):
+                acc[ty : ty + s * h : s, tx : tx + s * w : s] += products[:, :, ty, tx]
+        acc = acc[p : p + s * h, p : p + s * w].view(h, s, w, s, cout)
+        for a, b, _, _, _, bias, scale in self.phases:
+            acc[:, a, :, b].add_(bias).mul_(scale).round_()
+        return acc.reshape(h * s, w * s, cout).contiguous()
+
+    def _digit_products(self, columns: torch.Tensor, weight_digits: torch.Tensor) -> torch.Tensor:
+        """sum_k x_k w_kc exactly from the int8 digits of x (the column matrices of every digit, stacked,
+        lowest first) and of w: int32 sums per digit of x (below 2**31, checked), then float64."""
+        product = torch._int_mm(columns, weight_digits).view(self.in_digits, -1, WEIGHT_DIGITS, self.cout)
+        per_digit = torch.add(product[:, :, 0], product[:, :, 1], alpha=128).unbind(0)  # x digit i times w
+        acc = per_digit[-1].double()
+        for part in reversed(per_digit[:-1]):
+            acc = acc.mul_(128).add_(part)
+        return acc
+
+
+class ExactIGSDN:
+    """IGSDN (eq. 6; IGDN without the subtractive part), K fixed-point steps, on (H, W, C) units:
+    u <- round(w * sqrt(beta + gamma u^2)) + round(nu + tau u), from u = w."""
+
+    def __init__(self, layer: IGSDN):
+        unit = 2.0**SYNTHESIS_BITS
+        in_max = digit_max(ACTIVATION_DIGITS)
+        limit = 2.0 ** (53 - WEIGHT_BITS)  # in units: sums of multiples of 2**-WEIGHT_BITS
+        beta, gamma = layer.effective()
+        gamma = snap(gamma.detach(), WEIGHT_BITS).T.contiguous().cpu()
+        beta = snap(beta.detach(), WEIGHT_BITS + SYNTHESIS_BITS).cpu() * unit
+        norm = gamma.abs().sum(0) * round(in_max**2 / unit) + beta.abs()
+        self.worst = _check("IGSDN normalization", norm, limit)
+        _check("IGSDN product", (norm * unit).sqrt().add(1) * in_max)
+        self.gamma, self.beta = gamma * unit, beta * unit  # the sum times 2**SYNTHESIS_BITS (exact), ready for sqrt
+        self.tau = self.nu = None
+        if layer.subtractive:
+            self.tau = snap(layer.tau.detach(), WEIGHT_BITS).T.contiguous().cpu()
+            self.nu = snap(layer.nu.detach(), WEIGHT_BITS + SYNTHESIS_BITS).cpu() * unit
+            self.worst = max(self.worst, _check("IGSDN shift", self.tau.abs().sum(0) * in_max + self.nu.abs(), limit))
+        self.iterations, self.in_max = layer.iterations, in_max
+
+    def to(self, device: torch.device) -> ExactIGSDN:
+        for name in ("gamma", "beta", "tau", "nu"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        unit = 2.0**SYNTHESIS_BITS
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.empty_like(flat)
+        step = _block(x)
+        for start in range(0, len(flat), step):
+            w = flat[start : start + step]
+            u = w
+            for i in range(self.iterations):
+                if i:
+                    u = u.clamp(-self.in_max, self.in_max)
+                square = (u * u).mul_(1 / unit).round_()
+                scale = torch.addmm(self.beta, square, self.gamma).sqrt_().round_()
+                new = scale.mul_(w).mul_(1 / unit).round_()
+                if self.tau is not None:
+                    new.add_(torch.addmm(self.nu, u, self.tau).round_())
+                u = new
+            out[start : start + step] = u
+        return out.view(x.shape)
+
+
+class ExactSynthesis:
+    """A frozen, bit-exact copy of a synthesis transform (``models.base.synthesis_transform``):
+    integer latents (1, M, H, W) in, reconstruction values (1, 3, s*H, s*W) in float64 out.
+    ``gain`` (1, M, 1, 1): a variable-rate model's inverse gain, folded into the first layer."""
+
+    def __init__(self, g_s: nn.Sequential, gain: torch.Tensor | None = None):
+        self.layers: list[ExactDeconv | ExactIGSDN] = []
+        for layer in g_s:
+            if isinstance(layer, nn.ConvTranspose2d):
+                first = not self.layers
+                self.layers.append(ExactDeconv(layer, 0 if first else SYNTHESIS_BITS, INPUT_DIGITS if first else ACTIVATION_DIGITS,
+                                               gain if first else None))  # fmt: skip
+            elif isinstance(layer, IGSDN):
+                self.layers.append(ExactIGSDN(layer))
+            else:
+                raise ExactnessError(f"no exact synthesis for {type(layer).__name__}")
+        if not isinstance(self.layers[0], ExactDeconv):
+            raise ExactnessError("exact synthesis starts with a transposed convolution")
+        self.device = torch.device("cpu")
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if y.device != self.device:
+            self.layers = [layer.to(y.device) for layer in self.layers]
+            self.device = y.device
+        x = y[0].double().permute(1, 2, 0).round()  # (H, W, M): the integer latents
+        for layer in self.layers:
+            x = layer(x.clamp_(-layer.in_max, layer.in_max))
+        return x.mul_(2.0**-SYNTHESIS_BITS).permute(2, 0, 1).unsqueeze(0)
+
+    def margins(self) -> list[tuple[str, float, float]]:
+        """Each layer's largest worst-case sum and its limit, as powers of two."""
+        return [(type(layer).__name__, math.log2(layer.worst), 53.0 if isinstance(layer, ExactDeconv) else 53.0 - WEIGHT_BITS)
+                for layer in self.layers]  # fmt: skip
+
+
+def exact_synthesis(g_s: nn.Sequential, gain: torch.Tensor | None = None) -> ExactSynthesis:
+    """The exact copy of ``g_s`` (with ``gain`` folded in), prepared once and kept until one of its tensors
+    changes (``fixedpoint.cached``)."""
+    tensors = list(g_s.parameters()) + ([] if gain is None else [gain])
+    return cached(g_s, "_exact_synthesis", tensors, lambda: ExactSynthesis(g_s, gain))

@@ -1,0 +1,58 @@
+"""The conformance files (tests/conformance): every file decodes to the pixels its manifest lists, on this machine."""
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from refcodec import codec
+from refcodec.bitstream import BitstreamError, read_header
+from refcodec.models import registry
+
+FOLDER = Path(__file__).parent / "conformance"
+MANIFEST = json.loads((FOLDER / "MANIFEST.json").read_text())
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "conformance.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("conformance_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_conformance_file_decodes_to_its_pixels(name):
+    data = (FOLDER / name).read_bytes()
+    assert len(data) <= 64 * 1024
+    header = read_header(data)
+    if registry.retired_reason(header.model):  # a retired model's file: refused in one line
+        with pytest.raises(BitstreamError, match="was retired after refcodec"):
+            codec.decompress(data)
+        return
+    assert header.exact_synthesis
+    image = codec.decompress(data)
+    assert hashlib.sha256(image.convert("RGB").tobytes()).hexdigest() == MANIFEST[name]
+
+
+def test_every_shipped_model_has_conformance_files():
+    models = {read_header((FOLDER / name).read_bytes()).model for name in MANIFEST}
+    assert set(registry.shipped_ids()) <= models  # a newly shipped model: run scripts/conformance.py
+    assert sorted(p.name for p in FOLDER.glob("*.rfc")) == sorted(MANIFEST)
+
+
+def test_the_script_refuses_a_manifest_whose_files_decode_to_other_pixels(tmp_path, monkeypatch, capsys):
+    script = load_script()
+    name = "grm-small-q3-gray-53x70.rfc"
+    (tmp_path / name).write_bytes((FOLDER / name).read_bytes())
+    manifest = tmp_path / "MANIFEST.json"
+    manifest.write_text(json.dumps({name: "0" * 64}))
+    monkeypatch.setattr("sys.argv", ["conformance.py", "--folder", str(tmp_path)])
+    assert script.main() == 1
+    assert "format break" in capsys.readouterr().err
+    assert json.loads(manifest.read_text()) == {name: "0" * 64} and sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "MANIFEST.json"])
+    manifest.write_text(json.dumps({name: MANIFEST[name]}))
+    monkeypatch.setattr("sys.argv", ["conformance.py", "--folder", str(tmp_path), "--check"])
+    assert script.main() == 0

@@ -1,0 +1,33 @@
+"""scripts/determinism.py: the machine it records, and its comparison with another machine's run."""
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "determinism.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("determinism_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(files: dict, pixels: dict) -> dict:
+    return {"models": {"m": {"per_image": {i: {"file_sha256": {"1": files[i]}, "pixels_sha256": {"enc1-dec1": pixels[i]}} for i in files}}}}
+
+
+def test_the_machine_names_its_cpu_and_instruction_sets():
+    machine = load_script().machine()
+    assert machine["cpu"] and machine["torch_cpu_capability"] and isinstance(machine["instruction_sets"], list)
+    assert set(machine["instruction_sets"]) <= load_script().INSTRUCTION_SETS
+
+
+def test_a_file_identical_on_two_machines_must_decode_to_the_same_pixels_there():
+    compare = load_script().compare
+    mine = run({"a": "f1", "b": "f2", "c": "f3"}, {"a": "p1", "b": "p2", "c": "p3"})
+    other = run({"a": "f1", "b": "other encoder", "c": "f3"}, {"a": "p1", "b": "px", "c": "p3"}) | {"machine": {"cpu": "X"}}
+    result = compare(mine, other)
+    assert result["models"]["m"] == {"images": 3, "same_bytes": 2, "same_pixels_of_same_bytes": 2} and result["failures"] == 0
+    broken = run({"a": "f1", "b": "f2", "c": "f3"}, {"a": "p1", "b": "p2", "c": "another picture"})
+    assert compare(mine, broken)["failures"] == 1
