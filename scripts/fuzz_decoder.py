@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from refcodec import codec
-from refcodec.bitstream import MAGIC, read_header, unpack
+from refcodec.bitstream import MAGIC, READABLE_VERSIONS, read_header, unpack
 from refcodec.errors import RefcodecError
 from refcodec.models import registry
 from refcodec.sample import sample_image
@@ -69,7 +69,7 @@ def mutate(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
     elif kind == "other weights":
         body[9 + rng.integers(0, 16)] ^= int(rng.integers(1, 256))
     elif kind == "unknown version":
-        body[4] = int(rng.choice([0, *range(2, 256)]))
+        body[4] = int(rng.choice([v for v in range(256) if v not in READABLE_VERSIONS]))
     elif kind == "header field":
         for _ in range(rng.integers(1, 4)):
             body[rng.integers(5, payload_start(data))] = int(rng.integers(0, 256))
