@@ -1,16 +1,17 @@
 """The software versions a record names: refcodec's, and those of the libraries its results depend on.
 
 ``refcodec --version``, ``refcodec info`` and the ``refcodec eval`` JSON carry them, so that a file,
-a measurement or a problem report can be tied to the code that made it. torch's version is read from
-its installed metadata where torch is not imported yet: importing it takes seconds, and ``refcodec
-info`` does not need it.
+a measurement or a problem report can be tied to the code that made it. Like ``refcodec.bitstream``,
+this module loads without torch, and asking it does not import torch.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import platform
 import sys
-from importlib import metadata
+from pathlib import Path
 
 import numpy
 import PIL
@@ -19,17 +20,27 @@ from . import __version__
 
 
 def _torch_version() -> str:
-    """The running torch's version, else the installed one's, without importing torch where its metadata says it."""
+    """``torch.__version__``, build tag included (``2.3.1+cu121``; the package metadata says ``2.3.1``).
+
+    Read from torch's ``version.py`` unless torch is imported already: importing it takes seconds.
+    """
     if "torch" in sys.modules:
         return sys.modules["torch"].__version__
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return "not installed"
     try:
-        return metadata.version("torch")
-    except metadata.PackageNotFoundError:  # a torch installed without metadata
-        try:
-            import torch
-        except ImportError:
-            return "not installed"
-        return torch.__version__
+        body = ast.parse(Path(spec.origin).with_name("version.py").read_text()).body
+    except (OSError, SyntaxError):
+        body = []
+    for node in body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Constant):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "__version__" for t in targets):
+                return str(node.value.value)
+    import torch  # a torch without the usual version.py
+
+    return torch.__version__
 
 
 def versions() -> dict[str, str]:
