@@ -12,6 +12,7 @@ import torch
 from conftest import natural_image, save_tiny
 from PIL import Image
 
+import refcodec
 from refcodec import cli, codec
 from refcodec.bitstream import read_header
 
@@ -76,6 +77,7 @@ def test_compress_info_decompress_json_round_trip(files, tiny_weights, tiny_mode
     assert info["model"] == "grm/test/q3"
     assert info["weights_hash"] == tiny_model.weights_hash().hex()
     assert sum(info["stream_lengths"]) < size
+    assert info["versions"]["refcodec"] == refcodec.__version__ and info["versions"]["torch"] == torch.__version__
 
     p = run_process("decompress", rfc, "-o", out, "--model", tiny_weights, "--json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
@@ -111,6 +113,14 @@ def test_subcommand_help(capsys, command):
     assert "usage" in capsys.readouterr().out.lower()
 
 
+def test_version_names_refcodec_and_torch(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"refcodec {refcodec.__version__}, torch {torch.__version__}, "), out
+
+
 def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["compress"])
@@ -124,6 +134,7 @@ def test_info_text(capsys, files):
     rc, out, err = run_main(capsys, "info", files["rfc"])
     assert rc == 0 and err == ""
     assert f"width: {WIDTH}" in out and f"height: {HEIGHT}" in out and "model: grm/test/q3" in out
+    assert f"versions: refcodec {refcodec.__version__}, torch {torch.__version__}, " in out
 
 
 # -- overwriting -------------------------------------------------------------------------------

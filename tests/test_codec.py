@@ -117,7 +117,7 @@ def test_16_bit_png_is_accepted_as_grayscale(tiny_model, tmp_path):
     rng = np.random.default_rng(0)
     values = rng.integers(0, 65536, (13, 22), dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")
-    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    assert Image.open(tmp_path / "deep.png").mode in ("I;16", "I")  # Pillow 10.0 opens it as "I"
     data = codec.compress(tmp_path / "deep.png", tiny_model)
     # the 16-bit samples are scaled to 8 bits: the same file as for that 8-bit image
     eight_bit = Image.fromarray(np.round(values / 65535 * 255).astype(np.uint8), "L")

@@ -3,6 +3,9 @@
 import json
 
 import pytest
+import torch
+
+import refcodec
 
 from refcodec.eval.evaluate import main
 
@@ -16,6 +19,7 @@ def test_eval_writes_compressai_layout(tmp_path, tiny_weights):
     assert main([str(tmp_path), "--model", str(tiny_weights), "--estimate", "-o", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"name", "description", "results"}
+    assert report["versions"]["refcodec"] == refcodec.__version__ and report["versions"]["torch"] == torch.__version__
     results = report["results"]
     for key in ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time", "estimate_gap"):
         assert len(results[key]) == 1

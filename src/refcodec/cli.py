@@ -221,12 +221,14 @@ def _read(path: Path) -> bytes:
 
 def cmd_info(args) -> int:
     from .bitstream import read_header
+    from .versions import describe, versions
 
     data = _read(Path(args.file))
     header = read_header(data).to_dict()
     header["file_bytes"] = len(data)
     header["bpp"] = 8 * len(data) / (header["width"] * header["height"])
-    _emit(args, header, "\n".join(f"{k}: {v}" for k, v in header.items()))
+    lines = [f"{k}: {v}" for k, v in header.items()] + [f"versions: {describe()}"]
+    _emit(args, {**header, "versions": versions()}, "\n".join(lines))
     return 0
 
 
@@ -255,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of the subcommands defined here (train, eval, compare, bench and viz parse their own)."""
     from .images import MAX_PIXELS
     from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
+    from .versions import describe
 
     p = argparse.ArgumentParser(
         prog="refcodec",
@@ -267,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Expected failures print one line 'refcodec: error: ...' and exit with status 1.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=describe(),
+                   help="print the versions of refcodec, torch, numpy, Pillow and Python, and exit")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, model=False, limit=False):
@@ -317,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("info", help="print the header of a .rfc file",
-                       description="Print the header of a .rfc file: model, weights hash, schedule, sizes, streams.")  # fmt: skip
+                       description="Print the header of a .rfc file (model, weights hash, schedule, sizes, streams) and the "
+                       "versions of the refcodec and torch reading it.")  # fmt: skip
     i.add_argument("file", help="a .rfc file")
     common(i)
     i.set_defaults(func=cmd_info)

@@ -21,6 +21,7 @@ from pytorch_msssim import ms_ssim
 from .. import codec
 from ..images import find_images, read_rgb, to_rgb
 from ..models.registry import DEFAULT_MODEL, LAMBDAS, load_model
+from ..versions import versions
 
 
 def _estimated_bits(model, image) -> float:
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
     report = {
         "name": f"refcodec-{args.model}" + ("" if args.effort == "default" else f"-{args.effort}"),
         "description": f"refcodec {args.model} on {args.folder}, real bitstreams, {args.effort} effort, {torch.get_num_threads()} threads",
+        "versions": versions(),
         "results": results,
         "per_image": per_image,
     }

@@ -9,6 +9,7 @@ environment (RANK, WORLD_SIZE, MASTER_ADDR, ...). Backend: NCCL on CUDA, gloo on
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import socket
@@ -19,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
+
+_FORWARD_SYNC_BUFFERS = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,14 @@ class Context:
         """The model whose backward pass averages the gradients of all processes.
 
         Buffers are synchronized once, not before every forward pass: training does not change them.
+        torch before 2.13 has no ``forward_sync_buffers``; there its default also syncs them before
+        every forward pass, which is the same training, a little slower.
         """
         if self.world == 1:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+        once = {"forward_sync_buffers": False} if _FORWARD_SYNC_BUFFERS else {}
+        return DistributedDataParallel(model, device_ids=ids, **once)
 
     def mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         """Scalars averaged over the processes (one all_reduce): non-finite if any process's is."""
