@@ -88,6 +88,8 @@ def anchor_curve(path: str, images: list[str]) -> bdrate.Curve:
 def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict) -> dict:
     keys = [(q, f) for f in files for q in args.quality]
     done = [f for f in files if all(f"{q:g}|{f}" in c.rows for c in caches.values() for q in args.quality)]
+    if not done:
+        return {"images": [], "missing": len(keys) * len(caches) - sum(len(c.rows) for c in caches.values())}
     efforts = list(caches)
     per_quality = []
     for q in args.quality:
@@ -217,9 +219,8 @@ def main(argv=None) -> None:
                 caches[e].put(key, row)
                 print(f"q{q:g} {f.name} {e}: {row['bpp']:.4f} bpp {row['psnr']:.2f} dB {row['encode_seconds']:.1f} s", flush=True)
     report = build_report(args, caches, names, lambdas)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     if report["images"]:
+        out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
         out.with_suffix(".md").write_text(markdown(report))
         plot(report, out.with_suffix(".png"))
         print(markdown(report))
