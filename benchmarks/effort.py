@@ -7,7 +7,7 @@
 For each image, quality and effort the image is encoded (a real file) and decoded. Every measurement is
 cached in OUT-cache/EFFORT.json as soon as it is made (with the effort's refinement steps; a cache of
 other steps is not reused), so a killed run resumes where it stopped and runs of different efforts can
-go side by side. ``--sweep N ...`` adds levels ``sgaN`` of N steps, to choose the steps of a level.
+go side by side (also of one effort: ``--reverse`` for the second). ``--sweep N ...`` adds levels ``sgaN`` of N steps, to choose the steps of a level.
 
 The report (OUT.json, OUT.md, OUT.png) covers the images that every effort has at every quality:
 the BD-rate of each effort against ``default`` and against each anchor (CompressAI-layout files of
@@ -21,6 +21,7 @@ encode time.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import time
@@ -62,11 +63,14 @@ class Cache:
         self.rows = {k: r for k, r in rows.items() if r.get("steps") == steps}
 
     def put(self, key: str, row: dict) -> None:
-        self.rows[key] = row
+        """Add a row, merged under a lock with what other runs of the same effort wrote meanwhile."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.rows, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.rows = {**Cache(self.path, self.steps).rows, **self.rows, key: row}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.rows, indent=1) + "\n")
+            os.replace(tmp, self.path)
 
 
 def results_curve(name: str, points: list[dict]) -> bdrate.Curve:
@@ -187,6 +191,7 @@ def main(argv=None) -> None:
     p.add_argument("--efforts", nargs="+", default=["default", "slow"], help="efforts to measure (the report takes default from its cache)")
     p.add_argument("--sweep", type=int, nargs="+", default=[], metavar="N", help="also levels sgaN of N refinement steps")
     p.add_argument("--every", type=int, default=1, help="take every k-th image (sorted by path)")
+    p.add_argument("--reverse", action="store_true", help="measure the images in reverse order (a second run beside a first)")
     p.add_argument("--crop", type=int, nargs=2, metavar=("W", "H"), help="center crop of each image")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--anchors", nargs="*", default=[], help="results files of refcodec compare with per-image rows")
@@ -207,7 +212,7 @@ def main(argv=None) -> None:
     models = {q: load_model(args.model, q) for q in args.quality}
     lambdas = {q: refine.model_lambda(m) for q, m in models.items()}
     measuring = [] if args.report_only else list(dict.fromkeys([*args.efforts, *(f"sga{n}" for n in args.sweep)]))
-    for f in files:
+    for f in files[::-1] if args.reverse else files:
         image = None
         for q in args.quality:
             for e in measuring:

@@ -11,10 +11,11 @@ gradient stays informative. Refinement runs in float; the refined latents are th
 through the exact path, so a file of any effort is a normal file.
 
 The levels differ in steps only, the annealing schedule spread over them. ``fast`` takes 40 steps,
-chosen on photos/val (not Kodak): on 384x256 center crops with grm/small/q1-q4, BD-rate against
-``default`` was -4.5% at 20 steps, -8.4% at 40 and -14.8% at 120 (``slow``) on budgie-canyon-wren
-(results/effort/steps-photos-val.md): 40 steps keep the saving per step of 20 (0.21 and 0.23% a step)
-and give over half of ``slow``'s saving in a third of its time; ``slow``'s last 80 steps give 0.08% a step.
+chosen on photos/val (not Kodak): on 384x256 center crops of two images (every tenth) with
+grm/small/q1-q4, BD-rate against ``default`` was -4.2% at 20 steps, -7.6% at 40 and -12.6% at 120
+(``slow``) (results/effort/steps-photos-val.md): 40 steps keep nearly the saving per step of 20 (0.19
+and 0.21% a step) and give 60% of ``slow``'s saving in a third of its steps, whose last 80 steps give
+0.06% a step.
 
 Every ``CHECK_EVERY`` steps the rounded objective (the coding stage's estimated bits and the MSE of
 the decoder's reconstruction) is evaluated, and the best iterate is kept, the unrefined latents
