@@ -167,16 +167,16 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.8, 3.2), dpi=100)
-    efforts = list(report["efforts"])
+    efforts = sorted(report["efforts"], key=report["efforts"].get)
     seconds = [np.mean([p[e]["encode_seconds"] for p in report["per_quality"]]) for e in efforts]
     saved = [0.0 if e == "default" else -report["bd"]["default"][e]["bd_rate"] for e in efforts]
     ax.plot(seconds, saved, "o-")
     for e, s, b in zip(efforts, seconds, saved):
         ax.annotate(f"{e} ({report['efforts'][e]} steps)", (s, b), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel(f"encode seconds per image ({report['threads']} thread)")
+    ax.set_xlabel(f"encode seconds per image ({report['threads']} thread" + (", under contention)" if "contention" in report["conditions"] else ")"))
     ax.set_ylabel("bits saved over default (BD-rate, %)")
-    ax.set_title(f"{report['model']}, {len(report['images'])} Kodak images" if "kodak" in report["folder"] else report["model"], fontsize=9)
+    ax.set_title(f"{report['model']}, {len(report['images'])} images of {Path(report['folder']).name}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
