@@ -129,6 +129,13 @@ def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict
             "bd": bd, "per_quality": per_quality, "per_image": per_image}  # fmt: skip
 
 
+def timing(out: Path, efforts: list[str]) -> dict:
+    """Mean encode seconds of each effort in another run's caches, and what they cover."""
+    rows = {e: json.loads((out.parent / f"{out.name}-cache" / f"{e}.json").read_text()) for e in efforts}
+    return {"run": str(out), "measured": sorted(rows[efforts[0]]),
+            "encode_seconds": {e: float(np.mean([r["encode_seconds"] for r in rows[e].values()])) for e in efforts}}  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     efforts = list(report["efforts"])
     refined = [e for e in efforts if e != "default"]
@@ -138,6 +145,10 @@ def markdown(report: dict) -> str:
            f"{report['threads']} thread(s), {report['conditions']}.\n", "## BD-rate (PSNR-RGB, akima) of each effort\n",
            "| effort | steps | encode s/image | " + " | ".join(f"against {a}" for a in report["bd"]) + " |",
            "|---|---|---|" + "---|" * len(report["bd"])]  # fmt: skip
+    if "timing" in report:
+        t = report["timing"]
+        out.insert(2, f"Encode seconds back to back in one process ({t['run']}: {', '.join(t['measured'])}): "
+                      + ", ".join(f"{e} {s:.1f} s" for e, s in t["encode_seconds"].items()) + ".\n")  # fmt: skip
     for e in efforts:
         seconds = np.mean([p[e]["encode_seconds"] for p in report["per_quality"]])
         cells = [f"{report['bd'][a][e]['bd_rate']:+.2f}%" if e in report["bd"][a] else "" for a in report["bd"]]
@@ -168,7 +179,8 @@ def plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4.8, 3.2), dpi=100)
     efforts = sorted(report["efforts"], key=report["efforts"].get)
-    seconds = [np.mean([p[e]["encode_seconds"] for p in report["per_quality"]]) for e in efforts]
+    seconds = [report["timing"]["encode_seconds"][e] if "timing" in report else np.mean([p[e]["encode_seconds"] for p in report["per_quality"]])
+               for e in efforts]  # fmt: skip
     saved = [0.0 if e == "default" else -report["bd"]["default"][e]["bd_rate"] for e in efforts]
     ax.plot(seconds, saved, "o-")
     for e, s, b in zip(efforts, seconds, saved):
@@ -197,6 +209,8 @@ def main(argv=None) -> None:
     p.add_argument("--anchors", nargs="*", default=[], help="results files of refcodec compare with per-image rows")
     p.add_argument("--conditions", default="", help="what else ran on the machine, for the report")
     p.add_argument("--report-only", action="store_true", help="write the report of what the caches hold")
+    p.add_argument("--timing", metavar="OUT2", help="also report the encode seconds of another run's caches (OUT2-cache/), "
+                   "measured back to back in one process: comparable across efforts, unlike a long run's under varying load")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="OUT: writes OUT.json, OUT.md, OUT.png; caches in OUT-cache/")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -224,6 +238,8 @@ def main(argv=None) -> None:
                 caches[e].put(key, row)
                 print(f"q{q:g} {f.name} {e}: {row['bpp']:.4f} bpp {row['psnr']:.2f} dB {row['encode_seconds']:.1f} s", flush=True)
     report = build_report(args, caches, names, lambdas)
+    if args.timing and report["images"]:
+        report["timing"] = timing(Path(args.timing), efforts)
     if report["images"]:
         out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
         out.with_suffix(".md").write_text(markdown(report))
