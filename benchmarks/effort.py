@@ -92,8 +92,9 @@ def anchor_curve(path: str, images: list[str]) -> bdrate.Curve:
 def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict) -> dict:
     keys = [(q, f) for f in files for q in args.quality]
     done = [f for f in files if all(f"{q:g}|{f}" in c.rows for c in caches.values() for q in args.quality)]
+    missing = sum(f"{q:g}|{f}" not in c.rows for q, f in keys for c in caches.values())
     if not done:
-        return {"images": [], "missing": len(keys) * len(caches) - sum(len(c.rows) for c in caches.values())}
+        return {"images": [], "missing": missing}
     efforts = list(caches)
     per_quality = []
     for q in args.quality:
@@ -125,7 +126,7 @@ def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict
         per_image.append(row)
     return {"model": args.model, "qualities": args.quality, "folder": args.folder, "crop": args.crop, "threads": args.threads,
             "conditions": args.conditions, "efforts": {e: caches[e].steps for e in efforts}, "images": done,
-            "missing": len(keys) * len(efforts) - sum(len(c.rows) for c in caches.values()),
+            "missing": missing,
             "bd": bd, "per_quality": per_quality, "per_image": per_image}  # fmt: skip
 
 
