@@ -37,12 +37,12 @@ from refcodec.train.data import find_images
 
 
 def measure(model, image, effort: str) -> dict:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     data = codec.compress(image, model, effort=effort)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     out = codec.decompress(data, model).convert("RGB")
     return {"bpp": 8 * len(data) / (image.width * image.height), "psnr": codec.psnr(image, out), "encode_seconds": seconds,
-            "steps": refine.EFFORTS[effort]}  # fmt: skip
+            "encode_cpu_seconds": cpu, "steps": refine.EFFORTS[effort]}  # fmt: skip
 
 
 def load_image(path: Path, crop: tuple[int, int] | None):
@@ -134,7 +134,8 @@ def timing(out: Path, efforts: list[str]) -> dict:
     """Mean encode seconds of each effort in another run's caches, and what they cover."""
     rows = {e: json.loads((out.parent / f"{out.name}-cache" / f"{e}.json").read_text()) for e in efforts}
     return {"run": str(out), "measured": sorted(rows[efforts[0]]),
-            "encode_seconds": {e: float(np.mean([r["encode_seconds"] for r in rows[e].values()])) for e in efforts}}  # fmt: skip
+            "encode_seconds": {e: float(np.mean([r["encode_seconds"] for r in rows[e].values()])) for e in efforts},
+            "encode_cpu_seconds": {e: float(np.mean([r["encode_cpu_seconds"] for r in rows[e].values()])) for e in efforts}}  # fmt: skip
 
 
 def markdown(report: dict) -> str:
@@ -144,12 +145,13 @@ def markdown(report: dict) -> str:
            + (f" (center crops {report['crop'][0]}x{report['crop'][1]})" if report["crop"] else "") + "\n",
            f"Steps of each effort: {', '.join(f'{e} {s}' for e, s in report['efforts'].items())}. Encode times: "
            f"{report['threads']} thread(s), {report['conditions']}.\n", "## BD-rate (PSNR-RGB, akima) of each effort\n",
-           "| effort | steps | encode s/image | " + " | ".join(f"against {a}" for a in report["bd"]) + " |",
+           "| effort | steps | encode s/image (wall, over this run's load) | " + " | ".join(f"against {a}" for a in report["bd"]) + " |",
            "|---|---|---|" + "---|" * len(report["bd"])]  # fmt: skip
     if "timing" in report:
         t = report["timing"]
-        out.insert(2, f"Encode seconds back to back in one process ({t['run']}: {', '.join(t['measured'])}): "
-                      + ", ".join(f"{e} {s:.1f} s" for e, s in t["encode_seconds"].items()) + ".\n")  # fmt: skip
+        out.insert(2, f"Encode time back to back in one process ({t['run']}: {', '.join(t['measured'])}), CPU seconds of the "
+                      "process (what one uncontended thread takes) and wall seconds: "
+                      + ", ".join(f"{e} {t['encode_cpu_seconds'][e]:.1f} s ({t['encode_seconds'][e]:.1f} s wall)" for e in efforts) + ".\n")  # fmt: skip
     for e in efforts:
         seconds = np.mean([p[e]["encode_seconds"] for p in report["per_quality"]])
         cells = [f"{report['bd'][a][e]['bd_rate']:+.2f}%" if e in report["bd"][a] else "" for a in report["bd"]]
@@ -180,14 +182,15 @@ def plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4.8, 3.2), dpi=100)
     efforts = sorted(report["efforts"], key=report["efforts"].get)
-    seconds = [report["timing"]["encode_seconds"][e] if "timing" in report else np.mean([p[e]["encode_seconds"] for p in report["per_quality"]])
+    seconds = [report["timing"]["encode_cpu_seconds"][e] if "timing" in report else np.mean([p[e]["encode_seconds"] for p in report["per_quality"]])
                for e in efforts]  # fmt: skip
     saved = [0.0 if e == "default" else -report["bd"]["default"][e]["bd_rate"] for e in efforts]
     ax.plot(seconds, saved, "o-")
     for e, s, b in zip(efforts, seconds, saved):
         ax.annotate(f"{e} ({report['efforts'][e]} steps)", (s, b), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel(f"encode seconds per image ({report['threads']} thread" + (", under contention)" if "contention" in report["conditions"] else ")"))
+    ax.set_xlabel("encode CPU seconds per image (1 thread)" if "timing" in report else
+                  f"encode seconds per image ({report['threads']} thread" + (", under contention)" if "contention" in report["conditions"] else ")"))  # fmt: skip
     ax.set_ylabel("bits saved over default (BD-rate, %)")
     ax.set_title(f"{report['model']}, {len(report['images'])} images of {Path(report['folder']).name}", fontsize=9)
     ax.grid(alpha=0.3)
