@@ -1,17 +1,29 @@
-"""Encoder effort on a folder: rate saved by ``slow`` over ``default``, per image and quality, and encode times.
+"""Encoder effort on a folder: rate saved by each effort over ``default``, against classical anchors, and encode times.
 
-    python benchmarks/effort.py ../shared/datasets/kodak --model grm -q 1 2 3 4 -o results/effort/kodak
+    OMP_NUM_THREADS=1 python benchmarks/effort.py ../shared/datasets/kodak --model grm -q 1 2 3 4 \\
+        --efforts default fast slow --threads 1 --anchors results/kodak/webp.json results/kodak/hevc.json \\
+        -o results/effort/kodak
 
-For each quality and image, both efforts encode (real files) and decode; the script prints and saves
-(OUT.json, OUT.md) the BD-rate of ``slow`` against ``default`` (``eval.bdrate``), each effort's mean
-bpp, PSNR and encode seconds per quality, the saving split into rate and distortion at equal lambda
-(the change of bpp and of PSNR between the two files of the same quality), and every image's row.
+For each image, quality and effort the image is encoded (a real file) and decoded. Every measurement is
+cached in OUT-cache/EFFORT.json as soon as it is made (with the effort's refinement steps; a cache of
+other steps is not reused), so a killed run resumes where it stopped and runs of different efforts can
+go side by side (also of one effort: ``--reverse`` for the second). ``--sweep N ...`` adds levels ``sgaN`` of N steps, to choose the steps of a level.
+
+The report (OUT.json, OUT.md, OUT.png) covers the images that every effort has at every quality:
+the BD-rate of each effort against ``default`` and against each anchor (CompressAI-layout files of
+``refcodec compare`` with per-image rows, restricted to the same images), the mean bpp, PSNR and
+encode seconds per quality, the saving at equal lambda split into rate and distortion (the change of
+bpp, and of lambda * 255^2 * MSE in bpp, between the two files of one quality: their sum is the change
+of the RD objective, eq. 1), every image's rate and PSNR change, and a plot of bits saved against
+encode time.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import time
 from pathlib import Path
 
@@ -25,11 +37,166 @@ from refcodec.models.registry import load_model
 
 
 def measure(model, image, effort: str) -> dict:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     data = codec.compress(image, model, effort=effort)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     out = codec.decompress(data, model).convert("RGB")
-    return {"bpp": 8 * len(data) / (image.width * image.height), "psnr": codec.psnr(image, out), "encode_seconds": seconds}
+    return {"bpp": 8 * len(data) / (image.width * image.height), "psnr": codec.psnr(image, out), "encode_seconds": seconds,
+            "encode_cpu_seconds": cpu, "steps": refine.EFFORTS[effort]}  # fmt: skip
+
+
+def load_image(path: Path, crop: tuple[int, int] | None):
+    image = codec.to_rgb(codec.load_image(path))[0]
+    if crop:
+        w, h = min(crop[0], image.width), min(crop[1], image.height)
+        left, top = (image.width - w) // 2, (image.height - h) // 2
+        image = image.crop((left, top, left + w, top + h))
+    return image
+
+
+class Cache:
+    """Measurements of one effort, ``{"q|image": row}``, written to disk after each one."""
+
+    def __init__(self, path: Path, steps: int):
+        self.path, self.steps = path, steps
+        rows = json.loads(path.read_text()) if path.exists() else {}
+        self.rows = {k: r for k, r in rows.items() if r.get("steps") == steps}
+
+    def put(self, key: str, row: dict) -> None:
+        """Add a row, merged under a lock with what other runs of the same effort wrote meanwhile."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.rows = {**Cache(self.path, self.steps).rows, **self.rows, key: row}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.rows, indent=1) + "\n")
+            os.replace(tmp, self.path)
+
+
+def results_curve(name: str, points: list[dict]) -> bdrate.Curve:
+    return bdrate.curve({"name": name, "results": {"bpp": [p["bpp"] for p in points], "psnr-rgb": [p["psnr"] for p in points]}})
+
+
+def anchor_curve(path: str, images: list[str]) -> bdrate.Curve:
+    """An anchor's curve over ``images`` only, from the per-image rows of its results file."""
+    report = json.loads(Path(path).read_text())
+    points = []
+    if missing := set(images) - {r["image"] for r in report["per_image"][f"{report['qualities'][0]:g}"]}:
+        raise SystemExit(f"{path} has no row of {', '.join(sorted(missing))}")
+    for q in report["qualities"]:
+        rows = {r["image"]: r for r in report["per_image"][f"{q:g}"]}
+        points.append({k: float(np.mean([rows[i][m] for i in images])) for k, m in (("bpp", "bpp"), ("psnr", "psnr-rgb"))})
+    return results_curve(report["name"], points)
+
+
+def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict) -> dict:
+    keys = [(q, f) for f in files for q in args.quality]
+    done = [f for f in files if all(f"{q:g}|{f}" in c.rows for c in caches.values() for q in args.quality)]
+    missing = sum(f"{q:g}|{f}" not in c.rows for q, f in keys for c in caches.values())
+    if not done:
+        return {"images": [], "missing": missing}
+    efforts = list(caches)
+    per_quality = []
+    for q in args.quality:
+        rows = {e: [caches[e].rows[f"{q:g}|{f}"] for f in done] for e in efforts}
+        entry = {"quality": q, "lambda": lambdas[q]}
+        for e in efforts:
+            entry[e] = {k: float(np.mean([r[k] for r in rows[e]])) for k in ("bpp", "psnr", "encode_seconds")}
+            entry[e]["steps"] = caches[e].steps
+            if e != "default":
+                mse = lambda r: 10 ** (-r["psnr"] / 10)  # noqa: E731  (of the 0-1 image)
+                d_rate = [r["bpp"] - b["bpp"] for r, b in zip(rows[e], rows["default"])]
+                d_dist = [lambdas[q] * 255**2 * (mse(r) - mse(b)) for r, b in zip(rows[e], rows["default"])]
+                entry[e] |= {"rate_change": float(np.mean([r["bpp"] / b["bpp"] - 1 for r, b in zip(rows[e], rows["default"])])),
+                             "psnr_change": float(np.mean([r["psnr"] - b["psnr"] for r, b in zip(rows[e], rows["default"])])),
+                             "objective_rate_change": float(np.mean(d_rate)), "objective_distortion_change": float(np.mean(d_dist))}  # fmt: skip
+        per_quality.append(entry)
+    curves = {e: results_curve(e, [p[e] for p in per_quality]) for e in efforts}
+    anchors = {"default": curves["default"], **{a.name: a for a in (anchor_curve(p, done) for p in args.anchors)}} if done else {}
+    bd = {a: {e: bdrate.delta(c, curves[e]) for e in efforts if curves[e] is not c} for a, c in anchors.items()}
+    per_image = []
+    for f in done:
+        row = {"image": f}
+        for e in efforts:
+            if e != "default":
+                pairs = [(caches[e].rows[f"{q:g}|{f}"], caches["default"].rows[f"{q:g}|{f}"]) for q in args.quality]
+                row[e] = {"rate_change": float(np.mean([r["bpp"] / b["bpp"] - 1 for r, b in pairs])),
+                          "psnr_change": float(np.mean([r["psnr"] - b["psnr"] for r, b in pairs])),
+                          "bd_rate": bdrate.delta(results_curve("default", [b for _, b in pairs]), results_curve(e, [r for r, _ in pairs]))["bd_rate"]}  # fmt: skip
+        per_image.append(row)
+    return {"model": args.model, "qualities": args.quality, "folder": args.folder, "crop": args.crop, "threads": args.threads,
+            "conditions": args.conditions, "efforts": {e: caches[e].steps for e in efforts}, "images": done,
+            "missing": missing,
+            "bd": bd, "per_quality": per_quality, "per_image": per_image}  # fmt: skip
+
+
+def timing(out: Path, efforts: list[str]) -> dict:
+    """Mean encode seconds of each effort in another run's caches, and what they cover."""
+    rows = {e: json.loads((out.parent / f"{out.name}-cache" / f"{e}.json").read_text()) for e in efforts}
+    return {"run": str(out), "measured": sorted(rows[efforts[0]]),
+            "encode_seconds": {e: float(np.mean([r["encode_seconds"] for r in rows[e].values()])) for e in efforts},
+            "encode_cpu_seconds": {e: float(np.mean([r["encode_cpu_seconds"] for r in rows[e].values()])) for e in efforts}}  # fmt: skip
+
+
+def markdown(report: dict) -> str:
+    efforts = list(report["efforts"])
+    refined = [e for e in efforts if e != "default"]
+    out = [f"# Encoder effort, {report['model']}, {len(report['images'])} images of {report['folder']}"
+           + (f" (center crops {report['crop'][0]}x{report['crop'][1]})" if report["crop"] else "") + "\n",
+           f"Steps of each effort: {', '.join(f'{e} {s}' for e, s in report['efforts'].items())}. Encode times: "
+           f"{report['threads']} thread(s), {report['conditions']}.\n", "## BD-rate (PSNR-RGB, akima) of each effort\n",
+           "| effort | steps | encode s/image (wall, over this run's load) | " + " | ".join(f"against {a}" for a in report["bd"]) + " |",
+           "|---|---|---|" + "---|" * len(report["bd"])]  # fmt: skip
+    if "timing" in report:
+        t = report["timing"]
+        out.insert(2, f"Encode time back to back in one process ({t['run']}: {', '.join(t['measured'])}), CPU seconds of the "
+                      "process (what one uncontended thread takes) and wall seconds: "
+                      + ", ".join(f"{e} {t['encode_cpu_seconds'][e]:.1f} s ({t['encode_seconds'][e]:.1f} s wall)" for e in efforts) + ".\n")  # fmt: skip
+    for e in efforts:
+        seconds = np.mean([p[e]["encode_seconds"] for p in report["per_quality"]])
+        cells = [f"{report['bd'][a][e]['bd_rate']:+.2f}%" if e in report["bd"][a] else "" for a in report["bd"]]
+        out.append(f"| {e} | {report['efforts'][e]} | {seconds:.1f} | " + " | ".join(cells) + " |")
+    out += ["\n## Per quality, at equal lambda\n",
+            "Rate and PSNR change of each effort's file against the default file of the same quality (mean over images); "
+            "the objective change R + lambda*D split into its rate part (bpp) and its distortion part (lambda*255^2*MSE, bpp).\n",
+            "| quality | lambda | default bpp | default PSNR | " + " | ".join(f"{e} bpp | {e} PSNR | {e} rate | {e} PSNR change | "
+                                                                          f"{e} dR | {e} lambda dD | {e} s" for e in refined) + " |",
+            "|---|---|---|---|" + "---|" * 7 * len(refined)]  # fmt: skip
+    for p in report["per_quality"]:
+        cells = [f"{p[e]['bpp']:.4f} | {p[e]['psnr']:.2f} | {100 * p[e]['rate_change']:+.1f}% | {p[e]['psnr_change']:+.2f} dB | "
+                 f"{p[e]['objective_rate_change']:+.4f} | {p[e]['objective_distortion_change']:+.4f} | {p[e]['encode_seconds']:.1f}" for e in refined]  # fmt: skip
+        out.append(f"| {p['quality']:g} | {p['lambda']:.4g} | {p['default']['bpp']:.4f} | {p['default']['psnr']:.2f} | " + " | ".join(cells) + " |")
+    out += ["\n## Per image (mean over qualities)\n",
+            "| image | " + " | ".join(f"{e} rate | {e} PSNR change | {e} BD-rate" for e in refined) + " |", "|---|" + "---|" * 3 * len(refined)]  # fmt: skip
+    for r in report["per_image"]:
+        out.append(f"| {r['image']} | " + " | ".join(f"{100 * r[e]['rate_change']:+.1f}% | {r[e]['psnr_change']:+.2f} dB | {r[e]['bd_rate']:+.1f}%"
+                                                     for e in refined) + " |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.2), dpi=100)
+    efforts = sorted(report["efforts"], key=report["efforts"].get)
+    seconds = [report["timing"]["encode_cpu_seconds"][e] if "timing" in report else np.mean([p[e]["encode_seconds"] for p in report["per_quality"]])
+               for e in efforts]  # fmt: skip
+    saved = [0.0 if e == "default" else -report["bd"]["default"][e]["bd_rate"] for e in efforts]
+    ax.plot(seconds, saved, "o-")
+    for e, s, b in zip(efforts, seconds, saved):
+        ax.annotate(f"{e} ({report['efforts'][e]} steps)", (s, b), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("encode CPU seconds per image (1 thread)" if "timing" in report else
+                  f"encode seconds per image ({report['threads']} thread" + (", under contention)" if "contention" in report["conditions"] else ")"))  # fmt: skip
+    ax.set_ylabel("bits saved over default (BD-rate, %)")
+    ax.set_title(f"{report['model']}, {len(report['images'])} images of {Path(report['folder']).name}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -37,49 +204,52 @@ def main(argv=None) -> None:
     p.add_argument("folder")
     p.add_argument("--model", default="grm")
     p.add_argument("-q", "--quality", type=float, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--efforts", nargs="+", default=["default", "slow"], help="efforts to measure (the report takes default from its cache)")
+    p.add_argument("--sweep", type=int, nargs="+", default=[], metavar="N", help="also levels sgaN of N refinement steps")
     p.add_argument("--every", type=int, default=1, help="take every k-th image (sorted by path)")
+    p.add_argument("--reverse", action="store_true", help="measure the images in reverse order (a second run beside a first)")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("W", "H"), help="center crop of each image")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, help=f"refinement steps of slow (default {refine.EFFORTS['slow']})")
-    p.add_argument("-o", "--output", required=True, help="OUT: writes OUT.json and OUT.md")
+    p.add_argument("--anchors", nargs="*", default=[], help="results files of refcodec compare with per-image rows")
+    p.add_argument("--conditions", default="", help="what else ran on the machine, for the report")
+    p.add_argument("--report-only", action="store_true", help="write the report of what the caches hold")
+    p.add_argument("--timing", metavar="OUT2", help="also report the encode seconds of another run's caches (OUT2-cache/), "
+                   "measured back to back in one process: comparable across efforts, unlike a long run's under varying load")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="OUT: writes OUT.json, OUT.md, OUT.png; caches in OUT-cache/")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.steps is not None:
-        refine.EFFORTS["slow"] = args.steps
-    files = find_images(args.folder)[:: args.every]
-    rows = []
-    for q in args.quality:
-        model = load_model(args.model, q)
-        for f in files:
-            image = read_rgb(f)
-            row = {"quality": q, "image": f.name, **{e: measure(model, image, e) for e in ("default", "slow")}}
-            rows.append(row)
-            d, s = row["default"], row["slow"]
-            print(f"q{q:g} {f.name}: default {d['bpp']:.4f} bpp {d['psnr']:.2f} dB {d['encode_seconds']:.1f} s | slow "
-                  f"{s['bpp']:.4f} bpp {s['psnr']:.2f} dB {s['encode_seconds']:.1f} s | rate {100 * (s['bpp'] / d['bpp'] - 1):+.1f}% "
-                  f"psnr {s['psnr'] - d['psnr']:+.2f} dB", flush=True)  # fmt: skip
-    per_quality = []
-    for q in args.quality:
-        at = [r for r in rows if r["quality"] == q]
-        mean = {e: {k: float(np.mean([r[e][k] for r in at])) for k in ("bpp", "psnr", "encode_seconds")} for e in ("default", "slow")}
-        per_quality.append({"quality": q, **mean, "rate_change": mean["slow"]["bpp"] / mean["default"]["bpp"] - 1,
-                            "psnr_change": mean["slow"]["psnr"] - mean["default"]["psnr"]})  # fmt: skip
-    curves = {e: bdrate.curve({"name": e, "results": {"bpp": [r[e]["bpp"] for r in per_quality], "psnr-rgb": [r[e]["psnr"] for r in per_quality]}})
-              for e in ("default", "slow")}  # fmt: skip
-    delta = bdrate.delta(curves["default"], curves["slow"])
-    report = {"model": args.model, "qualities": args.quality, "images": [f.name for f in files], "steps": refine.EFFORTS["slow"],
-              "threads": args.threads, "bd_rate_slow_vs_default": delta, "per_quality": per_quality, "per_image": rows}  # fmt: skip
+    for n in args.sweep:
+        refine.EFFORTS[f"sga{n}"] = n
+    efforts = list(dict.fromkeys(["default", *args.efforts, *(f"sga{n}" for n in args.sweep)]))
+    for e in efforts:
+        refine.steps_of(e)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = [f"# `slow` ({refine.EFFORTS['slow']} SGA steps) against `default`, {args.model}, {len(files)} images of {args.folder}\n",
-             f"BD-rate: {delta['bd_rate']:+.2f}% (BD-PSNR {delta['bd_psnr']:+.3f} dB)\n",
-             "| quality | default bpp | default PSNR | slow bpp | slow PSNR | rate at equal lambda | PSNR at equal lambda | encode default (s) | encode slow (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in per_quality:
-        lines.append(f"| {r['quality']:g} | {r['default']['bpp']:.4f} | {r['default']['psnr']:.2f} | {r['slow']['bpp']:.4f} | {r['slow']['psnr']:.2f} | "
-                     f"{100 * r['rate_change']:+.1f}% | {r['psnr_change']:+.2f} dB | {r['default']['encode_seconds']:.1f} | {r['slow']['encode_seconds']:.1f} |")  # fmt: skip
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    caches = {e: Cache(out.parent / f"{out.name}-cache" / f"{e}.json", refine.EFFORTS[e]) for e in efforts}
+    files = find_images(args.folder)[:: args.every]
+    names = [f.name for f in files]
+    models = {q: load_model(args.model, q) for q in args.quality}
+    lambdas = {q: refine.model_lambda(m) for q, m in models.items()}
+    measuring = [] if args.report_only else list(dict.fromkeys([*args.efforts, *(f"sga{n}" for n in args.sweep)]))
+    for f in files[::-1] if args.reverse else files:
+        image = None
+        for q in args.quality:
+            for e in measuring:
+                key = f"{q:g}|{f.name}"
+                if key in caches[e].rows:
+                    continue
+                image = image or load_image(f, args.crop)
+                row = measure(models[q], image, e)
+                caches[e].put(key, row)
+                print(f"q{q:g} {f.name} {e}: {row['bpp']:.4f} bpp {row['psnr']:.2f} dB {row['encode_seconds']:.1f} s", flush=True)
+    report = build_report(args, caches, names, lambdas)
+    if args.timing and report["images"]:
+        report["timing"] = timing(Path(args.timing), efforts)
+    if report["images"]:
+        out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+        out.with_suffix(".md").write_text(markdown(report))
+        plot(report, out.with_suffix(".png"))
+        print(markdown(report))
+    print(f"{len(report['images'])} of {len(files)} images complete; {report['missing']} measurements missing")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import torch
 
 from refcodec import codec
 from refcodec.bitstream import unpack
+from refcodec.images import find_images
 from refcodec.models import registry
 from refcodec.synthesis import exact_synthesis
-from refcodec.train.data import find_images
 
 
 def decode(model, data: bytes, exact: bool) -> tuple[float, np.ndarray]:

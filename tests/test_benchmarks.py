@@ -34,18 +34,25 @@ def test_train_step_times_grm_joint_and_variable_rate_grm(tmp_path):
     assert set(report["step_time_vs_joint"]) == {"grm", "grm-vr"} and report["median_steps_per_second"]["grm"] > 0
 
 
-def test_effort_reports_the_saving_of_slow_per_quality_and_image(tmp_path):
+def test_effort_reports_the_saving_of_each_effort_per_quality_and_image_and_resumes(tmp_path):
     folder, out = tmp_path / "images", tmp_path / "effort"
     folder.mkdir()
     for i in range(2):
         sample_image(96, 64).rotate(90 * i).save(folder / f"{i}.png")
-    cmd = [sys.executable, str(BENCHMARKS / "effort.py"), str(folder), "-q", "1", "3", "--steps", "4", "--threads", "1", "-o", str(out)]
+    cmd = [sys.executable, str(BENCHMARKS / "effort.py"), str(folder), "-q", "1", "3", "--efforts", "default", "--sweep", "4",
+           "--threads", "1", "-o", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["steps"] == 4 and len(report["per_image"]) == 4 and [r["quality"] for r in report["per_quality"]] == [1, 3]
-    for row in report["per_image"]:
-        assert row["slow"]["bpp"] > 0 and row["default"]["encode_seconds"] > 0
-    assert "BD-rate" in out.with_suffix(".md").read_text()
+    assert report["efforts"] == {"default": 0, "sga4": 4} and len(report["per_image"]) == 2
+    assert [p["quality"] for p in report["per_quality"]] == [1, 3]
+    for p in report["per_quality"]:
+        assert p["sga4"]["bpp"] > 0 and p["default"]["encode_seconds"] > 0
+        assert p["sga4"]["objective_rate_change"] + p["sga4"]["objective_distortion_change"] <= 1e-9  # never worse
+    assert "BD-rate" in out.with_suffix(".md").read_text() and out.with_suffix(".png").exists()
+    cache = json.loads((tmp_path / "effort-cache" / "sga4.json").read_text())
+    assert sorted(cache) == ["1|0.png", "1|1.png", "3|0.png", "3|1.png"]
+    again = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "sga4:" not in again and "0 measurements missing" in again  # everything came from the caches
 
 
 def test_exact_synthesis_times_both_syntheses_in_one_run(tmp_path):

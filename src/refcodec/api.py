@@ -24,7 +24,7 @@ def compress(
     ``quality`` is any float in a variable-rate model's range (an integer for fixed-rate
     models); ``target_bpp`` or ``target_psnr`` instead finds the quality by bisection on real
     encodes (``ratecontrol``; use ``ratecontrol.search`` to get the chosen quality as well).
-    ``effort="slow"`` refines each image's latents for smaller files (``refine``), decoder unchanged.
+    ``effort="fast"`` or ``"slow"`` refines each image's latents for smaller files (``refine``), decoder unchanged.
     """
     if target_bpp is None and target_psnr is None:
         return codec.compress(image, model, quality, max_pixels, effort)

@@ -256,6 +256,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the subcommands defined here (train, eval, compare, bench and viz parse their own)."""
     from .images import MAX_PIXELS
+    from .refine import EFFORTS
     from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
     from .versions import describe
 
@@ -298,9 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--schedule", choices=["raster", "wavefront"], help="decode order (default: the model's)")
     c.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to encode (default cpu); files encoded on a GPU decode on a CPU")  # fmt: skip
-    c.add_argument("--effort", default="default", choices=["default", "slow"],
-                   help="encoder effort: slow refines each image's latents for its RD objective (smaller files, "
-                   "slower encoding; the same decoder)")  # fmt: skip
+    c.add_argument("--effort", default="default", choices=list(EFFORTS),
+                   help="encoder effort: fast and slow refine each image's latents for its RD objective "
+                   f"({EFFORTS['fast']} and {EFFORTS['slow']} steps: smaller files, slower encoding; the same decoder)")  # fmt: skip
     target = c.add_mutually_exclusive_group()
     target.add_argument("--target-bpp", type=float, metavar="B",
                         help="rate control: the highest quality whose file has at most B bits per pixel")  # fmt: skip

@@ -92,8 +92,7 @@ def encode_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: floa
     steps = refine.steps_of(effort)
     with at_quality(net, quality if net.levels else None):
         if steps:
-            refined = refine.refine(net, x, steps, height, width, progress)
-            streams, y_hat = net.encode_latents(refined.y, refined.z)
+            streams, y_hat, _ = refine.encode(net, x, steps, height, width, progress)
         else:
             streams, y_hat = net.encode(x)
         coded_quality = net.quality

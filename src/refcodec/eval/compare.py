@@ -5,7 +5,8 @@ the file it writes (container included) and the distortion is measured on the de
 8-bit RGB image, as ``refcodec eval`` does. Results go to OUTDIR/<codec>.json in
 CompressAI's results layout, next to bdrate.json, bdrate.md, rd-psnr.png,
 rd-msssim.png and rate-savings.png, which also include any ``--curves`` files.
-A codec whose library is missing is skipped with a note.
+A codec whose library is missing is skipped with a note. ``--effort`` also measures a refcodec
+model at each given encoder effort (``refine``) on the same images, as ``refcodec eval`` does.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from PIL import Image, features
 
 from ..errors import RefcodecError
 from ..images import find_images, read_rgb
+from ..models.registry import DEFAULT_MODEL
+from ..refine import EFFORTS
 from . import bdrate, plot, visual
-from .evaluate import distortion, summarize
+from .evaluate import curve_name, distortion, evaluate, summarize
 
 
 class Unavailable(Exception):
@@ -265,6 +268,22 @@ def run_codecs(names: list[str], qualities: dict, folder: str, threads: int, out
     return curves, skipped
 
 
+def run_efforts(efforts: list[str], model: str, qualities: list[float], folder: str, threads: int, out: Path) -> list:
+    """refcodec ``model`` at each quality and encoder effort on the images of ``folder``, writing
+    OUTDIR/refcodec-<effort>.json; the curves."""
+    curves = []
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for effort in efforts:
+            results = evaluate(model, folder, qualities, effort=effort)
+            _write_json(out / f"refcodec-{effort}.json", results)
+            curves.append(bdrate.curve(results))
+    finally:
+        torch.set_num_threads(torch_threads)
+    return curves
+
+
 def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: Path, title: str) -> None:
     """BD tables against each anchor (bdrate.json, bdrate.md, printed) and the plots."""
     anchor_curves = []
@@ -297,14 +316,19 @@ def main(argv=None) -> int:
                                     "reference of rate-savings.png (default: hevc if run, else the first curve)")  # fmt: skip
     p.add_argument("--curves", nargs="+", action="extend", default=[], metavar="JSON",
                    help="more results files in CompressAI's layout (refcodec eval, published curves)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=1, help="threads for x265, libde265, libavif and libjxl (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="threads for x265, libde265, libavif, libjxl and refcodec (default 1)")
+    p.add_argument("--effort", nargs="+", default=[], choices=list(EFFORTS),
+                   help="also measure refcodec --model at each of these encoder efforts (refcodec compress --effort)")  # fmt: skip
+    p.add_argument("--model-qualities", type=float, nargs="+", default=[1, 2, 3, 4], metavar="Q",
+                   help="the qualities of --model measured with --effort (default 1 2 3 4: the shipped grm/small/q1-q4)")  # fmt: skip
     visual.add_arguments(p)
     args = p.parse_args(argv)
 
     names = _codec_names(args.codecs)
     qualities = _qualities(args.qualities, names)
     extra = _extra_curves(args.curves, set(names))
-    known = names + [bdrate.key(c.name) for c in extra] + ([bdrate.key(visual.curve_name(args))] if args.visual else [])
+    known = names + [bdrate.key(c.name) for c in extra] + [bdrate.key(curve_name(args.model, e)) for e in args.effort]
+    known += [bdrate.key(visual.curve_name(args))] if args.visual else []
     if not known:
         raise RefcodecError("nothing to compare: no codecs and no --curves")
     anchors = [a.strip() for a in args.anchor.split(",") if a.strip()] if args.anchor else []
@@ -312,8 +336,8 @@ def main(argv=None) -> int:
     for a in anchors:
         if bdrate.key(a) not in known:
             raise RefcodecError(f"anchor {a} is neither a selected codec nor the name of a --curves file")
-    if names and not args.folder:
-        raise RefcodecError("a folder of images is needed to run codecs (or use --codecs none)")
+    if (names or args.effort) and not args.folder:
+        raise RefcodecError("a folder of images is needed to run codecs or efforts (or use --codecs none)")
     if args.threads < 1:
         raise RefcodecError("--threads must be at least 1")
     if args.visual:
@@ -323,6 +347,7 @@ def main(argv=None) -> int:
     curves, skipped = run_codecs(names, qualities, args.folder, args.threads, out)
     if args.visual:
         extra.append(visual.refcodec_curve(args, out))
+    curves += run_efforts(args.effort, args.model, args.model_qualities, args.folder, args.threads, out)
     report(curves + extra, anchors, skipped, out, Path(args.folder).name if args.folder else "")
     if args.visual:
         print(f"wrote {visual.write(args, {n: CODECS[n](args.threads) for n in names if n not in skipped}, skipped, out)}")

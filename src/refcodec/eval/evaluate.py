@@ -20,6 +20,7 @@ from pytorch_msssim import ms_ssim
 
 from .. import codec
 from ..images import find_images, read_rgb, to_rgb
+from ..refine import EFFORTS
 from ..models.registry import DEFAULT_MODEL, LAMBDAS, load_model
 from ..versions import versions
 
@@ -78,6 +79,33 @@ def summarize(rows: list[dict]) -> dict:
     return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
 
 
+def curve_name(model_name: str, effort: str) -> str:
+    """The name of a model's results at an encoder effort: refcodec-grm, refcodec-grm-slow, ..."""
+    return f"refcodec-{model_name}" + ("" if effort == "default" else f"-{effort}")
+
+
+def evaluate(model_name: str, folder: str, qualities: list, estimate: bool = False, effort: str = "default") -> dict:
+    """CompressAI-layout results of a model (name, id or file) at each quality (None: the model's own) on the
+    images of a folder, real bitstreams at ``effort``: one entry per quality (mean over images), and each image's row."""
+    files = find_images(folder)
+    results, per_image = {}, {}
+    for q in qualities:
+        model = load_model(model_name, q) if q is not None else load_model(model_name)
+        rows = [evaluate_image(model, f, estimate, effort) for f in files]
+        label = model.id if not model.levels else f"{model.id}@{model.quality:g}"  # one variable-rate model, many qualities
+        per_image[label] = rows
+        for k, v in {**summarize(rows), **({"quality": model.quality} if model.levels else {})}.items():
+            results.setdefault(k, []).append(v)
+        print(f"{label}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in results.items()), flush=True)
+    return {
+        "name": curve_name(model_name, effort),
+        "description": f"refcodec {model_name} on {folder}, real bitstreams, {effort} effort, {torch.get_num_threads()} threads",
+        "versions": versions(),
+        "results": results,
+        "per_image": per_image,
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="refcodec eval", description="Evaluate a model with real bitstreams on a folder of images.")
     p.add_argument("folder", help="folder of images (searched recursively)")
@@ -86,30 +114,14 @@ def main(argv=None) -> int:
                    help=f"qualities to evaluate: any numbers in a variable-rate model's range (0-{max(LAMBDAS)}), "
                    "or the shipped qualities of --model NAME (default: the default quality, 3)")  # fmt: skip
     p.add_argument("--estimate", action="store_true", help="also report the estimated rate and its gap to the file size")
-    p.add_argument("--effort", default="default", choices=["default", "slow"], help="encoder effort (refcodec compress --effort)")
+    p.add_argument("--effort", default="default", choices=list(EFFORTS), help="encoder effort (refcodec compress --effort)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
     p.add_argument("-o", "--output", help="write the JSON here (default: print it)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    files = find_images(args.folder)
-    qualities = args.quality or [None]
-    results, per_image = {}, {}
-    for q in qualities:
-        model = load_model(args.model, q) if q is not None else load_model(args.model)
-        rows = [evaluate_image(model, f, args.estimate, args.effort) for f in files]
-        label = model.id if not model.levels else f"{model.id}@{model.quality:g}"  # one variable-rate model, many qualities
-        per_image[label] = rows
-        for k, v in {**summarize(rows), **({"quality": model.quality} if model.levels else {})}.items():
-            results.setdefault(k, []).append(v)
-        print(f"{label}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in results.items()), flush=True)
-    report = {
-        "name": f"refcodec-{args.model}" + ("" if args.effort == "default" else f"-{args.effort}"),
-        "description": f"refcodec {args.model} on {args.folder}, real bitstreams, {args.effort} effort, {torch.get_num_threads()} threads",
-        "versions": versions(),
-        "results": results,
-        "per_image": per_image,
-    }
+    report = evaluate(args.model, args.folder, args.quality or [None], args.estimate, args.effort)
+    results = report["results"]
     text = json.dumps(report, indent=2, allow_nan=True)
     if args.output:
         Path(args.output).write_text(text)

@@ -63,7 +63,7 @@ def add_arguments(p) -> None:
     """The options of ``refcodec compare`` for the page."""
     g = p.add_argument_group("visual comparison (--visual)")
     g.add_argument("--visual", action="store_true", help="also write OUTDIR/index.html: every codec at the same bitrate, in crops")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"refcodec model for the page: a name with several shipped qualities, "
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"refcodec model of the page and of --effort: a name with several shipped qualities, "
                    f"or a variable-rate model id or file (default {DEFAULT_MODEL})")  # fmt: skip
     g.add_argument("--targets", default=",".join(map(str, TARGETS)), help="target bitrates in bpp (default %(default)s)")
     g.add_argument("--tolerance", type=float, default=0.1,
