@@ -1,11 +1,11 @@
 """The conformance files (tests/conformance): every file decodes to the pixels its manifest lists, on this machine."""
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from refcodec import codec
 from refcodec.bitstream import BitstreamError, read_header
@@ -13,14 +13,7 @@ from refcodec.models import registry
 
 FOLDER = Path(__file__).parent / "conformance"
 MANIFEST = json.loads((FOLDER / "MANIFEST.json").read_text())
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "conformance.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("conformance_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
@@ -44,7 +37,7 @@ def test_every_shipped_model_has_conformance_files():
 
 
 def test_the_script_refuses_a_manifest_whose_files_decode_to_other_pixels(tmp_path, monkeypatch, capsys):
-    script = load_script()
+    script = load_script("conformance")
     name = "grm-small-q3-gray-53x70.rfc"
     (tmp_path / name).write_bytes((FOLDER / name).read_bytes())
     manifest = tmp_path / "MANIFEST.json"

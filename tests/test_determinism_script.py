@@ -1,16 +1,8 @@
 """scripts/determinism.py: the machine it records, and its comparison with another machine's run."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "determinism.py"
+from conftest import load_script
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("determinism_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(files: dict, pixels: dict) -> dict:
@@ -18,13 +10,13 @@ def run(files: dict, pixels: dict) -> dict:
 
 
 def test_the_machine_names_its_cpu_and_instruction_sets():
-    machine = load_script().machine()
+    machine = load_script("determinism").machine()
     assert machine["cpu"] and machine["torch_cpu_capability"] and isinstance(machine["instruction_sets"], list)
-    assert set(machine["instruction_sets"]) <= load_script().INSTRUCTION_SETS
+    assert set(machine["instruction_sets"]) <= load_script("determinism").INSTRUCTION_SETS
 
 
 def test_a_file_identical_on_two_machines_must_decode_to_the_same_pixels_there():
-    compare = load_script().compare
+    compare = load_script("determinism").compare
     mine = run({"a": "f1", "b": "f2", "c": "f3"}, {"a": "p1", "b": "p2", "c": "p3"})
     other = run({"a": "f1", "b": "other encoder", "c": "f3"}, {"a": "p1", "b": "px", "c": "p3"}) | {"machine": {"cpu": "X"}}
     result = compare(mine, other)

@@ -12,13 +12,18 @@ from refcodec.models import registry
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("name", ["factorized", "hyperprior", "joint", "grm"])
-def test_gpu_encoder_cpu_decoder_round_trip(name):
-    torch.manual_seed(0)
+def _cpu_and_gpu(name: str, seed: int):
+    """A small untrained model with its coding tables, on the CPU and as a copy on the GPU."""
+    torch.manual_seed(seed)
     cpu = registry.build(name, "small").eval()
     cpu.update()
     cpu.id = f"{name}/small/test"
-    gpu = copy.deepcopy(cpu).cuda()
+    return cpu, copy.deepcopy(cpu).cuda()
+
+
+@pytest.mark.parametrize("name", ["factorized", "hyperprior", "joint", "grm"])
+def test_gpu_encoder_cpu_decoder_round_trip(name):
+    cpu, gpu = _cpu_and_gpu(name, seed=0)
     image = natural_image(200, 136, seed=3)
     x = codec.padded_tensor(image)
     streams, y_gpu = gpu.encode(x.cuda())
@@ -41,11 +46,7 @@ def _pixels(image) -> bytes:
 
 @pytest.mark.parametrize("name", ["factorized", "hyperprior", "joint", "grm"])
 def test_gpu_decoder_gives_the_cpu_decoders_latents_and_pixels_both_ways(name):
-    torch.manual_seed(1)
-    cpu = registry.build(name, "small").eval()
-    cpu.update()
-    cpu.id = f"{name}/small/test"
-    gpu = copy.deepcopy(cpu).cuda()
+    cpu, gpu = _cpu_and_gpu(name, seed=1)
     x = codec.padded_tensor(natural_image(200, 136, seed=4))
     for encoder in (cpu, gpu):  # CPU encode, GPU decode; GPU encode, CPU decode
         streams, y_hat = encoder.encode(x.to(next(encoder.parameters()).device))
