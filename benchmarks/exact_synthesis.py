@@ -2,7 +2,8 @@
 
 Every image is encoded once per model (a format version 3 file), then decoded in the same process
 with the float32 synthesis (``exact=False``, what files before version 3 get) and with the exact one,
-in alternating order, timing each whole decode (entropy decoding and synthesis). Also records each
+in alternating order, timing each whole decode (entropy decoding and synthesis; the least of
+``--repeat`` decodes, the least disturbed by other work on the machine). Also records each
 model's per-layer worst-case sums and their limits, as powers of two (``synthesis``). Prints a table and
 writes JSON.
 
@@ -27,13 +28,15 @@ from refcodec.models import registry
 from refcodec.synthesis import exact_synthesis
 
 
-def decode(model, data: bytes, exact: bool) -> tuple[float, np.ndarray]:
-    """Seconds of a whole decode and its 8-bit pixels."""
+def decode(model, data: bytes, exact: bool, repeat: int) -> tuple[float, np.ndarray]:
+    """Seconds of a whole decode (the least of ``repeat``) and its 8-bit pixels."""
     header, streams = unpack(data)
-    start = time.perf_counter()
-    x_hat = model.decompress(streams, *header.padded_size, exact=exact)
-    seconds = time.perf_counter() - start
-    return seconds, np.asarray(codec.to_image(header, x_hat))
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        x_hat = model.decompress(streams, *header.padded_size, exact=exact)
+        times.append(time.perf_counter() - start)
+    return min(times), np.asarray(codec.to_image(header, x_hat))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,11 +51,13 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=None, help="model ids (default: every shipped model)")
     p.add_argument("--every", type=int, default=1, help="take every n-th image (1: all)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3, help="decodes per image and synthesis; the least time is kept")
     p.add_argument("-o", "--output", type=Path)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     images = find_images(args.images)[:: args.every]
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+              "repeat": args.repeat,
               "images": [i.name for i in images], "models": {}}  # fmt: skip
     lines = ["| model | decode float32 (s) | decode exact (s) | change | PSNR float32 | PSNR exact | dPSNR (dB) | 8-bit values changed | worst case, least margin |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -64,7 +69,7 @@ def main() -> None:
             original = np.asarray(codec.to_rgb(codec.load_image(path))[0])
             data = codec.compress(path, model)
             order = (False, True) if n % 2 == 0 else (True, False)
-            runs = {exact: decode(model, data, exact) for exact in order}
+            runs = {exact: decode(model, data, exact, args.repeat) for exact in order}
             (t_float, x_float), (t_exact, x_exact) = runs[False], runs[True]
             rows.append({"image": path.name, "bytes": len(data), "seconds_float32": t_float, "seconds_exact": t_exact,
                          "psnr_float32": psnr(original, x_float), "psnr_exact": psnr(original, x_exact),

@@ -57,7 +57,7 @@ INPUT_DIGITS = 2  # the latents: integers, |y| <= 8127 (the coder keeps them wit
 ACTIVATION_DIGITS = 3  # later activations: |x| <= 1040319 units (31.7)
 EXACT = 2.0**53  # float64 holds every integer below this
 FEW_OUTPUTS = 8  # a transposed convolution with at most this many output channels sums its taps into place
-BLOCK = 4096  # positions per product on a CPU: a block's rows stay in cache; elsewhere one block per layer
+BLOCK = 1024  # positions per product on a CPU: a block's buffers stay in cache; elsewhere one block per layer
 
 
 class ExactnessError(ValueError):
@@ -130,17 +130,19 @@ class ExactDeconv:
                 self.phases.append((a, b, offsets, w, torch.cat(digits(w, WEIGHT_DIGITS), 1), b_int, 2 ** (SYNTHESIS_BITS - in_bits - exponent)))
         self.stride, self.cout, self.kernel = s, weight.shape[1], k
         self.in_digits, self.in_max = in_digits, digit_max(in_digits)
-        # Few outputs (the last layer): every tap's product at once, (C_in, k*k*C_out), summed into place.
+        self.digit_weights = torch.tensor([128.0**i for i in range(in_digits)], dtype=torch.float64)
+        # Few outputs (the last layer): every tap's product at once, (C_out*k*k, C_in), summed into place.
         self.taps = torch.zeros(k, k, weight.shape[0], self.cout, dtype=torch.float64) if self.cout <= FEW_OUTPUTS else None
         if self.taps is not None:
             for a, b, offsets, w, _, _, _ in self.phases:
                 for n, (i, j) in enumerate(offsets):
                     e, f = i - self.lo, j - self.lo
                     self.taps[a + p - s * e, b + p - s * f] = w[n * weight.shape[0] : (n + 1) * weight.shape[0]]
-            self.taps = self.taps.permute(2, 0, 1, 3).reshape(weight.shape[0], -1)
+            self.taps = self.taps.permute(3, 0, 1, 2).reshape(-1, weight.shape[0])
 
     def to(self, device: torch.device) -> ExactDeconv:
         self.taps = None if self.taps is None else self.taps.to(device)
+        self.digit_weights = self.digit_weights.to(device)
         self.phases = [(a, b, o, w.to(device), d, bias.to(device), scale.to(device)) for a, b, o, w, d, bias, scale in self.phases]
         return self
 
@@ -155,42 +157,55 @@ class ExactDeconv:
         pad = (0, 0, self.lo, self.hi, self.lo, self.hi)
         planes = [F.pad(d, pad) for d in digits(x, self.in_digits)] if integer else [F.pad(x, pad)]
         out = x.new_empty(h, s, w, s, cout)
-        rows = max(1, _block(x) // w)
+        rows = max(1, min(h, _block(x) // w))
+        # Buffers reused by every block and phase: fresh memory for each product would cost more than the product.
+        taps = max(len(offsets) for _, _, offsets, *_ in self.phases)
+        columns = planes[0].new_empty(len(planes) * rows * w * taps * x.shape[2])
+        if integer:
+            size = rows * w * cout * len(planes)
+            buffers = (torch.empty(size * WEIGHT_DIGITS, dtype=torch.int32, device=x.device), torch.empty(size, dtype=torch.int32, device=x.device),
+                       x.new_empty(size))  # fmt: skip
+        acc = x.new_empty(rows * w, cout)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
+            n = (r1 - r0) * w
             for a, b, offsets, weight, weight_digits, bias, scale in self.phases:
-                cols = [torch.cat([plane[r0 + i : r1 + i, j : j + w] for i, j in offsets], -1).view((r1 - r0) * w, -1) for plane in planes]
+                cols = columns[: len(planes) * n * len(offsets) * x.shape[2]].view(len(planes), r1 - r0, w, -1)
+                for plane, col in zip(planes, cols):  # im2col: the taps of each position side by side
+                    torch.cat([plane[r0 + i : r1 + i, j : j + w] for i, j in offsets], -1, out=col)
                 if integer:
-                    acc = self._digit_products(torch.cat(cols), weight_digits).add_(bias)
+                    self._digit_products(cols.view(len(planes) * n, -1), weight_digits, buffers, acc[:n])
                 else:
-                    acc = torch.addmm(bias, cols[0], weight)
-                out[r0:r1, a, :, b] = acc.mul_(scale).round_().view(r1 - r0, w, cout)
+                    torch.mm(cols[0].view(n, -1), weight, out=acc[:n])
+                out[r0:r1, a, :, b] = acc[:n].add_(bias).mul_(scale).round_().view(r1 - r0, w, cout)
         return out.view(h * s, w * s, cout)
 
     def _scatter(self, x: torch.Tensor) -> torch.Tensor:
         """The same sums as the phases, for few output channels: each input's products with every tap
-        (a float64 product of integers), added into place (col2im), then scaled and rounded."""
-        h, w, cin = x.shape
-        s, k, cout, p = self.stride, self.kernel, self.cout, self.kernel // 2
-        products = (x.view(-1, cin) @ self.taps).view(h, w, k, k, cout)
-        acc = x.new_zeros(s * h + k - 1, s * w + k - 1, cout)  # output o = s*m - p + t, shifted by p
-        for ty in range(k):
-            for tx in range(k):
-                acc[ty : ty + s * h : s, tx : tx + s * w : s] += products[:, :, ty, tx]
-        acc = acc[p : p + s * h, p : p + s * w].view(h, s, w, s, cout)
+        (a float64 product of integers), added into place (col2im, ``F.fold``), then scaled and rounded."""
+        h, w, _ = x.shape
+        s, k = self.stride, self.kernel
+        columns = x.view(h * w, -1).T
+        products = x.new_empty(1, len(self.taps), h * w)  # (1, C_out*k*k, H*W), by blocks of positions
+        step = 4 * _block(x)
+        for start in range(0, h * w, step):
+            torch.mm(self.taps, columns[:, start : start + step], out=products[0, :, start : start + step])
+        acc = F.fold(products, (s * h, s * w), k, stride=s, padding=k // 2)[0].view(self.cout, h, s, w, s)
         for a, b, _, _, _, bias, scale in self.phases:
-            acc[:, a, :, b].add_(bias).mul_(scale).round_()
-        return acc.reshape(h * s, w * s, cout).contiguous()
+            acc[:, :, a, :, b].add_(bias.view(-1, 1, 1)).mul_(scale.view(-1, 1, 1)).round_()
+        return acc.view(self.cout, h * s, w * s).permute(1, 2, 0)
 
-    def _digit_products(self, columns: torch.Tensor, weight_digits: torch.Tensor) -> torch.Tensor:
-        """sum_k x_k w_kc exactly from the int8 digits of x (the column matrices of every digit, stacked,
-        lowest first) and of w: int32 sums per digit of x (below 2**31, checked), then float64."""
-        product = torch._int_mm(columns, weight_digits).view(self.in_digits, -1, WEIGHT_DIGITS, self.cout)
-        per_digit = torch.add(product[:, :, 0], product[:, :, 1], alpha=128).unbind(0)  # x digit i times w
-        acc = per_digit[-1].double()
-        for part in reversed(per_digit[:-1]):
-            acc = acc.mul_(128).add_(part)
-        return acc
+    def _digit_products(self, columns: torch.Tensor, weight_digits: torch.Tensor, buffers: tuple[torch.Tensor, ...], acc: torch.Tensor) -> None:
+        """acc = sum_k x_k w_kc exactly, from the int8 digits of x (the column matrices of every digit, stacked,
+        lowest first) and of w: int32 sums per digit of x (below 2**31, checked), then float64 sums of them
+        times 128**i (integers below 2**53: exact in any order)."""
+        products, sums, sums_float = buffers
+        count, size = self.in_digits, acc.numel()
+        product = torch._int_mm(columns, weight_digits, out=products[: 2 * count * size].view(len(columns), -1))
+        product = product.view(count, -1, WEIGHT_DIGITS, self.cout)
+        digit_sums = torch.add(product[:, :, 0], product[:, :, 1], alpha=128, out=sums[: count * size].view(count, -1, self.cout))
+        digit_sums = sums_float[: count * size].view(count, -1).copy_(digit_sums.view(count, -1))
+        torch.mv(digit_sums.T, self.digit_weights, out=acc.view(-1))
 
 
 class ExactIGSDN:
@@ -222,24 +237,28 @@ class ExactIGSDN:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """IGSDN of ``x`` (H, W, C), in place: block by block, each block's inputs are read before it is written."""
         unit = 2.0**SYNTHESIS_BITS
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.empty_like(flat)
-        step = _block(x)
+        flat = x.view(-1, x.shape[-1])
+        step = min(_block(x), len(flat))
+        w_units, u_units, square, scales, shift, u_next = (flat.new_empty(step, flat.shape[1]) for _ in range(6))
         for start in range(0, len(flat), step):
             w = flat[start : start + step]
-            u = w
+            n = len(w)
+            torch.mul(w, 1 / unit, out=w_units[:n])  # exact: a power of two
+            u, units = w, w_units[:n]
             for i in range(self.iterations):
                 if i:
-                    u = u.clamp(-self.in_max, self.in_max)
-                square = (u * u).mul_(1 / unit).round_()
-                scale = torch.addmm(self.beta, square, self.gamma).sqrt_().round_()
-                new = scale.mul_(w).mul_(1 / unit).round_()
+                    u = u.clamp_(-self.in_max, self.in_max)
+                    units = torch.mul(u, 1 / unit, out=u_units[:n])
+                torch.mul(u, units, out=square[:n]).round_()  # round(u^2 / unit): u^2 < 2**53, one rounding
+                scale = torch.addmm(self.beta, square[:n], self.gamma, out=scales[:n]).sqrt_().round_()
                 if self.tau is not None:
-                    new.add_(torch.addmm(self.nu, u, self.tau).round_())
-                u = new
-            out[start : start + step] = u
-        return out.view(x.shape)
+                    torch.addmm(self.nu, u, self.tau, out=shift[:n]).round_()
+                u = torch.mul(scale, w_units[:n], out=w if i == self.iterations - 1 else u_next[:n]).round_()
+                if self.tau is not None:
+                    u.add_(shift[:n])
+        return x
 
 
 class ExactSynthesis:

@@ -14,6 +14,10 @@ in a way that depends on the thread count, which moves a few 8-bit pixels per me
 on one thread, the tiles are spread over the workers, and the tile grid depends on the
 image size only: the output is the same bits for any number of threads.
 
+An exact transform (``synthesis``) gives the same bits whatever the tiles and threads, so it is
+tiled to bound memory and to share the cores (``exact=True``): on one thread an image of one tile is
+not split, which saves the halos' work.
+
 The entropy model is not tiled: the reference searches the whole latent (section 3).
 """
 
@@ -55,11 +59,11 @@ def spans(size: int, count: int, halo: int, align: int) -> list[tuple[int, int, 
     return [(a, min(size, a + step), max(0, a - halo), min(size, a + step + halo)) for a in range(0, size, step)]
 
 
-def grid(height: int, width: int, tile: int, align: int) -> tuple[int, int]:
-    """Tiles along each side: at most ``tile`` units each, and at least two along the longer
-    side when it holds two aligned tiles, so that two cores share even a small image."""
+def grid(height: int, width: int, tile: int, align: int, share: bool = True) -> tuple[int, int]:
+    """Tiles along each side: at most ``tile`` units each, and (``share``) at least two along the
+    longer side when it holds two aligned tiles, so that two cores share even a small image."""
     rows, cols = math.ceil(height / tile), math.ceil(width / tile)
-    if rows * cols == 1:
+    if share and rows * cols == 1:
         if width >= height and width >= 2 * align:
             cols = 2
         elif height >= 2 * align:
@@ -67,16 +71,19 @@ def grid(height: int, width: int, tile: int, align: int) -> tuple[int, int]:
     return rows, cols
 
 
-def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, halo: int, scale: float, align: int = 1) -> torch.Tensor:
+def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, halo: int, scale: float, align: int = 1,
+              exact: bool = False) -> torch.Tensor:  # fmt: skip
     """``fn(x)`` computed tile by tile, each tile on one thread, as many tiles at a time as torch
-    has threads; ``fn`` maps an input of H x W to one of H*scale x W*scale.
+    has threads; ``fn`` maps an input of H x W to one of H*scale x W*scale. ``exact``: ``fn`` gives
+    the same bits for any thread count, so on one thread one tile is not split.
 
     ``tile`` and ``halo`` are in input units; ``align * scale`` and ``halo * scale`` must be
     whole numbers (for a downsampling fn, ``align`` and ``halo`` multiples of its stride), as
     must the input size.
     """
     _, _, h, w = x.shape
-    rows, cols = grid(h, w, tile, align)
+    threads = torch.get_num_threads()
+    rows, cols = grid(h, w, tile, align, share=not exact or threads > 1)
     tiles = [(r, c) for r in spans(h, rows, halo, align) for c in spans(w, cols, halo, align)]
 
     def out_(v: int) -> int:
@@ -88,7 +95,6 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
         y = fn(x[:, :, a0:a1, b0:b1])
         return y[:, :, out_(r0 - a0) : out_(r1 - a0), out_(c0 - b0) : out_(c1 - b0)]
 
-    threads = torch.get_num_threads()
     out = None
     try:
         with ThreadPoolExecutor(min(threads, len(tiles))) as pool:

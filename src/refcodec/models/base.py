@@ -154,7 +154,7 @@ class CompressionModel(nn.Module):
         with profiling.stage("synthesis"):
             gain = self.synthesis_gain()
             if exact:
-                return run_tiled(exact_synthesis(self.g_s, gain), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE)
+                return run_tiled(exact_synthesis(self.g_s, gain), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE, exact=True)
             y_hat = y_hat if gain is None else y_hat * gain.to(y_hat)
             return run_tiled(_channels_last(self.g_s), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE)
 
