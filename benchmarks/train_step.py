@@ -65,6 +65,8 @@ def main() -> None:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     x = torch.rand(args.batch, 3, args.crop, args.crop, device=device)
+    if device.type == "cpu":  # as ``refcodec train`` does
+        x = x.contiguous(memory_format=torch.channels_last)
     models = {"joint": (registry.build("joint", args.preset), 0), "grm": (registry.build("grm", args.preset), 0)}
     if args.levels:
         models["grm-vr"] = (registry.build("grm", args.preset, levels=args.levels), args.levels)
