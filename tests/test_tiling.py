@@ -48,6 +48,27 @@ def test_tile_grid_is_balanced_and_splits_small_images():
     assert [s[:2] for s in spans(100, 3, 32, 16)] == [(0, 48), (48, 96), (96, 100)]
 
 
+def test_an_exact_transform_is_split_only_to_share_the_threads():
+    """exact=True: on one thread a one-tile input runs whole (no halo's work); on two, in two tiles as before."""
+    assert grid(32, 48, 64, 1, share=False) == (1, 1) and grid(135, 240, 64, 1, share=False) == (3, 4)
+    calls = []
+
+    def fn(x):
+        calls.append(tuple(x.shape[2:]))
+        return x.repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+    y = torch.rand(1, 2, 32, 48)
+    threads = torch.get_num_threads()
+    try:
+        for n, tiles in ((1, [(32, 48)]), (2, [(32, 28), (32, 28)])):
+            torch.set_num_threads(n)
+            calls.clear()
+            assert torch.equal(run_tiled(fn, y, 64, 4, 2, exact=True), fn(y))
+            assert calls[:-1] == tiles  # the last call is the reference above
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def test_transforms_give_the_same_bits_for_any_thread_count(model):
     """One thread per tile, a grid fixed by the image size: 1, 2 or 3 threads agree bit for bit."""
