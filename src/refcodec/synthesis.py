@@ -201,7 +201,7 @@ class ExactDeconv:
         times 128**i (integers below 2**53: exact in any order)."""
         products, sums, sums_float = buffers
         count, size = self.in_digits, acc.numel()
-        product = torch._int_mm(columns, weight_digits, out=products[: 2 * count * size].view(len(columns), -1))
+        product = torch._int_mm(columns, weight_digits, out=products[: WEIGHT_DIGITS * count * size].view(len(columns), -1))
         product = product.view(count, -1, WEIGHT_DIGITS, self.cout)
         digit_sums = torch.add(product[:, :, 0], product[:, :, 1], alpha=128, out=sums[: count * size].view(count, -1, self.cout))
         digit_sums = sums_float[: count * size].view(count, -1).copy_(digit_sums.view(count, -1))
