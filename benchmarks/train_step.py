@@ -25,7 +25,7 @@ import torch
 
 from refcodec.layers import gain
 from refcodec.models import registry
-from refcodec.train.trainer import rate_distortion
+from refcodec.train.trainer import rate_distortion, training_layout
 
 
 def step_fn(model: torch.nn.Module, x: torch.Tensor, levels: int):
@@ -64,9 +64,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    x = torch.rand(args.batch, 3, args.crop, args.crop, device=device)
-    if device.type == "cpu":  # as ``refcodec train`` does
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = training_layout(torch.rand(args.batch, 3, args.crop, args.crop, device=device))
     models = {"joint": (registry.build("joint", args.preset), 0), "grm": (registry.build("grm", args.preset), 0)}
     if args.levels:
         models["grm-vr"] = (registry.build("grm", args.preset, levels=args.levels), args.levels)

@@ -15,7 +15,6 @@ FOLDER = Path(__file__).parent / "conformance"
 MANIFEST = json.loads((FOLDER / "MANIFEST.json").read_text())
 
 
-
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_conformance_file_decodes_to_its_pixels(name):
     data = (FOLDER / name).read_bytes()

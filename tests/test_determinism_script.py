@@ -3,8 +3,6 @@
 from conftest import load_script
 
 
-
-
 def run(files: dict, pixels: dict) -> dict:
     return {"models": {"m": {"per_image": {i: {"file_sha256": {"1": files[i]}, "pixels_sha256": {"enc1-dec1": pixels[i]}} for i in files}}}}
 
