@@ -15,7 +15,8 @@ otherwise be lost with its compute. The optimizer's moments are not carried; Ada
 with a short warm-up. The run trains on ``photos/train`` and BSDS500's train and test splits and validates
 on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
 ``scripts/ship_gate.py``. The learning rate stays near its peak (a schedule of a million steps):
-this run has no end, every session adds to it.
+this run has no end, every session adds to it. What is validated, exported and carried is the average
+of the weights over about the last 1,000 steps (``--ema``), whose scatter at that rate it smooths out.
 
 The process lowers its own priority (``nice``) and uses ``--threads`` torch threads (default 1),
 so that the session's other work keeps the second core.
@@ -33,6 +34,7 @@ from refcodec.models import registry
 from refcodec.train import trainer
 
 SCHEDULE_STEPS = 1_000_000
+EMA = 0.999  # the weight average's decay per step: a window of about 1,000 steps (refcodec train --ema)
 CARRIED = Path(__file__).resolve().parent.parent / "training"  # tracked: the run's weights between sessions
 
 
@@ -74,7 +76,7 @@ def train_args(args: argparse.Namespace) -> list[str]:
             "--out", args.out, "--model", "grm", "--preset", "small", "--variable-rate", "--steps", str(SCHEDULE_STEPS),
             "--batch", str(args.batch), "--crop", str(args.crop), "--lr", str(args.lr), "--threads", str(args.threads),
             "--device", args.device, "--time-limit", str(args.minutes * 60), "--val-every", str(args.val_every),
-            "--save-every", str(args.save_every), "--metric", args.metric]  # fmt: skip
+            "--save-every", str(args.save_every), "--metric", args.metric, "--ema", str(args.ema)]  # fmt: skip
     if (Path(args.out) / "checkpoint.pt").is_file():
         return argv + ["--resume"]
     return argv + ["--init", args.init or initial_weights(args.metric, args.carry)]
@@ -93,6 +95,7 @@ def main(argv=None) -> None:
     p.add_argument("--crop", type=int, default=256, help="patch side (the paper's 512 in a final phase)")
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="ms-ssim: the MS-SSIM model (use its own --out)")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--ema", type=float, default=EMA, help="decay of the weight average that is exported (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--val-images", type=int, default=8)

@@ -108,7 +108,8 @@ def train(args: argparse.Namespace) -> None:
     trainer.main(["--data", str(DATA / "train"), "--out", str(run), "--model", "grm", "--preset", "small", "--variable-rate",
                   "--init", args.init, "--steps", "1000000", "--batch", str(args.batch),
                   "--crop", str(args.crop), "--lr", str(args.lr), "--device", args.device, "--workers", str(args.workers),
-                  "--time-limit", str(args.minutes * 60), "--save-every", "500", "--val-every", "1000000"])  # fmt: skip
+                  "--time-limit", str(args.minutes * 60), "--save-every", "500", "--val-every", "1000000",
+                  "--ema", str(args.ema)])  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("weights.safetensors", "log.csv"):
@@ -133,6 +134,7 @@ def main(argv=None) -> None:
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--crop", type=int, default=512)
     t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--ema", type=float, default=0.999, help="decay of the exported weight average (refcodec train --ema)")
     t.add_argument("--workers", type=int, default=8, help="DataLoader workers (crops are cut on the CPU)")
     t.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     t.set_defaults(func=train)

@@ -115,6 +115,31 @@ def test_resume_is_exact(tmp_path):
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
 
 
+def test_weight_average_is_exported_and_resumes_exactly(tmp_path):
+    """--ema: the exported weights are the average (decay d: a <- d a + (1 - d) w after every step, starting from
+    the weights after the first step), the raw weights keep training, and a resumed run continues the average."""
+    data = _images(tmp_path / "images", 5)
+    run = lambda out, *extra: trainer.main(_args(data, tmp_path / out, 4, "--lr-warmup", "1", "--val-images", "1",
+                                                 "--save-every", "1", "--ema", "0.5", *extra))  # fmt: skip
+    run("straight")
+    run("resumed", "--stop-at", "2")
+    run("resumed", "--resume")
+    states = {r: torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("straight", "resumed")}
+    a, b = (states[r]["ema"] for r in ("straight", "resumed"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-5, atol=1e-7) for k in a)
+    assert int(a["n_averaged"]) == 4
+    exported = registry.load_model(str(tmp_path / "straight" / "weights.safetensors"))
+    assert exported.config["ema"] == 0.5
+    average, raw = a["module.g_a.0.weight"], states["straight"]["model"]["g_a.0.weight"]
+    assert torch.equal(exported.state_dict()["g_a.0.weight"], average)
+    assert not torch.allclose(average, raw)
+    previous = torch.load(tmp_path / "straight" / "checkpoint.prev.pt", weights_only=False)  # the step before
+    expected = 0.5 * previous["ema"]["module.g_a.0.weight"] + 0.5 * raw
+    assert torch.allclose(average, expected, rtol=1e-6, atol=1e-8)
+    with pytest.raises(SystemExit):
+        trainer.parse_args(["--data", "d", "--out", "o", "--ema", "1"])
+
+
 def test_resume_falls_back_to_the_previous_checkpoint(tmp_path, capsys):
     data, out = _images(tmp_path / "images", 3), tmp_path / "run"
     trainer.main(_args(data, out, 3, "--stop-at", "2", "--save-every", "1"))

@@ -42,6 +42,7 @@ def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path)
     model = registry.load_model(str(out / "weights.safetensors"), 5.5)
     assert model.id == "grm/small/vr" and model.config["steps"] == base + 2
     assert model.config["data"][0].endswith("photos/train")
+    assert model.config["ema"] == script.EMA  # the exported candidate is the weight average
 
     # the run is carried as it would ship (float16) and the next session's new run starts from it
     kept = registry.load_model(str(carried), 5.5)
@@ -77,6 +78,7 @@ def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
                  "--batch", "1", "--crop", "64", "--workers", "0", "--device", "cpu"])  # fmt: skip
     back = registry.load_model(str(tmp_path / "out" / "weights.safetensors"), 2.0)
     assert back.levels == 9 and (tmp_path / "out" / "log.csv").is_file()
+    assert back.config["ema"] == 0.999
 
     # carried weights (tracked, uploaded with the tree) are not copied a second time
     shutil.copyfile(registry.weights_path("grm/small/q3"), repo / "carried.safetensors")

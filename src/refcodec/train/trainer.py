@@ -8,7 +8,12 @@ codes, so it keeps the larger weight. The distortion is MSE or MS-SSIM (section 
 
 ``--resume`` continues exactly: the data order is a pure function of the seed and the
 number of batches drawn (see ``data``), and the checkpoint restores the model, optimizer,
-schedule and the random state that draws the quantization noise.
+schedule, weight average and the random state that draws the quantization noise.
+
+``--ema D`` keeps an exponential moving average of the weights (Polyak and Juditsky 1992,
+"Acceleration of Stochastic Approximation by Averaging"; ``torch.optim.swa_utils``), which is
+what is validated and exported: at a learning rate held near its peak, the weights of
+neighbouring steps scatter about the minimum, and their average codes better than any of them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 from pytorch_msssim import ms_ssim
 
@@ -135,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of Adam (cosine decay to 10%%)")
     p.add_argument("--lr-warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    p.add_argument("--ema", type=float, default=0.0, help="validate and export an exponential moving average of the weights "
+                   "with this decay per step (e.g. 0.999: about the last 1,000 steps; 0: the weights themselves)")  # fmt: skip
     p.add_argument("--val-every", type=int, default=500, help="steps between validations (estimate and real bitstreams)")
     p.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--val-images", type=int, default=8, help="validation images (center crops) used")
@@ -153,6 +161,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--crop must be a multiple of {ALIGNMENT} (the model's total downsampling), got {args.crop}")
     if args.metric == "ms-ssim" and args.crop <= MS_SSIM_MIN_CROP:
         p.error(f"--metric ms-ssim needs --crop above {MS_SSIM_MIN_CROP} (5 scales of 11-px windows), got {args.crop}")
+    if not 0 <= args.ema < 1:
+        p.error(f"--ema must lie in [0, 1), got {args.ema}")
     if args.nproc > 1 and "WORLD_SIZE" in os.environ:
         p.error("--nproc starts its own processes; do not combine it with torchrun")
     return args
@@ -212,11 +222,20 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         optimizer,
         lambda s: min(1.0, (s + 1) / args.lr_warmup) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, (base + s) / args.steps))),
     )
+    # the average starts from the weights after the first step (n_averaged = 0: a copy); its buffers are the model's
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
+    candidate = model if ema is None else ema.module  # what is validated and exported
     checkpoint.seed(args.seed + ctx.rank)  # each process draws its own quantization noise
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         checkpoint.set_rng_state(state["rng"], ctx.rank, ctx.device)
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+        elif ema is not None and ctx.main:
+            print(f"refcodec train: the checkpoint holds no weight average; averaging starts at step {step}")
+    if ema is not None:
+        config["ema"] = args.ema
 
     data = ImageFolder(args.data, args.crop, seed=args.seed)
     val = ImageFolder(args.val, args.crop, limit=args.val_images) if args.val and ctx.main else None
@@ -252,12 +271,14 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         scalars["lr"] = schedule.get_last_lr()[0]
         optimizer.step()
         schedule.step()
+        if ema is not None:
+            ema.update_parameters(model)
         step += 1
         if args.time_limit is not None and ctx.agree(time.time() >= deadline):  # every process stops at the same step
             last = step
         if val is not None and (step % args.val_every == 0 or step == last):
             for q in val_at:
-                at = validate(model, val, lmbda if q is None else level_lambdas[q], args.metric, ctx.device, config["id"], q)
+                at = validate(candidate, val, lmbda if q is None else level_lambdas[q], args.metric, ctx.device, config["id"], q)
                 named = at if q is None else {f"{k}_q{q}": v for k, v in at.items()}
                 scalars |= named | (at if q == val_at[len(val_at) // 2] else {})  # the progress line: the middle one
         log.step(step, time.time() - start, scalars)
@@ -267,9 +288,10 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
                 log.flush()
                 checkpoint.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "schedule": schedule.state_dict(), "step": step, "batches": drawn, "rng": rngs,
-                                      "config": config, "elapsed": time.time() - start, "base_step": base})  # fmt: skip
+                                      "config": config, "elapsed": time.time() - start, "base_step": base,
+                                      **({} if ema is None else {"ema": ema.state_dict()})})  # fmt: skip
                 seconds = round(time.time() - start)
-                checkpoint.export(model, out / "weights.safetensors", {**config, "steps": step, "wall_seconds": seconds})
+                checkpoint.export(candidate, out / "weights.safetensors", {**config, "steps": step, "wall_seconds": seconds})
     log.close()
     ctx.close()
     return model
