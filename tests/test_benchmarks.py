@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from refcodec.models import convert, registry
 from refcodec.sample import sample_image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -32,6 +33,28 @@ def test_train_step_times_grm_joint_and_variable_rate_grm(tmp_path):
     report = json.loads(out.read_text())
     assert len(report["rounds"]) == 2 and set(report["rounds"][0]) == {"joint", "grm", "grm-vr"}
     assert set(report["step_time_vs_joint"]) == {"grm", "grm-vr"} and report["median_steps_per_second"]["grm"] > 0
+
+
+def test_vr_gradients_balanced_pulls_are_closer_than_plain_ones(tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "gradients.json"
+    folder.mkdir()
+    for i in range(2):
+        sample_image(96, 80, seed=i).save(folder / f"{i}.png")
+    cmd = [sys.executable, str(BENCHMARKS / "vr_gradients.py"), "grm/small/q3", str(folder), "--batch", "2", "--crop", "64",
+           "--qualities", "1", "8", "-o", str(out)]  # fmt: skip
+    refused = subprocess.run(cmd, capture_output=True, text=True)  # a fixed-rate model: one line
+    assert refused.returncode != 0 and "not a variable-rate model" in refused.stderr and "Traceback" not in refused.stderr
+    weights = tmp_path / "vr.safetensors"
+    model = registry.build("grm", "small", levels=9)
+    convert.initialize(model, "grm/small/q3")
+    registry.save(model, weights, {"name": "grm", "preset": "small", **registry.PRESETS["small"], "flags": {"levels": 9},
+                                   "quality": None, "id": "grm/small/vr"})  # fmt: skip
+    cmd[2] = str(weights)
+    subprocess.run(cmd, check=True, capture_output=True)
+    low, high = json.loads(out.read_text())["rows"]
+    assert (low["quality"], high["quality"]) == (1, 8) and high["bpp"] > low["bpp"]
+    plain, balanced = (high[f"gradient_{k}"] / low[f"gradient_{k}"] for k in ("plain", "balanced"))
+    assert plain > 10 and balanced < plain / 10  # quality 8 (lambda 100x quality 1's) pulls far harder unless balanced
 
 
 def test_effort_reports_the_saving_of_each_effort_per_quality_and_image_and_resumes(tmp_path):

@@ -155,6 +155,24 @@ def test_variable_rate_training_writes_a_model_for_every_quality(tmp_path):
     model = registry.load_model(str(tmp_path / "straight" / "weights.safetensors"), 6.5)
     assert model.id == "grm/small/vr" and model.levels == 9 and model.quality == 6.5
     assert model.config["lambda"] == [registry.LAMBDAS[q] for q in range(9)]
+    assert model.config["balance"] == "lambda"
+
+
+def test_balanced_loss_divides_each_images_loss_by_its_lambda():
+    """--balance lambda: image i's R + lambda_i D is multiplied by lambda_ref / lambda_i (reference: the middle level)."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 16, 16)
+    out = {"x_hat": x + 0.05 * torch.randn_like(x), "likelihoods": {"y": [torch.rand(3, 4, 1, 1) * 0.9 + 0.05]}}
+    lmbda = torch.tensor([0.0018, 0.013, 0.18])
+    weights = trainer.balance_weights(lmbda, 0.013)
+    assert weights.tolist() == pytest.approx([0.013 / 0.0018, 1.0, 0.013 / 0.18])
+    per_image = [trainer.rate_distortion({"x_hat": out["x_hat"][i:i + 1], "likelihoods": {"y": [out["likelihoods"]["y"][0][i:i + 1]]}},
+                                         x[i:i + 1], float(lmbda[i]), warm=False)["loss"] for i in range(3)]  # fmt: skip
+    balanced = trainer.rate_distortion(out, x, lmbda, warm=False, balance=weights)
+    assert float(balanced["loss"]) == pytest.approx(float(sum(w * l for w, l in zip(weights, per_image)) / 3), rel=1e-5)
+    plain = trainer.rate_distortion(out, x, lmbda, warm=False)
+    assert float(plain["loss"]) == pytest.approx(float(sum(per_image) / 3), rel=1e-5)
+    assert float(plain["bpp"]) == float(balanced["bpp"])  # only the loss is weighted
 
 
 def test_rate_control_meets_targets(started_weights, image):

@@ -59,9 +59,11 @@ def training_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
-def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, warm: bool, metric: str = "mse") -> dict:
+def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, warm: bool, metric: str = "mse",
+                    balance: torch.Tensor | None = None) -> dict:  # fmt: skip
     """bpp (weighted over stages, plus z), the coding-stage bpp, MSE, PSNR, MS-SSIM (if the metric) and the loss,
-    as means over the images; ``lmbda`` is one value or one per image (a variable-rate model's batch)."""
+    as means over the images; ``lmbda`` is one value or one per image (a variable-rate model's batch), and
+    ``balance`` a factor per image that the loss of each image is multiplied by (``balance_weights``)."""
     pixels = x.shape[2] * x.shape[3]
     lik = out["likelihoods"]
 
@@ -78,10 +80,20 @@ def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, war
     if metric == "ms-ssim":
         score = ms_ssim(out["x_hat"], x, data_range=1.0, size_average=False)
         metrics["ms_ssim"] = score.mean()
-        metrics["loss"] = torch.mean(bpp + lmbda * (1 - score))
+        loss = bpp + lmbda * (1 - score)
     else:
-        metrics["loss"] = torch.mean(bpp + lmbda * 255**2 * mse)
+        loss = bpp + lmbda * 255**2 * mse
+    metrics["loss"] = torch.mean(loss if balance is None else loss * balance)
     return metrics
+
+
+def balance_weights(lmbda: torch.Tensor, reference: float) -> torch.Tensor:
+    """Per-image loss factors ``reference / lambda`` of a variable-rate batch. The gradient that an image's
+    R + lambda D sends to the shared weights grows in proportion to lambda (quality 8's is about 100 times
+    quality 1's, ``benchmarks/vr_gradients.py``), so a plain mean lets the highest qualities steer every step.
+    Dividing by lambda leaves each quality's optimum (R / lambda + D has the same minimizer as R + lambda D)
+    and gives every quality an equal pull, as BD-rate, an average of relative rate differences, weighs them."""
+    return reference / lmbda
 
 
 @torch.no_grad()
@@ -129,6 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variable-rate", action="store_true",
                    help="one model for every quality 0-8 (gain units): each image of a batch draws a quality uniformly, "
                    "with lambda interpolated between the levels' lambdas (log-linear)")  # fmt: skip
+    p.add_argument("--balance", default="lambda", choices=["lambda", "none"],
+                   help="variable-rate: lambda divides each image's loss by its lambda (in units of the middle level's), so that "
+                   "every quality pulls the shared weights equally; none: the plain mean of R + lambda D")  # fmt: skip
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="distortion: lambda*255^2*MSE or lambda*(1 - MS-SSIM)")
     p.add_argument("--lmbda", type=float, help="override the quality's lambda")
     p.add_argument("--flags", default="{}", help='model flags as JSON, e.g. \'{"reference": false}\'')
@@ -188,11 +203,14 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         flags["levels"] = len(lambdas)
         level_lambdas = [lambdas[q] for q in sorted(lambdas)]
         quality, lmbda = None, level_lambdas
+        reference = level_lambdas[len(level_lambdas) // 2] if args.balance == "lambda" else None
     else:
         quality, lmbda = args.quality, args.lmbda or lambdas[args.quality]
     config = {"name": args.model, "preset": args.preset, **registry.PRESETS[args.preset], "flags": flags, "quality": quality,
               "metric": args.metric, "lambda": lmbda, "id": registry.model_id(args.model, args.preset, quality, args.metric),
               "data": [str(d) for d in args.data], "hardware": ctx.hardware}  # fmt: skip
+    if args.variable_rate:
+        config["balance"] = args.balance
 
     torch.manual_seed(args.seed)  # the same initial model in every process
     model = registry.build(args.model, args.preset, **flags)
@@ -258,9 +276,10 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
             q = torch.rand(len(x)) * (len(lambdas) - 1)
             prediction = forward(x, q.to(ctx.device))
             step_lambda = gain.interpolate_log(level_lambdas, q).to(ctx.device)
+            balance = None if reference is None else balance_weights(step_lambda, reference)
         else:
-            prediction, step_lambda = forward(x), lmbda
-        metrics = rate_distortion(prediction, x, step_lambda, warm=step < warmup, metric=args.metric)
+            prediction, step_lambda, balance = forward(x), lmbda, None
+        metrics = rate_distortion(prediction, x, step_lambda, warm=step < warmup, metric=args.metric, balance=balance)
         optimizer.zero_grad(set_to_none=True)
         metrics["loss"].backward()  # with several processes, this averages the gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
