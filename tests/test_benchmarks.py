@@ -1,9 +1,12 @@
 """The scripts in benchmarks/ that run without extra environments."""
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from refcodec.models import convert, registry
 from refcodec.sample import sample_image
@@ -33,6 +36,18 @@ def test_train_step_times_grm_joint_and_variable_rate_grm(tmp_path):
     report = json.loads(out.read_text())
     assert len(report["rounds"]) == 2 and set(report["rounds"][0]) == {"joint", "grm", "grm-vr"}
     assert set(report["step_time_vs_joint"]) == {"grm", "grm-vr"} and report["median_steps_per_second"]["grm"] > 0
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc tunables")
+def test_allocator_benchmark_compares_both_settings_in_fresh_processes(tmp_path):
+    out = tmp_path / "allocator.json"
+    cmd = [sys.executable, str(BENCHMARKS / "allocator.py"), "--batch", "1", "--crop", "64", "--steps", "2", "--warmup", "1",
+           "--rounds", "1", "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert len(report["rounds"]) == 1 and len(report["rounds"][0]["tuned"]["seconds"]) == 2
+    default, tuned = report["summary"]["default"], report["summary"]["tuned"]
+    assert tuned["faults_per_step"] < default["faults_per_step"]  # freed memory is reused, not faulted in again
 
 
 def test_vr_gradients_balanced_pulls_are_closer_than_plain_ones(tmp_path):

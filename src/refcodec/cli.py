@@ -347,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``refcodec ARGV``; returns the exit status (0; 1 for expected errors; 2 for bad arguments; 3 for bugs; 130 on Ctrl-C)."""
+    if argv is None and sys.argv[1:2] == ["train"]:  # the command line itself: restart with the training allocator
+        from .train import allocator
+
+        allocator.reexec()
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["train"]:
