@@ -1,4 +1,4 @@
-"""Training step time and page faults with glibc's default malloc settings and with ``train.allocator``'s.
+"""Training step time and page faults with glibc's default malloc settings and with ``refcodec.allocator``'s.
 
 Each round runs the same steps in two fresh processes, one per setting (``GLIBC_TUNABLES`` unset, then
 set to ``allocator.TUNABLES``), so that a slow spell of a shared machine hits both; a step is what
@@ -65,13 +65,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--tunables", help="GLIBC_TUNABLES of the tuned processes (default: train.allocator.TUNABLES)")
+    p.add_argument("--tunables", help="GLIBC_TUNABLES of the tuned processes (default: allocator.TUNABLES)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-o", "--output", type=Path, help="JSON file of the results")
     args = p.parse_args()
     if args.child:
         return child(args)
-    from refcodec.train import allocator
+    from refcodec import allocator
 
     args.tunables = args.tunables or allocator.TUNABLES
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from refcodec.models import registry
-from refcodec.train import allocator, trainer
+from refcodec import allocator
+from refcodec.train import trainer
 
 SCHEDULE_STEPS = 1_000_000
 EMA = 0.999  # the weight average's decay per step: a window of about 1,000 steps (refcodec train --ema)
@@ -113,5 +114,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    allocator.reexec()  # glibc's tunables are read at start: restart with them (train.allocator)
+    allocator.reexec()  # glibc's tunables are read at start: restart with them (refcodec.allocator)
     main()

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import allocator
 from .errors import RefcodecError
 
 EXIT_ERROR = 1
@@ -347,10 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``refcodec ARGV``; returns the exit status (0; 1 for expected errors; 2 for bad arguments; 3 for bugs; 130 on Ctrl-C)."""
-    if argv is None and sys.argv[1:2] == ["train"]:  # the command line itself: restart with the training allocator
-        from .train import allocator
-
+    if argv is None and sys.argv[1:2] == ["train"]:  # the command line itself, not a call from Python: keep freed memory
         allocator.reexec()
+    elif argv is None:
+        allocator.configure()
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["train"]:
