@@ -72,6 +72,24 @@ def test_vr_gradients_balanced_pulls_are_closer_than_plain_ones(tmp_path):
     assert plain > 10 and balanced < plain / 10  # quality 8 (lambda 100x quality 1's) pulls far harder unless balanced
 
 
+def test_vr_ceiling_bounds_every_quality_by_the_unquantized_round_trip(tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "ceiling.json"
+    folder.mkdir()
+    sample_image(96, 80, seed=1).save(folder / "a.png")
+    weights = tmp_path / "vr.safetensors"
+    model = registry.build("grm", "small", levels=9)
+    convert.initialize(model, "grm/small/q3")
+    registry.save(model, weights, {"name": "grm", "preset": "small", **registry.PRESETS["small"], "flags": {"levels": 9},
+                                   "quality": None, "id": "grm/small/vr"})  # fmt: skip
+    cmd = [sys.executable, str(BENCHMARKS / "vr_ceiling.py"), str(weights), str(folder), "--crop", "64", "--qualities", "1", "8",
+           "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    row = json.loads(out.read_text())["images"]["a.png"]
+    low, high = row["qualities"]["1.0"], row["qualities"]["8.0"]
+    assert low["psnr"] < high["psnr"] and low["max_latent"] < high["max_latent"]
+    assert high["psnr"] < row["ceiling"] + 0.5  # rounding finer latents approaches the round trip without quantization
+
+
 def test_effort_reports_the_saving_of_each_effort_per_quality_and_image_and_resumes(tmp_path):
     folder, out = tmp_path / "images", tmp_path / "effort"
     folder.mkdir()

@@ -1,0 +1,75 @@
+"""What bounds a variable-rate model's top qualities: quantization, or the transforms themselves.
+
+For center crops of a folder of images it gives the PSNR of g_s(g_a(x)) without quantization (the
+transforms' ceiling, which no quality can pass) and, at each quality q, of g_s(round(y g_q) / g_q) with
+the gains of q (``layers.gain``): the rounding of the coded latents, without entropy coding. Where the
+top qualities come within a fraction of a dB of the ceiling, more rate buys nothing until g_a and g_s
+reconstruct better:
+
+    python benchmarks/vr_ceiling.py training/grm-small-vr.safetensors ../shared/datasets/photos/val \\
+        -o results/bench/vr-ceiling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from refcodec.images import find_images, read_rgb
+from refcodec.models import registry
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    return float(-10 * torch.log10((x_hat.clamp(0, 1) - x).square().mean()))
+
+
+@torch.no_grad()
+def ceiling(model: torch.nn.Module, x: torch.Tensor, qualities: list[float]) -> dict:
+    """PSNR of the unquantized round trip and of the rounded latents at each quality, and the largest |latent| there."""
+    y = model.g_a(x)
+    row = {"ceiling": psnr(model.g_s(y), x), "qualities": {}}
+    for q in qualities:
+        gain, inverse = model.y_gain(torch.tensor([float(q)]))
+        y_hat = torch.round(y * gain)
+        row["qualities"][str(q)] = {"psnr": psnr(model.g_s(y_hat * inverse), x), "max_latent": float(y_hat.abs().max())}
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("weights", help="a variable-rate model (id or .safetensors)")
+    p.add_argument("folder", help="images (center crops)")
+    p.add_argument("--limit", type=int, default=8, help="first images of the folder")
+    p.add_argument("--crop", type=int, default=256, help="center crop side, a multiple of 64")
+    p.add_argument("--qualities", type=float, nargs="+", default=[1, 2, 4, 6, 8])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("-o", "--output", type=Path, help="JSON file of the results")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = registry.load_model(args.weights).eval()
+    if not getattr(model, "levels", 0):
+        raise SystemExit(f"vr_ceiling: {args.weights} is not a variable-rate model")
+    rows = {}
+    for path in find_images(args.folder)[: args.limit]:
+        image = read_rgb(path)
+        left, top = (image.width - args.crop) // 2, (image.height - args.crop) // 2
+        crop = np.asarray(image.crop((left, top, left + args.crop, top + args.crop)), dtype=np.float32) / 255
+        rows[Path(path).name] = ceiling(model, torch.from_numpy(crop).permute(2, 0, 1)[None], args.qualities)
+    mean = {"ceiling": float(np.mean([r["ceiling"] for r in rows.values()]))}
+    mean |= {q: float(np.mean([r["qualities"][str(q)]["psnr"] for r in rows.values()])) for q in args.qualities}
+    print("image                    ceiling " + " ".join(f"{'q' + format(q, 'g'):>7s}" for q in args.qualities))
+    for name, r in [*rows.items(), ("mean", {"ceiling": mean["ceiling"], "qualities": {str(q): {"psnr": mean[q]} for q in args.qualities}})]:
+        print(f"{name[:24]:24s} {r['ceiling']:7.2f} " + " ".join(f"{r['qualities'][str(q)]['psnr']:7.2f}" for q in args.qualities))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        result = {"weights": args.weights, "steps": model.config.get("steps"), "folder": args.folder, "crop": args.crop,
+                  "mean": {str(k): v for k, v in mean.items()}, "images": rows}  # fmt: skip
+        args.output.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
