@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from refcodec.models import registry
 from refcodec import allocator
+from refcodec.models import registry
 from refcodec.train import trainer
 
 SCHEDULE_STEPS = 1_000_000
