@@ -19,7 +19,8 @@ trains from the starting weights with the paper's 512-px crops (section 5.1) at 
 TF32 matrix products (the losses stay finite; checked every step, a non-finite step is skipped),
 until the time limit, and leaves ``weights.safetensors`` (float32) and ``log.csv`` in OUT. The
 weights go to ``scripts/ship_gate.py``, and the background CPU run continues from them
-(``scripts/continue_training.py --init``, in a new run folder).
+(``scripts/continue_training.py --init``, in a new run folder). Both commands take ``--metric ms-ssim``
+for the MS-SSIM model (section 5.1; start it from the MSE weights, as the paper does).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def prepare(args: argparse.Namespace) -> None:
           f"init {args.init} ({model.config.get('steps')} steps)")  # fmt: skip
     print('device run: carry [".whl", "gpu_data"], timeout_s 600, command:\n'
           "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && "
-          f"PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 python3 scripts/gpu_train.py train --init {init} --minutes {args.minutes} --out $OUT")
+          f"PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 python3 scripts/gpu_train.py train --init {init} --minutes {args.minutes} "
+          f"--metric {args.metric} --out $OUT")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -109,7 +111,7 @@ def train(args: argparse.Namespace) -> None:
                   "--init", args.init, "--steps", "1000000", "--batch", str(args.batch),
                   "--crop", str(args.crop), "--lr", str(args.lr), "--device", args.device, "--workers", str(args.workers),
                   "--time-limit", str(args.minutes * 60), "--save-every", "500", "--val-every", "1000000",
-                  "--ema", str(args.ema)])  # fmt: skip
+                  "--ema", str(args.ema), "--metric", args.metric])  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("weights.safetensors", "log.csv"):
@@ -124,6 +126,7 @@ def main(argv=None) -> None:
     a.add_argument("--data-root", default="../shared/datasets")
     a.add_argument("--limit", type=int, default=UPLOAD_LIMIT, help="bytes the upload may hold")
     a.add_argument("--minutes", type=float, default=8, help="training minutes of the printed device command")
+    a.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="the distortion of the printed command")
     a.add_argument("--no-wheels", action="store_true", help="skip the wheels (tests, or a device that has the packages)")
     a.set_defaults(func=prepare)
     t = sub.add_parser("train", help="there: train until the time limit, copy weights and log to OUT")
@@ -135,6 +138,7 @@ def main(argv=None) -> None:
     t.add_argument("--crop", type=int, default=512)
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--ema", type=float, default=0.999, help="decay of the exported weight average (refcodec train --ema)")
+    t.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="ms-ssim: the MS-SSIM model (refcodec train --metric)")
     t.add_argument("--workers", type=int, default=8, help="DataLoader workers (crops are cut on the CPU)")
     t.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     t.set_defaults(func=train)

@@ -79,6 +79,9 @@ def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
     back = registry.load_model(str(tmp_path / "out" / "weights.safetensors"), 2.0)
     assert back.levels == 9 and (tmp_path / "out" / "log.csv").is_file()
     assert back.config["ema"] == 0.999
+    script.main(["train", "--minutes", "0", "--out", str(tmp_path / "ms"), "--run", str(tmp_path / "gpu-run-ms"), "--batch", "1",
+                 "--crop", "192", "--workers", "0", "--device", "cpu", "--metric", "ms-ssim"])  # fmt: skip
+    assert registry.read_config(tmp_path / "ms" / "weights.safetensors")["metric"] == "ms-ssim"
 
     # carried weights (tracked, uploaded with the tree) are not copied a second time
     shutil.copyfile(registry.weights_path("grm/small/q3"), repo / "carried.safetensors")
