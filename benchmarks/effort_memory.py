@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("image")
     p.add_argument("--size", type=int, nargs=2, default=[3840, 2160], metavar=("W", "H"))
-    p.add_argument("--model", default="grm/small/q3")
+    p.add_argument("--model", default="grm/small/vr")
     p.add_argument("--effort", default="slow", choices=list(refine.EFFORTS))
     p.add_argument("--steps", type=int, help="refinement steps instead of the effort's")
     p.add_argument("--threads", type=int, default=1)

@@ -10,7 +10,7 @@ analysis transform runs in float32, so the GPU may round a few latents the other
 CPU: the two files can differ and both decode. Each GPU encode follows one warm-up encode of a
 64x64 image (CUDA context, kernel loading). Prints and writes JSON with per-stage seconds.
 
-    python benchmarks/gpu_coding.py --models grm/small/q3 grm/paper --sizes kodak 1080p 4k -o gpu.json
+    python benchmarks/gpu_coding.py --models grm/small/vr grm/paper --sizes kodak 1080p 4k -o gpu.json
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def measure(ref: str, size, image: Path | None, cpu_encode: bool, decode: bool) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=["grm/small/q3", "grm/paper"], help="model ids, or name/preset (random weights)")
+    p.add_argument("--models", nargs="+", default=["grm/small/vr", "grm/paper"], help="model ids, or name/preset (random weights)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[SIZES["kodak"]], help=f"WxH or {', '.join(SIZES)}")
     p.add_argument("--image", type=Path, help="an image file instead of generated ones")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (CPU encode and decode)")

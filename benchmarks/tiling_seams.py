@@ -33,7 +33,7 @@ def to_image(x: torch.Tensor, height: int, width: int) -> Image.Image:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("image", type=Path)
-    p.add_argument("--model", default="grm/small/q3")
+    p.add_argument("--model", default="grm/small/vr")
     p.add_argument("--tile", type=int, default=8, help="tile side in latents")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("-o", "--output", type=Path)

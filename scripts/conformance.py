@@ -1,7 +1,8 @@
 """Conformance files: small .rfc files that every machine must decode to known pixels.
 
 Like a video standard's conformance bitstreams: ``tests/conformance/`` holds files of generated
-images (a few odd sizes, one grayscale) for every shipped model, and ``MANIFEST.json`` maps each file
+images (a few odd sizes, one grayscale) for every shipped model, a variable-rate one at several
+qualities, fractional ones among them, and ``MANIFEST.json`` maps each file
 name to the sha256 of its decoded image as RGB bytes in row-major order
 (``image.convert("RGB").tobytes()``). ``tests/test_conformance.py`` decodes them all on every test run.
 
@@ -45,13 +46,21 @@ def pattern(width: int, height: int) -> Image.Image:
     return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "RGB")
 
 
-def images(model_id: str) -> dict[str, Image.Image]:
-    """The images coded with each model: two odd-sized RGB ones; for the default model also a grayscale one and
-    one large enough for the synthesis to run in several blocks of positions in each of its tiles."""
-    out = {"scene-131x97": sample_image(131, 97, seed=1), "pattern-67x45": pattern(67, 45)}
-    if model_id == registry.model_id(registry.DEFAULT_MODEL, registry.DEFAULT_PRESET, registry.DEFAULT_QUALITY):
-        out["gray-53x70"] = sample_image(53, 70, seed=2).convert("L")
-        out["scene-515x387"] = sample_image(515, 387, seed=3)
+VARIABLE_QUALITIES = (0.0, 1.5, 3.0, 5.25, 8.0)  # a variable-rate model's files: both ends, and fractional qualities
+
+
+def codings(model_id: str, levels: int) -> dict[str, tuple[float, Image.Image]]:
+    """The files of a model, by name stem, each with its quality and image: two odd-sized RGB images at the
+    default quality, or at every quality of ``VARIABLE_QUALITIES`` for a variable-rate model; for the default
+    model also a grayscale image and one large enough for the synthesis to run in several blocks of positions
+    in each of its tiles."""
+    small = {"scene-131x97": sample_image(131, 97, seed=1), "pattern-67x45": pattern(67, 45)}
+    qualities = VARIABLE_QUALITIES if levels else (registry.DEFAULT_QUALITY,)
+    out = {(f"q{q:g}-{stem}" if levels else stem): (q, image) for q in qualities for stem, image in small.items()}
+    if model_id == registry.resolve_id(registry.DEFAULT_MODEL, registry.DEFAULT_QUALITY):
+        default = f"q{registry.DEFAULT_QUALITY:g}-" if levels else ""
+        out[f"{default}gray-53x70"] = (registry.DEFAULT_QUALITY, sample_image(53, 70, seed=2).convert("L"))
+        out[f"{default}scene-515x387"] = (registry.DEFAULT_QUALITY, sample_image(515, 387, seed=3))
     return out
 
 
@@ -105,11 +114,11 @@ def main() -> int:
     added = 0
     for model_id in registry.shipped_ids():
         model = registry.load_model(model_id)
-        for stem, image in images(model_id).items():
+        for stem, (quality, image) in codings(model_id, model.levels).items():
             name = f"{model_id.replace('/', '-')}-{stem}.rfc"
             if name in manifest:
                 continue
-            data = codec.compress(image, model)
+            data = codec.compress(image, model, quality=quality if model.levels else None)
             if len(data) > MAX_BYTES:
                 raise SystemExit(f"conformance: {name} is {len(data)} bytes, over {MAX_BYTES}")
             (args.folder / name).write_bytes(data)

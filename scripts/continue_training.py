@@ -5,8 +5,8 @@
     python scripts/continue_training.py --minutes 150 --metric ms-ssim --out runs/continue-ms-ssim
 
 The first call starts OUT from the model with the most training steps among the carried
-candidate ``training/grm-small-vr.safetensors`` and the shipped ``grm/small/vr`` (before either
-exists, it turns the fixed-rate ``grm/small/q3`` into a variable-rate model: ``models.convert``);
+candidate ``training/grm-small-vr.safetensors`` and the shipped ``grm/small/vr`` (``--init`` starts
+it from other weights; fixed-rate ones are turned into a variable-rate model: ``models.convert``);
 every later call with the same OUT resumes its checkpoint exactly (``refcodec train --resume``: the
 same batches, noise and qualities as one uninterrupted run), so a session can stop and restart it
 at will. At the end, the weights are carried (float16, as they would ship) to ``--carry``, which the
@@ -52,14 +52,14 @@ def _steps(weights: str | Path) -> int:
 def initial_weights(metric: str = "mse", carried: Path | None = None) -> str:
     """The most trained of the carried candidate and the shipped variable-rate model of the metric (a tie
     goes to the shipped one); for MS-SSIM, before either exists, the MSE ones (section 5.1 fine-tunes
-    MS-SSIM models from MSE ones); before any, the fixed-rate model the variable-rate one starts from."""
+    MS-SSIM models from MSE ones)."""
     for m in dict.fromkeys([metric, "mse"]):
         shipped = registry.model_id("grm", "small", None, m)
         path = carried if carried is not None and m == metric else carried_path(m)
         found = [shipped] * registry.weights_path(shipped).is_file() + [str(path)] * path.is_file()
         if found:
             return max(found, key=_steps)  # max keeps the first (shipped) of equals
-    return registry.model_id("grm", "small", registry.DEFAULT_QUALITY)
+    raise SystemExit("continue_training: no shipped or carried variable-rate grm/small model: start from weights with --init")
 
 
 def carry(run: Path, path: Path) -> None:
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="runs/continue", help="run folder (resumed if it has a checkpoint)")
     p.add_argument("--data-root", default="../shared/datasets", help="folder holding photos/ and bsds500/")
     p.add_argument("--init", help="weights to start a new run from (default: the most trained of the carried and the "
-                   "shipped grm/small/vr, else grm/small/q3)")
+                   "shipped grm/small/vr)")
     p.add_argument("--carry", type=Path, help="where the weights are carried at the end (default: training/grm-small-vr"
                    ".safetensors, or -ms-ssim; commit it)")
     p.add_argument("--batch", type=int, default=8)

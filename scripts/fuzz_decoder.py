@@ -118,7 +118,7 @@ def seeds(model_ids: list[str]) -> tuple[list[bytes], dict]:
     return files, models
 
 
-def fuzz(inputs: int, seed: int = 0, model_ids=("grm/small/q3", "joint/small/q2"), max_pixels: int = 1 << 16,
+def fuzz(inputs: int, seed: int = 0, model_ids=("grm/small/vr",), max_pixels: int = 1 << 16,
          time_limit: float = 10.0, progress: bool = False) -> dict:  # fmt: skip
     """Run the fuzzer; returns counts by mutation and outcome, the failures and the slowest input."""
     torch.set_num_threads(1)

@@ -36,13 +36,14 @@ def write_curve(name: str, preset: str, folder: Path) -> None:
     if variable.is_file():
         card = json.loads(variable.read_text())
         points = card["evaluation"]["qualities"]
-        qualities, sources = [p["quality"] for p in points], card["id"]
+        qualities, sources, label = [p["quality"] for p in points], card["id"], card["id"]
     else:
         cards = sorted((json.loads(p.read_text()) for p in registry.WEIGHTS_DIR.glob(f"{name}-{preset}-q*.json")),
                        key=lambda c: int(c["id"].split("/q")[1].split("-")[0]))  # fmt: skip
         points, qualities, sources = [c["evaluation"] for c in cards], [c["id"] for c in cards], ", ".join(c["id"] for c in cards)
+        label = f"{name}/{preset}"
     curve = {
-        "name": f"refcodec {name}/{preset}",
+        "name": f"refcodec {label}",
         "description": f"shipped weights, real bitstreams, from the model cards of {sources}",
         "qualities": qualities,
         "results": {k: [p[k] for p in points] for k in KEYS},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from refcodec.models import convert, registry
+from refcodec.models import registry
 from refcodec.sample import sample_image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -55,16 +55,14 @@ def test_vr_gradients_balanced_pulls_are_closer_than_plain_ones(tmp_path):
     folder.mkdir()
     for i in range(2):
         sample_image(96, 80, seed=i).save(folder / f"{i}.png")
-    cmd = [sys.executable, str(BENCHMARKS / "vr_gradients.py"), "grm/small/q3", str(folder), "--batch", "2", "--crop", "64",
+    fixed = tmp_path / "fixed.safetensors"
+    registry.save(registry.build("grm", "small"), fixed, {"name": "grm", "preset": "small", **registry.PRESETS["small"],
+                                                          "flags": {}, "quality": 3, "id": "grm/small/q3"})  # fmt: skip
+    cmd = [sys.executable, str(BENCHMARKS / "vr_gradients.py"), str(fixed), str(folder), "--batch", "2", "--crop", "64",
            "--qualities", "1", "8", "-o", str(out)]  # fmt: skip
     refused = subprocess.run(cmd, capture_output=True, text=True)  # a fixed-rate model: one line
     assert refused.returncode != 0 and "not a variable-rate model" in refused.stderr and "Traceback" not in refused.stderr
-    weights = tmp_path / "vr.safetensors"
-    model = registry.build("grm", "small", levels=9)
-    convert.initialize(model, "grm/small/q3")
-    registry.save(model, weights, {"name": "grm", "preset": "small", **registry.PRESETS["small"], "flags": {"levels": 9},
-                                   "quality": None, "id": "grm/small/vr"})  # fmt: skip
-    cmd[2] = str(weights)
+    cmd[2] = "grm/small/vr"
     subprocess.run(cmd, check=True, capture_output=True)
     low, high = json.loads(out.read_text())["rows"]
     assert (low["quality"], high["quality"]) == (1, 8) and high["bpp"] > low["bpp"]
@@ -76,12 +74,7 @@ def test_vr_ceiling_bounds_every_quality_by_the_unquantized_round_trip(tmp_path)
     folder, out = tmp_path / "images", tmp_path / "ceiling.json"
     folder.mkdir()
     sample_image(96, 80, seed=1).save(folder / "a.png")
-    weights = tmp_path / "vr.safetensors"
-    model = registry.build("grm", "small", levels=9)
-    convert.initialize(model, "grm/small/q3")
-    registry.save(model, weights, {"name": "grm", "preset": "small", **registry.PRESETS["small"], "flags": {"levels": 9},
-                                   "quality": None, "id": "grm/small/vr"})  # fmt: skip
-    cmd = [sys.executable, str(BENCHMARKS / "vr_ceiling.py"), str(weights), str(folder), "--crop", "64", "--qualities", "1", "8",
+    cmd = [sys.executable, str(BENCHMARKS / "vr_ceiling.py"), "grm/small/vr", str(folder), "--crop", "64", "--qualities", "1", "8",
            "-o", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     row = json.loads(out.read_text())["images"]["a.png"]
@@ -116,11 +109,11 @@ def test_exact_synthesis_times_both_syntheses_in_one_run(tmp_path):
     folder.mkdir()
     for i in range(2):
         sample_image(96 + 32 * i, 64).save(folder / f"{i}.png")
-    cmd = [sys.executable, str(BENCHMARKS / "exact_synthesis.py"), str(folder), "--models", "joint/small/q1",
+    cmd = [sys.executable, str(BENCHMARKS / "exact_synthesis.py"), str(folder), "--models", "grm/small/vr",
            "--threads", "1", "-o", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
-    model = json.loads(out.read_text())["models"]["joint/small/q1"]
+    model = json.loads(out.read_text())["models"]["grm/small/vr"]
     assert len(model["per_image"]) == 2 and model["seconds_exact"] > 0 and model["seconds_float32"] > 0
     assert abs(model["psnr_exact"] - model["psnr_float32"]) < 0.01
     assert [layer[0] for layer in model["worst_case_log2"]] == ["ExactDeconv", "ExactIGSDN"] * 3 + ["ExactDeconv"]
-    assert out.with_suffix(".md").read_text().count("joint/small/q1") == 1
+    assert out.with_suffix(".md").read_text().count("grm/small/vr") == 1

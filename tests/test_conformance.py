@@ -37,7 +37,7 @@ def test_every_shipped_model_has_conformance_files():
 
 def test_the_script_refuses_a_manifest_whose_files_decode_to_other_pixels(tmp_path, monkeypatch, capsys):
     script = load_script("conformance")
-    name = "grm-small-q3-gray-53x70.rfc"
+    name = "grm-small-vr-q3-gray-53x70.rfc"
     (tmp_path / name).write_bytes((FOLDER / name).read_bytes())
     manifest = tmp_path / "MANIFEST.json"
     manifest.write_text(json.dumps({name: "0" * 64}))

@@ -9,17 +9,18 @@ import torch
 
 import refcodec
 from refcodec import codec
-from refcodec.models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, WEIGHTS_DIR
+from refcodec.models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, VARIABLE, WEIGHTS_DIR
 from refcodec.sample import sample_image
 
 
 def test_default_model_is_shipped_with_a_model_card():
     model = refcodec.load_model()
-    assert model.id == f"{DEFAULT_MODEL}/small/q{DEFAULT_QUALITY}"
-    stem = f"{DEFAULT_MODEL}-small-q{DEFAULT_QUALITY}"
+    assert model.id == f"{DEFAULT_MODEL}/small/{VARIABLE}" and model.quality == DEFAULT_QUALITY
+    stem = f"{DEFAULT_MODEL}-small-{VARIABLE}"
     assert (WEIGHTS_DIR / f"{stem}.md").is_file()
     card = json.loads((WEIGHTS_DIR / f"{stem}.json").read_text())
     assert card["training"]["steps"] > 0 and card["evaluation"]["count"] == 24
+    assert [p["quality"] for p in card["evaluation"]["qualities"]] == list(range(model.levels))
 
 
 def test_default_model_round_trip_is_a_real_codec():
@@ -53,7 +54,8 @@ SHIPPED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
 def test_every_shipped_model_has_a_card_and_codes(tmp_path):
-    """Each weights file: a model card with Kodak numbers, loadable by its id, usable by `compress --quality`."""
+    """Each weights file: a model card with Kodak numbers, loadable by its id, usable by `compress --quality`
+    (a variable-rate model at both ends of its range and at a fractional quality)."""
     from refcodec import cli
 
     sample_image().save(tmp_path / "sample.png")
@@ -61,14 +63,15 @@ def test_every_shipped_model_has_a_card_and_codes(tmp_path):
     for stem in SHIPPED:
         card = json.loads((WEIGHTS_DIR / f"{stem}.json").read_text())
         assert (WEIGHTS_DIR / f"{stem}.md").is_file() and card["evaluation"]["count"] == 24
-        name, preset, quality = card["id"].split("/")
+        name, preset, variant = card["id"].split("/")
         assert refcodec.load_model(card["id"]).id == card["id"]
-        out = tmp_path / f"{stem}.rfc"
-        args = ["--model", name, "--preset", preset, "--quality", quality[1:]]
-        assert cli.main(["compress", str(tmp_path / "sample.png"), "-o", str(out), *args]) == 0
-        assert cli.main(["decompress", str(out), "-o", str(tmp_path / f"{stem}.png")]) == 0
-        back = refcodec.decompress(out.read_bytes())
-        points.setdefault((name, preset), []).append((int(quality[1:]), out.stat().st_size, codec.psnr(sample_image(), back)))
+        for quality in [0.0, 2.5, 8.0] if variant == VARIABLE else [float(variant[1:])]:
+            out = tmp_path / f"{stem}-{quality:g}.rfc"
+            args = ["--model", name, "--preset", preset, "--quality", f"{quality:g}"]
+            assert cli.main(["compress", str(tmp_path / "sample.png"), "-o", str(out), *args]) == 0
+            assert cli.main(["decompress", str(out), "-o", str(tmp_path / f"{stem}-{quality:g}.png")]) == 0
+            back = refcodec.decompress(out.read_bytes())
+            points.setdefault((name, preset), []).append((quality, out.stat().st_size, codec.psnr(sample_image(), back)))
     for curve in points.values():  # a higher quality spends more bits for a better image
         curve.sort()
         assert all(a[1] < b[1] and a[2] < b[2] for a, b in zip(curve, curve[1:]))
@@ -78,8 +81,10 @@ def test_shipped_ids_name_the_shipped_files_and_the_not_found_error_lists_them()
     from refcodec.models import registry
 
     ids = registry.shipped_ids()
-    assert ids == sorted(ids) and "grm/small/q3" in ids
+    assert ids == sorted(ids) and "grm/small/vr" in ids
     assert sorted(registry.weights_path(i).stem for i in ids) == SHIPPED
     with pytest.raises(registry.ModelNotFoundError, match="grm/small/q9") as error:
         registry.load_model("grm/small/q9")
     assert ", ".join(ids) in str(error.value)
+    with pytest.raises(registry.ModelNotFoundError, match="grm/small/q3 was retired after refcodec 0.2.0"):
+        registry.load_model("grm/small/q3")  # the per-quality models left the package when grm/small/vr shipped

@@ -31,7 +31,7 @@ def tiny_tiles(monkeypatch):
 
 @pytest.fixture(scope="module")
 def model():
-    return registry.load_model("grm/small/q3")
+    return registry.load_model("grm/small/vr", 3)
 
 
 def _file_objective(image, data, model) -> float:
@@ -96,18 +96,11 @@ def test_refinement_leaves_the_model_as_it_was(model):
     grads = [p.requires_grad for p in model.parameters()]
     codec.compress(natural_image(64, 64, seed=2), model, effort="slow")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert [p.requires_grad for p in model.parameters()] == grads and model.weights_hash() == registry.load_model("grm/small/q3").weights_hash()
+    assert [p.requires_grad for p in model.parameters()] == grads and model.weights_hash() == registry.load_model("grm/small/vr").weights_hash()
 
 
-def test_effort_composes_with_rate_control_and_variable_rate(tmp_path):
-    vr = registry.build("grm", "small", levels=9)
-    from refcodec.models import convert
-
-    convert.initialize(vr, "grm/small/q3")
-    path = tmp_path / "vr.safetensors"
-    registry.save(vr, path, {"name": "grm", "preset": "small", **registry.PRESETS["small"], "flags": {"levels": 9},
-                             "quality": None, "id": "grm/small/vr"})  # fmt: skip
-    vr = registry.load_model(str(path), 2.5)
+def test_effort_composes_with_rate_control_and_variable_rate():
+    vr = registry.load_model("grm/small/vr", 2.5)
     image = natural_image(128, 96, seed=7)
     data = codec.compress(image, vr, effort="slow")
     assert read_header(data).quality == 2.5

@@ -7,6 +7,7 @@ import torch
 from conftest import natural_image
 
 from refcodec import codec
+from refcodec.bitstream import read_header
 from refcodec.models import registry
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -55,11 +56,11 @@ def test_gpu_decoder_gives_the_cpu_decoders_latents_and_pixels_both_ways(name):
         assert torch.equal(gpu.synthesize(y_gpu).cpu(), cpu.synthesize(y_cpu))
 
 
-@pytest.mark.parametrize("model_id", ["grm/small/q3", "joint/small/q1"])
-def test_gpu_decodes_shipped_models_files_to_the_cpus_pixels(model_id):
+@pytest.mark.parametrize("quality", [0.0, 2.5, 8.0])
+def test_gpu_decodes_shipped_models_files_to_the_cpus_pixels(quality):
     image = natural_image(250, 170, seed=6)
-    cpu_file = codec.compress(image, registry.load_model(model_id))
-    gpu_file = codec.compress(image, registry.load_model(model_id).cuda())
+    cpu_file = codec.compress(image, registry.load_model("grm/small/vr", quality))
+    gpu_file = codec.compress(image, registry.load_model("grm/small/vr", quality).cuda())
     for data in (cpu_file, gpu_file):
         assert _pixels(codec.decompress(data, device="cuda")) == _pixels(codec.decompress(data))
 
@@ -71,7 +72,10 @@ def test_gpu_decodes_the_conformance_files_to_their_manifests_pixels():
 
     folder = Path(__file__).parent / "conformance"
     for name, expected in json.loads((folder / "MANIFEST.json").read_text()).items():
-        image = codec.decompress((folder / name).read_bytes(), device="cuda")
+        data = (folder / name).read_bytes()
+        if registry.retired_reason(read_header(data).model):
+            continue  # refused on every device (tests/test_conformance.py)
+        image = codec.decompress(data, device="cuda")
         assert hashlib.sha256(_pixels(image)).hexdigest() == expected, name
 
 

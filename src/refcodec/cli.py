@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"refuse images of more than N pixels (default {MAX_PIXELS})")  # fmt: skip
         if model:
             sp.add_argument("--model", default=DEFAULT_MODEL,
-                            help=f"model name (grm, joint, ...), model id (grm/small/q3) or .safetensors file (default {DEFAULT_MODEL})")  # fmt: skip
+                            help=f"model name (grm, joint, ...), model id (grm/small/vr) or .safetensors file (default {DEFAULT_MODEL})")  # fmt: skip
             sp.add_argument("--quality", "-q", type=float, default=None,
                             help=f"quality, higher is better and larger: any number in a variable-rate model's range "
                             f"(0-{max(LAMBDAS)}), an integer for a fixed-rate one (default {DEFAULT_QUALITY})")  # fmt: skip

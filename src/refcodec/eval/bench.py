@@ -46,10 +46,10 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def build_model(name: str, preset: str, quality: int, schedule: str):
+def build_model(name: str, preset: str, quality: float, schedule: str):
     """Shipped weights if there are any for (name, preset, quality), else seeded random weights."""
     try:
-        model = registry.load_model(registry.model_id(name, preset, quality))
+        model = registry.load_model(name, quality, preset)
         weights = model.id
     except registry.ModelNotFoundError:
         torch.manual_seed(0)
@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="grm", choices=sorted(registry.MODELS), help="architecture (default grm)")
     p.add_argument("--preset", default="paper", choices=sorted(registry.PRESETS),
                    help="model size (default paper); shipped weights if any, else seeded random ones")  # fmt: skip
-    p.add_argument("--quality", type=int, default=3, help="quality of the shipped weights to use (default 3)")
+    p.add_argument("--quality", type=float, default=3, help="quality of the shipped weights to use (default 3)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[SIZES["kodak"]], help=f"WxH or {', '.join(SIZES)}")
     p.add_argument("--image", type=Path, help="an image file instead of generated ones")
     p.add_argument("--schedules", nargs="+", default=["wavefront"], choices=["wavefront", "raster"],

@@ -320,7 +320,7 @@ def main(argv=None) -> int:
     p.add_argument("--effort", nargs="+", default=[], choices=list(EFFORTS),
                    help="also measure refcodec --model at each of these encoder efforts (refcodec compress --effort)")  # fmt: skip
     p.add_argument("--model-qualities", type=float, nargs="+", default=[1, 2, 3, 4], metavar="Q",
-                   help="the qualities of --model measured with --effort (default 1 2 3 4: the shipped grm/small/q1-q4)")  # fmt: skip
+                   help="the qualities of --model measured with --effort (default 1 2 3 4)")  # fmt: skip
     visual.add_arguments(p)
     args = p.parse_args(argv)
 

@@ -207,8 +207,9 @@ def main(argv=None) -> int:
     h = sub.add_parser("histograms", help="latent histograms of a GDN and a GSDN model over a folder of images (Figure 11)")
     h.add_argument("images", type=Path, help="folder of images (e.g. Kodak)")
     h.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
-    h.add_argument("--models", nargs="+", default=["joint/small/q3", "grm/small/q3"],
-                   help="models to compare (default: joint/small/q3, which uses GDN, and grm/small/q3, which uses GSDN)")
+    h.add_argument("--models", nargs="+", default=["grm/small/vr"],
+                   help="models to compare (default: the shipped grm/small/vr, which uses GSDN; add the weights of a joint "
+                   "model, trained with refcodec train --model joint, for GDN)")
     h.add_argument("--channels", type=int, default=4, help="channels of highest entropy to show per model")
     args = p.parse_args(argv)
     if args.figure == "histograms":

@@ -76,13 +76,12 @@ def retire(ids: list[str], release: str) -> None:
 
 
 def retired_reason(model_id: str) -> str | None:
-    """Why a retired model is not available, naming its last weights and the release to use; None if not retired."""
+    """Why a retired model is not available, naming the release (and its git tag) that decodes its files; None if not retired."""
     entry = retired().get(model_id)
     if entry is None:
         return None
     release = entry["release"]
-    return (f"{model_id} was retired after refcodec {release} (last weights {entry['weights_hash']}); "
-            f"decode with refcodec {release} (pip install refcodec=={release})")  # fmt: skip
+    return f"{model_id} was retired after refcodec {release}; decode its files with refcodec {release} (git tag v{release})"
 
 
 def build(name: str, preset: str = DEFAULT_PRESET, **flags) -> CompressionModel:
