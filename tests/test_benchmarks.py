@@ -117,3 +117,22 @@ def test_exact_synthesis_times_both_syntheses_in_one_run(tmp_path):
     assert abs(model["psnr_exact"] - model["psnr_float32"]) < 0.01
     assert [layer[0] for layer in model["worst_case_log2"]] == ["ExactDeconv", "ExactIGSDN"] * 3 + ["ExactDeconv"]
     assert out.with_suffix(".md").read_text().count("grm/small/vr") == 1
+
+
+def test_vr_speed_times_the_variable_rate_model_against_a_fixed_rate_one(tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "speed.json"
+    folder.mkdir()
+    sample_image(96, 64, seed=2).save(folder / "a.png")
+    fixed = tmp_path / "fixed.safetensors"
+    registry.save(registry.build("grm", "small"), fixed, {"name": "grm", "preset": "small", **registry.PRESETS["small"],
+                                                          "flags": {}, "quality": 3, "id": "grm/small/q3"})  # fmt: skip
+    cmd = [sys.executable, str(BENCHMARKS / "vr_speed.py"), str(folder), "--baseline", str(fixed), "--qualities", "1", "8",
+           "--rounds", "2", "--threads", "1", "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    low, high, base = (report["summary"][k] for k in ("grm/small/vr@1", "grm/small/vr@8", "grm/small/q3"))
+    assert base["encode_vs_baseline"] == base["decode_vs_baseline"] == 1 and low["bpp"] < high["bpp"]
+    assert all(len(t["decode"]) == 2 for t in report["per_image"]["grm/small/vr@8"].values())
+    cmd[4] = "grm/small/vr"  # the baseline must be a fixed-rate model
+    refused = subprocess.run(cmd, capture_output=True, text=True)
+    assert refused.returncode != 0 and "fixed-rate" in refused.stderr and "Traceback" not in refused.stderr

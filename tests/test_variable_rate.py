@@ -214,13 +214,17 @@ def test_retired_models_are_refused_with_the_release_that_decodes_them(tmp_path,
     (weights / "grm-test-q3.md").write_text("card")
     data = codec.compress(image, "grm/test/q3")
     written_with = registry.load_model("grm/test/q3").weights_hash().hex()
+    kept = tmp_path / "kept.safetensors"  # the weights file of the old release, kept by a user
+    kept.write_bytes((weights / "grm-test-q3.safetensors").read_bytes())
     registry.retire(["grm/test/q3"], "0.2.0")
     assert registry.shipped_ids() == [] and sorted(p.name for p in weights.iterdir()) == ["retired.json"]
     with pytest.raises(BitstreamError) as info:
         codec.decompress(data)
     message = str(info.value)
     assert message.startswith(f"file was written by grm/test/q3 with weights {written_with}: grm/test/q3 was retired after refcodec 0.2.0")
-    assert message.endswith("; decode its files with refcodec 0.2.0 (git tag v0.2.0)") and "\n" not in message
+    assert message.endswith("; decode its files with refcodec 0.2.0 (git tag v0.2.0), or with --model and its weights file "
+                            "from that release") and "\n" not in message
+    assert codec.decompress(data, registry.load_model(str(kept))).size == image.size
     with pytest.raises(registry.ModelNotFoundError, match="grm/test/q3 was retired"):
         registry.load_model("grm/test/q3")
 

@@ -81,7 +81,8 @@ def retired_reason(model_id: str) -> str | None:
     if entry is None:
         return None
     release = entry["release"]
-    return f"{model_id} was retired after refcodec {release}; decode its files with refcodec {release} (git tag v{release})"
+    return (f"{model_id} was retired after refcodec {release}; decode its files with refcodec {release} (git tag v{release}), "
+            f"or with --model and its weights file from that release")  # fmt: skip
 
 
 def build(name: str, preset: str = DEFAULT_PRESET, **flags) -> CompressionModel:
