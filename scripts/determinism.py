@@ -1,6 +1,7 @@
 """Determinism matrix: every image x shipped model, encoded with 1 and 2 threads, each file decoded
 with 1 and 2 threads, every encode and every decode in a fresh process; with the CPU model and
-instruction set, so that runs on different machines can be compared.
+instruction set, so that runs on different machines can be compared. A variable-rate model is run at
+several qualities, a fractional one among them (``--models grm/small/vr@2.5`` names one).
 
     python scripts/determinism.py ../shared/datasets/kodak -o results/reliability
     python scripts/determinism.py ../shared/datasets/kodak --compare other-machine/determinism.json
@@ -32,6 +33,7 @@ from refcodec.models import registry
 from refcodec.images import find_images
 
 THREADS = (1, 2)
+VARIABLE_QUALITIES = (1.0, 2.5, 8.0)
 INSTRUCTION_SETS = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
                     "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "sve2"}  # fmt: skip
 
@@ -63,9 +65,24 @@ def compare(report: dict, other: dict) -> dict:
     return out
 
 
+def load(ref: str):
+    """The model of a reference: a model id, or ``id@quality`` for a variable-rate model at that quality."""
+    model_id, _, quality = ref.partition("@")
+    return registry.load_model(model_id, float(quality) if quality else registry.DEFAULT_QUALITY)
+
+
+def shipped_refs() -> list[str]:
+    """Every shipped model; a variable-rate one at each of ``VARIABLE_QUALITIES``."""
+    refs = []
+    for model_id in registry.shipped_ids():
+        variable = registry.read_config(registry.weights_path(model_id)).get("flags", {}).get("levels", 0)
+        refs += [f"{model_id}@{q:g}" for q in VARIABLE_QUALITIES] if variable else [model_id]
+    return refs
+
+
 def child_encode(models: list[str], images: list[Path], out: Path) -> None:
     for model_id in models:
-        model = registry.load_model(model_id)
+        model = load(model_id)
         for image in images:
             path = out / model_id.replace("/", "-") / (image.stem + ".rfc")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +93,7 @@ def child_decode(models: list[str], folder: Path) -> dict:
     """sha256 of the decoded pixels of every file, by model and image."""
     hashes = {}
     for model_id in models:
-        model = registry.load_model(model_id)
+        model = load(model_id)
         for path in sorted((folder / model_id.replace("/", "-")).glob("*.rfc")):
             image = codec.decompress(path.read_bytes(), model)
             hashes.setdefault(model_id, {})[path.stem] = hashlib.sha256(image.tobytes()).hexdigest()
@@ -98,7 +115,7 @@ def file_hashes(folder: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="?", type=Path)
-    p.add_argument("--models", nargs="+", default=None, help="model ids (default: every shipped model)")
+    p.add_argument("--models", nargs="+", default=None, help="model ids, or id@quality (default: every shipped model)")
     p.add_argument("-o", "--output", type=Path, help="folder for determinism.json and determinism.md")
     p.add_argument("--every", type=int, default=1, help="take every n-th image (1: all)")
     p.add_argument("--compare", type=Path, help="another machine's determinism.json: same files must give the same pixels")
@@ -107,7 +124,7 @@ def main() -> None:
     p.add_argument("--images-list", nargs="*", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    models = args.models or registry.shipped_ids()
+    models = args.models or shipped_refs()
     if args.child:
         torch.set_num_threads(args.threads)
         if args.child == "encode":

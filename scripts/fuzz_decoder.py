@@ -34,6 +34,7 @@ from refcodec.models import registry
 from refcodec.sample import sample_image
 
 SIZES = ((64, 64), (80, 48), (1, 1), (33, 70))
+SEED_QUALITIES = (0.0, 2.5, 8.0)  # a variable-rate model's seed files: both ends and a fractional quality
 
 
 class Hang(Exception):
@@ -113,8 +114,10 @@ def outcome_of(data: bytes, models: dict, max_pixels: int) -> str:
 
 
 def seeds(model_ids: list[str]) -> tuple[list[bytes], dict]:
+    """Real files of every model and size; a variable-rate model's at each of ``SEED_QUALITIES``."""
     models = {m: registry.load_model(m) for m in model_ids}
-    files = [codec.compress(sample_image(w, h, seed=i), model) for model in models.values() for i, (w, h) in enumerate(SIZES)]
+    files = [codec.compress(sample_image(w, h, seed=i), model, quality=q) for model in models.values()
+             for q in (SEED_QUALITIES if model.levels else [None]) for i, (w, h) in enumerate(SIZES)]  # fmt: skip
     return files, models
 
 

@@ -21,3 +21,9 @@ def test_a_file_identical_on_two_machines_must_decode_to_the_same_pixels_there()
     assert result["models"]["m"] == {"images": 3, "same_bytes": 2, "same_pixels_of_same_bytes": 2} and result["failures"] == 0
     broken = run({"a": "f1", "b": "f2", "c": "f3"}, {"a": "p1", "b": "p2", "c": "another picture"})
     assert compare(mine, broken)["failures"] == 1
+
+
+def test_a_variable_rate_model_is_run_at_several_qualities():
+    script = load_script("determinism")
+    assert script.shipped_refs() == ["grm/small/vr@1", "grm/small/vr@2.5", "grm/small/vr@8"]
+    assert script.load("grm/small/vr@2.5").quality == 2.5 and script.load("grm/small/vr").quality == 3
