@@ -9,7 +9,9 @@ first ``--limit`` images of each validation set (``photos/val`` and ``bsds500/va
 Kodak). The shipped model is measured the same way: the shipped variable-rate ``grm/small/vr``,
 or before one exists the fixed-rate ``grm/small/q1``-``q4``. BD-rate (``eval.bdrate``: Akima,
 over the common PSNR range) of the candidate against the shipped model must be below 0 on every
-set; the gate also reports both models' BD-rates against WebP and HEVC (x265) on each set.
+set; the gate also reports both models' BD-rates against WebP and HEVC (x265) on each set. A
+candidate trained for MS-SSIM (``--metric ms-ssim``) is judged on MS-SSIM in dB instead, against the
+shipped ``grm/small/vr-ms-ssim``, or before one exists against the MSE model it is fine-tuned from.
 
 Curves that do not change (the shipped model, WebP, HEVC) are cached in ``results/gate/cache``
 under a hash of the weights, images and settings. Every verdict goes to
@@ -25,6 +27,7 @@ refused with a line that names the release that decodes them). Shipping also rem
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,12 +53,19 @@ ANCHORS = ("webp", "hevc")
 DEFAULT_QUALITIES = [1.0, 2.75, 4.5, 6.25, 8.0]
 
 
-def shipped_models() -> list:
-    """The models a candidate must beat: the shipped variable-rate model, else the fixed-rate grm/small ones."""
-    variable = registry.model_id("grm", "small", None)
-    if variable in registry.shipped_ids():
-        return [variable]
+def shipped_models(metric: str = "mse") -> list:
+    """The models a candidate must beat: the shipped variable-rate model of its metric; before one exists,
+    for MS-SSIM the MSE model it is fine-tuned from (section 5.1), for MSE the fixed-rate grm/small ones."""
+    for m in dict.fromkeys([metric, "mse"]):
+        variable = registry.model_id("grm", "small", None, m)
+        if variable in registry.shipped_ids():
+            return [variable]
     return [i for i in registry.shipped_ids() if i.startswith("grm/small/q") and i[len("grm/small/q"):].isdigit()]
+
+
+def measured(curve: bdrate.Curve, metric: str) -> bdrate.Curve:
+    """The curve as the gate compares it: PSNR for an MSE model, MS-SSIM in dB for an MS-SSIM one."""
+    return dataclasses.replace(curve, psnr=curve.msssim_db) if metric == "ms-ssim" else curve
 
 
 def _key(*parts) -> str:
@@ -94,15 +104,17 @@ def anchor_curve(name: str, files: list[Path], threads: int) -> dict:
 
 
 def judge(candidate: Path, sets: list[Path], qualities: list[float], limit: int, threads: int) -> dict:
-    """Curves and BD-rates of the candidate (as float16) and the shipped model on every set."""
+    """Curves and BD-rates of the candidate (as float16) and the shipped model on every set, in the
+    candidate's metric (PSNR, or MS-SSIM in dB)."""
     model = registry.load_model(str(candidate))
+    metric = model.config.get("metric", "mse")
     with tempfile.TemporaryDirectory() as tmp:
         half = Path(tmp) / "candidate.safetensors"  # what would ship
         registry.save(model, half, model.config, dtype=torch.float16)
         as_shipped = registry.load_model(str(half))
-        shipped = shipped_models()
+        shipped = shipped_models(metric)
         verdict = {"candidate": str(candidate), "candidate_hash": as_shipped.weights_hash().hex(),
-                   "candidate_steps": model.config.get("steps"), "shipped": shipped, "qualities": qualities,
+                   "candidate_steps": model.config.get("steps"), "metric": metric, "shipped": shipped, "qualities": qualities,
                    "limit": limit, "sets": {}}  # fmt: skip
         for folder in sets:
             files = find_images(folder)[:limit]
@@ -114,8 +126,9 @@ def judge(candidate: Path, sets: list[Path], qualities: list[float], limit: int,
             ref_qualities = qualities if reference[0].levels else [None]
             ref = _cached("shipped", _key([m.weights_hash().hex() for m in reference], content, ref_qualities),
                           lambda: _merge([model_curve(i, ref_qualities, files, "shipped") for i in shipped]))  # fmt: skip
-            curves = {"candidate": bdrate.curve(cand), "shipped": bdrate.curve(ref)}
-            anchors = {a: bdrate.curve(_cached(a, _key(a, content), lambda a=a: anchor_curve(a, files, threads))) for a in ANCHORS}
+            curves = {"candidate": measured(bdrate.curve(cand), metric), "shipped": measured(bdrate.curve(ref), metric)}
+            anchors = {a: measured(bdrate.curve(_cached(a, _key(a, content), lambda a=a: anchor_curve(a, files, threads))), metric)
+                       for a in ANCHORS}  # fmt: skip
             verdict["sets"][str(folder)] = {
                 "images": names,
                 "candidate_vs_shipped": bdrate.delta(curves["shipped"], curves["candidate"]),
@@ -143,7 +156,8 @@ def report(verdict: dict) -> str:
         cells = [s["candidate_vs_shipped"], s["candidate_vs_webp"], s["shipped_vs_webp"], s["candidate_vs_hevc"], s["shipped_vs_hevc"]]
         lines.append(f"| {folder} | " + " | ".join(f"{c['bd_rate']:+.1f}%" for c in cells) + " |")
     lines.append(f"\n{'ACCEPTED' if verdict['accepted'] else 'REFUSED'}: candidate {verdict['candidate']} "
-                 f"({verdict['candidate_steps']} steps) against {', '.join(verdict['shipped'])}")  # fmt: skip
+                 f"({verdict['candidate_steps']} steps) against {', '.join(verdict['shipped'])}, "
+                 f"BD-rate in {'MS-SSIM (dB)' if verdict['metric'] == 'ms-ssim' else 'PSNR'}")  # fmt: skip
     return "\n".join(lines)
 
 

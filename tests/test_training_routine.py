@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 
@@ -110,3 +111,23 @@ def test_ship_gate_judges_against_the_shipped_model(datasets, tmp_path, monkeypa
     assert cached == ["hevc", "hevc", "shipped", "shipped", "webp", "webp"]
     with pytest.raises(SystemExit):
         gate.main([str(candidate), "--qualities", "1", "2", "3"])  # fewer than five qualities
+
+
+def test_ship_gate_judges_an_ms_ssim_candidate_on_ms_ssim_against_the_mse_model(tmp_path, monkeypatch):
+    """Before an MS-SSIM model ships, its candidate must beat the MSE model it is fine-tuned from, in MS-SSIM."""
+    gate = load_script("ship_gate")
+    val = tmp_path / "val"
+    val.mkdir()
+    natural_image(192, 176, seed=3).save(val / "0.png")  # MS-SSIM's five scales need more than 160 pixels a side
+    candidate = tmp_path / "candidate.safetensors"
+    model = registry.load_model("grm/small/vr")
+    registry.save(model, candidate, {**model.config, "metric": "ms-ssim", "id": "grm/small/vr-ms-ssim"})
+    monkeypatch.chdir(tmp_path)
+    assert gate.main([str(candidate), "--val", str(val), "--limit", "1", "--threads", "1"]) == 1
+    verdict = json.loads((tmp_path / "results/gate/verdicts.json").read_text())[-1]
+    assert verdict["metric"] == "ms-ssim" and verdict["shipped"] == ["grm/small/vr"]
+    [s] = verdict["sets"].values()
+    assert 0 < s["candidate_vs_shipped"]["bd_rate"] < 1  # the same weights; its longer model id costs the header 8 bytes
+    low, _ = s["candidate_vs_shipped"]["psnr_range"]  # the common range, here of MS-SSIM in dB
+    assert min(s["candidate"]["ms-ssim-rgb"]) > 0.5 and low == pytest.approx(-10 * math.log10(1 - min(s["candidate"]["ms-ssim-rgb"])))
+    assert json.loads((tmp_path / "results/learning-curve/gate-log.json").read_text())[-1]["id"] == "grm/small/vr-ms-ssim"
