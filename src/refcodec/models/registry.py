@@ -1,9 +1,10 @@
 """Model zoo: names, size presets, quality levels and shipped weights.
 
 A model is identified by ``name/preset/q<quality>`` (for example ``grm/small/q3``), or
-``name/preset/vr`` for a variable-rate model that serves every quality from one file;
-that id and a hash of the weights go into every file, so a decoder can find the
-same weights and refuse others. Weights are safetensors files whose metadata
+``name/preset/vr`` for a variable-rate model that serves every quality from one file (the
+shipped ``grm/small/vr``); that id and a hash of the weights go into every file, so a decoder
+can find the same weights and refuse others. Models that left the package are listed in
+``weights/retired.json`` with the release that decodes their files. Weights are safetensors files whose metadata
 holds the architecture (``config``) so that a checkpoint rebuilds its own model.
 """
 
