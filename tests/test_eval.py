@@ -26,3 +26,17 @@ def test_eval_writes_compressai_layout(tmp_path, tiny_weights):
     rows = report["per_image"]["grm/test/q3"]
     assert results["bpp"][0] == pytest.approx(sum(r["bpp"] for r in rows) / 2)
     assert all(r["bpp"] > r["payload_bpp"] for r in rows)  # the file includes its header
+
+
+def test_summarize_skips_missing_values_without_a_warning():
+    import math
+    import warnings
+
+    from refcodec.eval.evaluate import summarize
+
+    rows = [{"image": "a", "ms-ssim-rgb": math.nan, "bpp": 1.0}, {"image": "b", "ms-ssim-rgb": math.nan, "bpp": 3.0}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would fail here
+        mean = summarize(rows)
+    assert mean["bpp"] == 2.0 and math.isnan(mean["ms-ssim-rgb"])
+    assert summarize([{"image": "a", "ms-ssim-rgb": 0.9}, {"image": "b", "ms-ssim-rgb": math.nan}]) == {"ms-ssim-rgb": 0.9}

@@ -74,9 +74,11 @@ def _header_bytes(data: bytes) -> int:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Means over images of every measured quantity (NaN-aware)."""
+    """Means over images of every measured quantity, NaN-aware: NaN where no image has one (MS-SSIM
+    of images of 160 pixels or less a side)."""
     keys = [k for k in rows[0] if k != "image"]
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
+    return {k: float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else math.nan for k, v in values.items()}
 
 
 def curve_name(model_name: str, effort: str) -> str:
