@@ -9,11 +9,12 @@ name to the sha256 of its decoded image as RGB bytes in row-major order
     python scripts/conformance.py            # check every file, then add those of new models
     python scripts/conformance.py --check    # only check
 
-Files are written once and kept: a regeneration adds the files of models that have none (a newly
-shipped model) and never re-encodes an existing file. It refuses, changing nothing, when an existing
+Files are written once and kept: a regeneration adds the files of models (id and weights hash) that
+have none (a newly shipped model, or new weights shipped under an old id: their names then carry the
+weights hash) and never re-encodes an existing file. It refuses, changing nothing, when an existing
 file decodes to other pixels than the manifest says: that is a format break, which needs a new format
-version instead. Files of a retired model stay; the test expects them to be refused with the
-documented one-line message.
+version instead. Files of a retired model or of replaced weights stay; the test expects them to be
+refused with the documented one-line message.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def pixels_sha256(image: Image.Image) -> str:
 
 
 def check(folder: Path, manifest: dict[str, str]) -> list[str]:
-    """One line per file that does not decode to its manifest's pixels (retired models' files must be refused)."""
+    """One line per file that does not decode to its manifest's pixels (files of retired models and of
+    replaced weights must be refused)."""
     failures = []
     for name, expected in sorted(manifest.items()):
         path = folder / name
@@ -77,10 +79,11 @@ def check(folder: Path, manifest: dict[str, str]) -> list[str]:
             failures.append(f"{name}: missing")
             continue
         data = path.read_bytes()
-        if registry.retired_reason(read_header(data).model):
+        header = read_header(data)
+        if registry.retired_reason(header.model, header.weights_hash):
             try:
                 codec.decompress(data)
-                failures.append(f"{name}: a retired model's file decoded instead of being refused")
+                failures.append(f"{name}: a file of retired or replaced weights decoded instead of being refused")
             except BitstreamError:
                 pass
             continue
@@ -112,12 +115,15 @@ def main() -> int:
         return 0
     args.folder.mkdir(parents=True, exist_ok=True)
     added = 0
+    covered = {(h.model, h.weights_hash) for h in (read_header((args.folder / name).read_bytes()) for name in manifest)}
     for model_id in registry.shipped_ids():
         model = registry.load_model(model_id)
+        if (model_id, model.weights_hash()) in covered:
+            continue
         for stem, (quality, image) in codings(model_id, model.levels).items():
             name = f"{model_id.replace('/', '-')}-{stem}.rfc"
-            if name in manifest:
-                continue
+            if name in manifest:  # taken by weights that this ship replaced: name these by their hash
+                name = f"{model_id.replace('/', '-')}-{model.weights_hash().hex()[:8]}-{stem}.rfc"
             data = codec.compress(image, model, quality=quality if model.levels else None)
             if len(data) > MAX_BYTES:
                 raise SystemExit(f"conformance: {name} is {len(data)} bytes, over {MAX_BYTES}")

@@ -6,7 +6,9 @@ Writes src/refcodec/models/weights/<name>-<preset>-<q<quality> or vr>.safetensor
 model card (.md) with the architecture, data, steps, wall time, hardware and the measured
 bpp/PSNR/MS-SSIM, encode/decode times and the gap between file size and estimated rate (for a
 variable-rate model, at every quality of ``--qualities``). Variable-rate models are shipped
-through ``scripts/ship_gate.py``, which calls this script with ``--weights``.
+through ``scripts/ship_gate.py``, which calls this script with ``--weights``. Weights that replace a
+shipped model's under the same id record the old weights hash in ``replaced.json`` (``registry.record_replaced``),
+so that files written with them are refused with a line naming the release that decodes them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import refcodec
 from refcodec.eval.evaluate import evaluate_image, summarize
 from refcodec.models import registry
 from refcodec.images import find_images
@@ -108,9 +111,13 @@ def main() -> None:
     origin = f" (steps 1-{base}: the run of `{init}` it started from; {steps - base} steps here)" if base else ""
     out = registry.weights_path(config["id"])
     name = out.stem
+    before = registry.load_model(str(out)).weights_hash() if out.is_file() else None
     registry.save(model, out, config, dtype=torch.float16)
 
     shipped = registry.load_model(str(out))
+    if before is not None and before != shipped.weights_hash():  # files of the weights replaced name the release that decodes them
+        registry.record_replaced(shipped.id, before, refcodec.__version__)
+        print(f"replaced weights {before.hex()} of {shipped.id} (their files name refcodec {refcodec.__version__}); bump the version")
     load = os.getloadavg()[0]  # other work on the machine slows the timings
     files = find_images(args.eval)
     if shipped.levels:  # one card, a point per quality

@@ -229,6 +229,31 @@ def test_retired_models_are_refused_with_the_release_that_decodes_them(tmp_path,
         registry.load_model("grm/test/q3")
 
 
+def test_files_of_replaced_weights_are_refused_with_the_release_that_decodes_them(tmp_path, monkeypatch, image):
+    """A new ship under the same id (registry.record_replaced, called by scripts/ship_weights.py) names the
+    release that decodes the files of the weights it replaced; the new weights' files decode."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
+    save_tiny(weights / "grm-test-q3.safetensors", seed=0)
+    old = codec.compress(image, "grm/test/q3")
+    old_hash = registry.load_model("grm/test/q3").weights_hash()
+    kept = tmp_path / "kept.safetensors"
+    kept.write_bytes((weights / "grm-test-q3.safetensors").read_bytes())
+    save_tiny(weights / "grm-test-q3.safetensors", seed=1)  # the new ship
+    registry.record_replaced("grm/test/q3", old_hash, "0.3.0")
+    assert registry.replaced() == {old_hash.hex(): {"model": "grm/test/q3", "release": "0.3.0"}}
+    new = codec.compress(image, "grm/test/q3")
+    assert codec.decompress(new).size == image.size and registry.retired_reason("grm/test/q3") is None
+    with pytest.raises(BitstreamError) as info:
+        codec.decompress(old)
+    assert str(info.value) == (f"file was written by grm/test/q3 with weights {old_hash.hex()}: these weights of grm/test/q3 "
+                               "were replaced after refcodec 0.3.0; decode its files with refcodec 0.3.0 (git tag v0.3.0), "
+                               "or with --model and its weights file from that release")  # fmt: skip
+    assert codec.decompress(old, registry.load_model(str(kept))).size == image.size
+    assert registry.retired_reason("grm/other/q3", old_hash) is None  # a hash is only recorded for its own model id
+
+
 def test_files_of_format_versions_1_and_2_still_decode(tiny_model, image):
     """Files of format versions 1 (no quality field) and 2 decode with the float32 synthesis they were
     written for; version 3 files with the exact one."""

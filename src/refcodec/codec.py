@@ -133,7 +133,7 @@ def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int =
     if header.width * header.height > max_pixels:
         raise BitstreamError(f"file holds a {header.width}x{header.height} image, over the limit of {max_pixels} pixels")
     if model is None:
-        retired = retired_reason(header.model)
+        retired = retired_reason(header.model, header.weights_hash)
         if retired:
             raise BitstreamError(f"file was written by {header.model} with weights {header.weights_hash.hex()}: {retired}")
         try:

@@ -4,7 +4,8 @@ A model is identified by ``name/preset/q<quality>`` (for example ``grm/small/q3`
 ``name/preset/vr`` for a variable-rate model that serves every quality from one file (the
 shipped ``grm/small/vr``); that id and a hash of the weights go into every file, so a decoder
 can find the same weights and refuse others. Models that left the package are listed in
-``weights/retired.json`` with the release that decodes their files. Weights are safetensors files whose metadata
+``weights/retired.json``, and weights that a new ship of the same id replaced in ``weights/replaced.json``,
+each with the release that decodes their files. Weights are safetensors files whose metadata
 holds the architecture (``config``) so that a checkpoint rebuilds its own model.
 """
 
@@ -76,13 +77,35 @@ def retire(ids: list[str], release: str) -> None:
     (WEIGHTS_DIR / RETIRED).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def retired_reason(model_id: str) -> str | None:
-    """Why a retired model is not available, naming the release (and its git tag) that decodes its files; None if not retired."""
+REPLACED = "replaced.json"  # in WEIGHTS_DIR: {weights hash: {"model": id, "release": last release that shipped them}}
+
+
+def replaced() -> dict[str, dict]:
+    """Weights that a later ship of the same model id replaced, by weights hash, with the release that decodes their files."""
+    path = WEIGHTS_DIR / REPLACED
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_replaced(model_id: str, weights_hash: bytes, release: str) -> None:
+    """Record that the shipped weights ``weights_hash`` of ``model_id`` were replaced after ``release``, so
+    that their files are refused with a line naming that release instead of a bare hash mismatch."""
+    record = replaced() | {weights_hash.hex(): {"model": model_id, "release": release}}
+    (WEIGHTS_DIR / REPLACED).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def retired_reason(model_id: str, weights_hash: bytes | None = None) -> str | None:
+    """Why a file's model is not available: the model was retired, or its weights ``weights_hash`` were
+    replaced by a later ship. Names the release (and its git tag) that decodes its files; None if neither."""
     entry = retired().get(model_id)
-    if entry is None:
-        return None
+    if entry is not None:
+        what = f"{model_id} was retired"
+    else:
+        entry = replaced().get(weights_hash.hex()) if weights_hash is not None else None
+        if entry is None or entry["model"] != model_id:
+            return None
+        what = f"these weights of {model_id} were replaced"
     release = entry["release"]
-    return (f"{model_id} was retired after refcodec {release}; decode its files with refcodec {release} (git tag v{release}), "
+    return (f"{what} after refcodec {release}; decode its files with refcodec {release} (git tag v{release}), "
             f"or with --model and its weights file from that release")  # fmt: skip
 
 
