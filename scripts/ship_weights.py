@@ -98,26 +98,33 @@ def main() -> None:
     steps, before = config["steps"], config.get("init", {})
     init = before.get("id") or args.init_id
     hardware = config.get("hardware") or f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"
-    data = ", ".join(config["data"])
-    earlier = shipped_training(init) if base else None  # a shipped model's card holds its whole history
-    if earlier and earlier["steps"] == base:
-        own = hours - earlier["wall_hours"]
-        hardware = f"{earlier['hardware']}; then {hardware} for steps {base + 1}-{steps} ({own:.2f} h)"
-        if earlier["data"] != config["data"]:
-            data = f"{', '.join(earlier['data'])} for steps 1-{base}; {data} for steps {base + 1}-{steps}"
+    history = [{"data": config["data"], "steps": [1, steps]}]  # the training folders of each span of steps
+    # a shipped model's card holds its whole history: the one this run continues (the same id, shipped
+    # before at fewer steps) or the one it started from
+    cards = [shipped_training(ref) for ref in (config["id"], init)] if base else []
+    earlier = next((c for c in cards if c and base <= c["steps"] < steps), None)
+    if earlier:
+        done, own = earlier["steps"], hours - earlier["wall_hours"]
+        hardware = f"{earlier['hardware']}; then {hardware} for steps {done + 1}-{steps} ({own:.2f} h)"
+        history = earlier.get("data_history") or [{"data": earlier["data"], "steps": [1, done]}]
+        if history[-1]["data"] == config["data"]:
+            history[-1]["steps"][1] = steps
+        else:
+            history.append({"data": config["data"], "steps": [done + 1, steps]})
     elif base and before.get("hardware"):  # two machines: say which did what
         own = hours - before["wall_seconds"] / 3600
         hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {steps - base} ({own:.2f} h)"
+    data = "; ".join(f"{', '.join(h['data'])} for steps {h['steps'][0]}-{h['steps'][1]}" for h in history) if len(history) > 1 else ", ".join(config["data"])
     origin = f" (steps 1-{base}: the run of `{init}` it started from; {steps - base} steps here)" if base else ""
     out = registry.weights_path(config["id"])
     name = out.stem
-    before = registry.load_model(str(out)).weights_hash() if out.is_file() else None
+    old_hash = registry.load_model(str(out)).weights_hash() if out.is_file() else None
     registry.save(model, out, config, dtype=torch.float16)
 
     shipped = registry.load_model(str(out))
-    if before is not None and before != shipped.weights_hash():  # files of the weights replaced name the release that decodes them
-        registry.record_replaced(shipped.id, before, refcodec.__version__)
-        print(f"replaced weights {before.hex()} of {shipped.id} (their files name refcodec {refcodec.__version__}); bump the version")
+    if old_hash is not None and old_hash != shipped.weights_hash():  # files of the weights replaced name the release that decodes them
+        registry.record_replaced(shipped.id, old_hash, refcodec.__version__)
+        print(f"replaced weights {old_hash.hex()} of {shipped.id} (their files name refcodec {refcodec.__version__}); bump the version")
     load = os.getloadavg()[0]  # other work on the machine slows the timings
     files = find_images(args.eval)
     if shipped.levels:  # one card, a point per quality
@@ -137,7 +144,7 @@ def main() -> None:
         "architecture": {"model": config["name"], "preset": config["preset"], "N": config["N"], "M": config["M"], "flags": config["flags"]},
         "training": {"data": config["data"], "steps": config["steps"], "initialized_from": init if base else None,
                      "steps_from_init": steps - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
-                     "hardware": hardware},
+                     "hardware": hardware, "data_history": history},
         "evaluation": {"images": str(args.eval), "count": len(files), "threads": args.threads, "load_average": round(load, 1),
                        **{k: v if k == "qualities" else round(v, 5) for k, v in mean.items()}},
         "per_image": rows,
