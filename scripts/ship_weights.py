@@ -66,6 +66,20 @@ def shipped_training(model_id: str | None) -> dict | None:
     return json.loads(card.read_text())["training"] if card.is_file() else None
 
 
+def data_history(earlier: dict | None, data: list[str], steps: int) -> list[dict]:
+    """The training folders of each span of steps, ``[{"data": [...], "steps": [first, last]}]``: those of
+    the ``earlier`` card's training (its ``data_history``, or its folders for all its steps), then ``data``
+    up to ``steps``."""
+    if earlier is None:
+        return [{"data": data, "steps": [1, steps]}]
+    history = [dict(h) for h in earlier.get("data_history") or [{"data": earlier["data"], "steps": [1, earlier["steps"]]}]]
+    if history[-1]["data"] == data:
+        history[-1]["steps"] = [history[-1]["steps"][0], steps]
+    else:
+        history.append({"data": data, "steps": [earlier["steps"] + 1, steps]})
+    return history
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="training run folder (checkpoint.pt or weights.safetensors, log.csv)")
@@ -98,19 +112,14 @@ def main() -> None:
     steps, before = config["steps"], config.get("init", {})
     init = before.get("id") or args.init_id
     hardware = config.get("hardware") or f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"
-    history = [{"data": config["data"], "steps": [1, steps]}]  # the training folders of each span of steps
     # a shipped model's card holds its whole history: the one this run continues (the same id, shipped
     # before at fewer steps) or the one it started from
     cards = [shipped_training(ref) for ref in (config["id"], init)] if base else []
     earlier = next((c for c in cards if c and base <= c["steps"] < steps), None)
+    history = data_history(earlier, config["data"], steps)
     if earlier:
         done, own = earlier["steps"], hours - earlier["wall_hours"]
         hardware = f"{earlier['hardware']}; then {hardware} for steps {done + 1}-{steps} ({own:.2f} h)"
-        history = earlier.get("data_history") or [{"data": earlier["data"], "steps": [1, done]}]
-        if history[-1]["data"] == config["data"]:
-            history[-1]["steps"][1] = steps
-        else:
-            history.append({"data": config["data"], "steps": [done + 1, steps]})
     elif base and before.get("hardware"):  # two machines: say which did what
         own = hours - before["wall_seconds"] / 3600
         hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {steps - base} ({own:.2f} h)"

@@ -131,3 +131,15 @@ def test_ship_gate_judges_an_ms_ssim_candidate_on_ms_ssim_against_the_mse_model(
     low, _ = s["candidate_vs_shipped"]["psnr_range"]  # the common range, here of MS-SSIM in dB
     assert min(s["candidate"]["ms-ssim-rgb"]) > 0.5 and low == pytest.approx(-10 * math.log10(1 - min(s["candidate"]["ms-ssim-rgb"])))
     assert json.loads((tmp_path / "results/learning-curve/gate-log.json").read_text())[-1]["id"] == "grm/small/vr-ms-ssim"
+
+
+def test_model_cards_keep_the_data_of_every_span_of_steps():
+    ship = load_script("ship_weights")
+    photos, bsds = ["photos/train", "bsds500/train"], ["bsds500/train"]
+    assert ship.data_history(None, bsds, 18009) == [{"data": bsds, "steps": [1, 18009]}]
+    first = ship.data_history({"data": bsds, "steps": 18009}, photos, 27867)  # a run from a shipped model, on new data
+    assert first == [{"data": bsds, "steps": [1, 18009]}, {"data": photos, "steps": [18010, 27867]}]
+    card = {"data": photos, "steps": 27867, "data_history": first}
+    assert ship.data_history(card, photos, 30859) == [{"data": bsds, "steps": [1, 18009]}, {"data": photos, "steps": [18010, 30859]}]
+    assert card["data_history"] == first  # the earlier card is not changed
+    assert ship.data_history(card, bsds, 31000)[-1] == {"data": bsds, "steps": [27868, 31000]}
