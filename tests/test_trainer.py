@@ -25,6 +25,14 @@ def test_stage_weights_follow_section_5_1():
     assert stage_weights(1, warm=True) == [1.0]
 
 
+def test_warm_up_is_for_models_trained_from_scratch():
+    """The 0.3:0.3:0.4 warm-up is the first fifth of a run from scratch; a run from trained weights (a
+    continued run, whose schedule may be a million steps long) goes straight to 0.1:0.1:0.8."""
+    assert trainer.warmup_steps(None, 20_000, base=0) == 4_000
+    assert trainer.warmup_steps(None, 1_000_000, base=30_859) == 0
+    assert trainer.warmup_steps(500, 1_000_000, base=30_859) == 500
+
+
 def _args(data, out, steps, *extra):
     return ["--data", str(data), "--val", str(data), "--out", str(out), "--preset", "small", "--steps", str(steps),
             "--batch", "2", "--crop", "64", "--save-every", "2", "--val-every", "2", "--val-images", "2", *extra]  # fmt: skip
@@ -62,6 +70,7 @@ def test_init_from_weights_continues_the_step_count(tmp_path):
     trainer.main(_args(data, tmp_path / "b", 4, "--init", str(tmp_path / "a" / "weights.safetensors")))
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4 and state["base_step"] == 2
+    assert state["config"]["warmup_steps"] == 0  # trained weights: no warm-up
     # each stage of the chain says what it ran on, for the model card
     init = state["config"]["init"]
     assert "CPU cores" in state["config"]["hardware"] and init["hardware"] == state["config"]["hardware"]

@@ -53,6 +53,15 @@ def stage_weights(stages: int, warm: bool) -> list[float]:
     return [(1 - last) / (stages - 1)] * (stages - 1) + [last]
 
 
+def warmup_steps(given: int | None, steps: int, base: int) -> int:
+    """The steps (global, counted from 0) with the warm-up rate weights: ``given``, or by default the first
+    fifth of the schedule for a model trained from scratch and none for one that starts from trained
+    weights (``base`` > 0 steps), whose stages have had their warm-up."""
+    if given is not None:
+        return given
+    return 0 if base else steps // 5
+
+
 def training_layout(x: torch.Tensor) -> torch.Tensor:
     """A batch as training takes it: channels-last on a CPU, so that every convolution runs channels-last
     (a variable-rate grm step 1.83 -> 1.35 s on 2 threads, ``benchmarks/train_step.py``)."""
@@ -150,7 +159,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100_000, help="length of the schedule (learning rate, rate weights)")
     p.add_argument("--stop-at", type=int, help="stop after this step, leaving the schedule as if --steps were run")
     p.add_argument("--time-limit", type=float, help="stop (saving a checkpoint) after this many seconds of training in this process")
-    p.add_argument("--warmup-steps", type=int, help="steps with the 0.3:0.3:0.4 rate weights (default: steps / 5)")
+    p.add_argument("--warmup-steps", type=int, help="steps with the 0.3:0.3:0.4 rate weights (default: steps / 5 from scratch, "
+                   "0 from trained weights)")  # fmt: skip
     p.add_argument("--batch", type=int, default=8, help="images per batch and process (global batch: batch x processes)")
     p.add_argument("--crop", type=int, default=256, help="patch side, a multiple of 64, above 160 for ms-ssim (paper: 512)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of Adam (cosine decay to 10%%)")
@@ -197,7 +207,6 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lambdas = registry.LAMBDAS if args.metric == "mse" else registry.LAMBDAS_MS_SSIM
-    warmup = args.warmup_steps if args.warmup_steps is not None else args.steps // 5
     flags = json.loads(args.flags)
     if args.variable_rate:
         flags["levels"] = len(lambdas)
@@ -234,6 +243,7 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
                           "hardware": prior.get("hardware"), "wall_seconds": prior.get("wall_seconds")}  # fmt: skip
         if ctx.main:
             print(how)
+    warmup = config["warmup_steps"] = warmup_steps(args.warmup_steps, args.steps, base)
     model.to(ctx.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up (per run), cosine decay to 10% over all steps
