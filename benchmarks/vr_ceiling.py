@@ -4,7 +4,8 @@ For center crops of a folder of images it gives the PSNR of g_s(g_a(x)) without 
 transforms' ceiling, which no quality can pass) and, at each quality q, of g_s(round(y g_q) / g_q) with
 the gains of q (``layers.gain``): the rounding of the coded latents, without entropy coding. Where the
 top qualities come within a fraction of a dB of the ceiling, more rate buys nothing until g_a and g_s
-reconstruct better:
+reconstruct better. The ceiling of the crop's luma alone (BT.601, as a gray RGB image) tells what
+colour costs the transforms, against detail, which the gray image keeps:
 
     python benchmarks/vr_ceiling.py training/grm-small-vr.safetensors ../shared/datasets/photos/val \\
         -o results/bench/vr-ceiling.json
@@ -29,9 +30,11 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def ceiling(model: torch.nn.Module, x: torch.Tensor, qualities: list[float]) -> dict:
-    """PSNR of the unquantized round trip and of the rounded latents at each quality, and the largest |latent| there."""
+    """PSNR of the unquantized round trip (of ``x`` and of its luma), and of the rounded latents at each
+    quality, with the largest |latent| there."""
     y = model.g_a(x)
-    row = {"ceiling": psnr(model.g_s(y), x), "qualities": {}}
+    gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
+    row = {"ceiling": psnr(model.g_s(y), x), "gray_ceiling": psnr(model.g_s(model.g_a(gray)), gray), "qualities": {}}
     for q in qualities:
         gain, inverse = model.y_gain(torch.tensor([float(q)]))
         y_hat = torch.round(y * gain)
@@ -59,11 +62,11 @@ def main() -> None:
         left, top = (image.width - args.crop) // 2, (image.height - args.crop) // 2
         crop = np.asarray(image.crop((left, top, left + args.crop, top + args.crop)), dtype=np.float32) / 255
         rows[Path(path).name] = ceiling(model, torch.from_numpy(crop).permute(2, 0, 1)[None], args.qualities)
-    mean = {"ceiling": float(np.mean([r["ceiling"] for r in rows.values()]))}
+    mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("ceiling", "gray_ceiling")}
     mean |= {q: float(np.mean([r["qualities"][str(q)]["psnr"] for r in rows.values()])) for q in args.qualities}
-    print("image                    ceiling " + " ".join(f"{'q' + format(q, 'g'):>7s}" for q in args.qualities))
-    for name, r in [*rows.items(), ("mean", {"ceiling": mean["ceiling"], "qualities": {str(q): {"psnr": mean[q]} for q in args.qualities}})]:
-        print(f"{name[:24]:24s} {r['ceiling']:7.2f} " + " ".join(f"{r['qualities'][str(q)]['psnr']:7.2f}" for q in args.qualities))
+    print("image                    ceiling    gray " + " ".join(f"{'q' + format(q, 'g'):>7s}" for q in args.qualities))
+    for name, r in [*rows.items(), ("mean", {**mean, "qualities": {str(q): {"psnr": mean[q]} for q in args.qualities}})]:
+        print(f"{name[:24]:24s} {r['ceiling']:7.2f} {r['gray_ceiling']:7.2f} " + " ".join(f"{r['qualities'][str(q)]['psnr']:7.2f}" for q in args.qualities))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         result = {"weights": args.weights, "steps": model.config.get("steps"), "folder": args.folder, "crop": args.crop,

@@ -74,13 +74,16 @@ def test_vr_ceiling_bounds_every_quality_by_the_unquantized_round_trip(tmp_path)
     folder, out = tmp_path / "images", tmp_path / "ceiling.json"
     folder.mkdir()
     sample_image(96, 80, seed=1).save(folder / "a.png")
+    sample_image(96, 80, seed=2).convert("L").convert("RGB").save(folder / "b.png")
     cmd = [sys.executable, str(BENCHMARKS / "vr_ceiling.py"), "grm/small/vr", str(folder), "--crop", "64", "--qualities", "1", "8",
            "-o", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
-    row = json.loads(out.read_text())["images"]["a.png"]
+    rows = json.loads(out.read_text())["images"]
+    row = rows["a.png"]
     low, high = row["qualities"]["1.0"], row["qualities"]["8.0"]
     assert low["psnr"] < high["psnr"] and low["max_latent"] < high["max_latent"]
     assert high["psnr"] < row["ceiling"] + 0.5  # rounding finer latents approaches the round trip without quantization
+    assert rows["b.png"]["gray_ceiling"] == pytest.approx(rows["b.png"]["ceiling"], abs=0.05)  # a gray image is its own luma
 
 
 def test_effort_reports_the_saving_of_each_effort_per_quality_and_image_and_resumes(tmp_path):
