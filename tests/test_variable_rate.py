@@ -187,6 +187,17 @@ def test_rate_control_meets_targets(image):
         ratecontrol.search(image, model, target_psnr=99)
 
 
+def test_rate_control_states_the_range_rounded_inwards(image):
+    """A target just past the range never prints inside it (19.5758 dB against a top of 19.5752 said 19.58)."""
+    model = registry.load_model("grm/small/vr")
+    top = codec.psnr(image, codec.decompress(codec.compress(image, model, quality=8), model))
+    with pytest.raises(ratecontrol.TargetError) as err:
+        ratecontrol.search(image, model, target_psnr=top + 1e-4)
+    shown = float(str(err.value).split(" gives ")[1].split("-")[1].split(" ")[0])
+    assert shown <= top  # rounded down: never above the target
+    assert ratecontrol._span(0.12341, 2.57358, 4, "bpp") == "0.1235-2.5735 bpp"
+
+
 def test_rate_control_from_the_command_line(image, tmp_path, capsys):
     """With the default model, the shipped variable-rate grm/small/vr."""
     src = tmp_path / "a.png"

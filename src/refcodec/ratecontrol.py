@@ -11,6 +11,7 @@ and the chosen file is decoded once to report the PSNR a user gets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,12 @@ def candidates(model: CompressionModel | str | None, preset: str = DEFAULT_PRESE
     return [(load_model(fixed[q]), None, float(q)) for q in qualities]
 
 
+def _span(low: float, high: float, digits: int, unit: str) -> str:
+    """The range ``low``-``high`` rounded inwards, so that a target outside it never prints inside it."""
+    scale = 10**digits
+    return f"{math.ceil(low * scale) / scale:.{digits}f}-{math.floor(high * scale) / scale:.{digits}f} {unit}"
+
+
 def search(
     image: str | Path | Image.Image,
     model: CompressionModel | str | Candidates | None = None,
@@ -101,7 +108,7 @@ def search(
 
     lo, hi = 0, len(options) - 1
     low, high = encode(lo), encode(hi)
-    span = (f"{low[1]:.4f}-{high[1]:.4f} bpp" if target_bpp is not None else f"{low[2]:.2f}-{high[2]:.2f} dB")
+    span = _span(low[1], high[1], 4, "bpp") if target_bpp is not None else _span(low[2], high[2], 2, "dB")
     where = f"quality {options[lo][2]:g}-{options[hi][2]:g} gives {span} on this image"
     if target_bpp is not None:
         if not meets(lo) or meets(hi) and high[1] < target_bpp:
