@@ -88,3 +88,21 @@ def test_cli_decompress_on_the_gpu(tmp_path):
     assert cli.main(["decompress", str(tmp_path / "a.rfc"), "-o", str(tmp_path / "gpu.png"), "--device", "cuda"]) == 0
     assert cli.main(["decompress", str(tmp_path / "a.rfc"), "-o", str(tmp_path / "cpu.png")]) == 0
     assert (tmp_path / "gpu.png").read_bytes() == (tmp_path / "cpu.png").read_bytes()
+
+
+def test_effort_on_the_gpu_writes_normal_files_never_worse_than_its_default():
+    """The refinement runs on the model's device; its file is decoded by the CPU like any other."""
+    from refcodec import refine
+
+    cpu = registry.load_model("grm/small/vr", 3)
+    gpu = copy.deepcopy(cpu).cuda()
+    image = natural_image(160, 96, seed=2).convert("L").convert("RGB")
+    default, fast = codec.compress(image, gpu), codec.compress(image, gpu, effort="fast")
+    assert read_header(fast).quality == read_header(default).quality
+
+    def objective(data):  # R + lambda * 255^2 * MSE of the file as the CPU decodes it
+        decoded = codec.decompress(data, cpu)
+        assert _pixels(decoded) == _pixels(codec.decompress(data, gpu))
+        return 8 * len(data) / (160 * 96) + refine.model_lambda(cpu) * 255**2 * 10 ** (-codec.psnr(image, decoded) / 10)
+
+    assert objective(fast) <= objective(default) + 1e-9
