@@ -61,6 +61,14 @@ def natural_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8))
 
 
+def file_objective(image, data: bytes, model) -> float:
+    """R + lambda * 255^2 * MSE (eq. 1) of a real file and its decoded image, as the effort levels minimize it."""
+    from refcodec import codec, refine
+
+    bpp = 8 * len(data) / (image.width * image.height)
+    return bpp + refine.model_lambda(model) * 255**2 * 10 ** (-codec.psnr(image, codec.decompress(data, model)) / 10)
+
+
 def load_script(name: str):
     """A script of scripts/ as a module (the folder is not a package)."""
     path = Path(__file__).parents[1] / "scripts" / f"{name}.py"

@@ -11,7 +11,7 @@ from refcodec.bitstream import read_header
 from refcodec.cli import main as cli
 from refcodec.models import registry
 
-from conftest import natural_image, save_tiny, torch_threads
+from conftest import file_objective, natural_image, save_tiny, torch_threads
 
 
 @pytest.fixture(autouse=True)
@@ -34,12 +34,6 @@ def model():
     return registry.load_model("grm/small/vr", 3)
 
 
-def _file_objective(image, data, model) -> float:
-    """R + lambda * 255^2 * MSE of a real file and its decoded image."""
-    bpp = 8 * len(data) / (image.width * image.height)
-    return bpp + refine.model_lambda(model) * 255**2 * 10 ** (-codec.psnr(image, codec.decompress(data, model)) / 10)
-
-
 @pytest.mark.parametrize("effort,seed", [("fast", 0), ("slow", 0), ("slow", 1)])
 def test_refinement_is_never_worse_than_default(model, effort, seed):
     image = natural_image(160, 96, seed=seed)
@@ -52,7 +46,7 @@ def test_refinement_is_never_worse_than_default(model, effort, seed):
         unrefined = float(refine.objective(model, x, y, z, refine.model_lambda(model), torch.round, 96, 160)[0])
     assert tile["before"]["loss"] == pytest.approx(unrefined)
     default, refined_file = codec.compress(image, model), codec.compress(image, model, effort=effort)
-    assert _file_objective(image, refined_file, model) <= _file_objective(image, default, model) + 1e-9
+    assert file_objective(image, refined_file, model) <= file_objective(image, default, model) + 1e-9
 
 
 @pytest.mark.parametrize("effort", ["fast", "slow"])
@@ -77,7 +71,7 @@ def test_tiled_refinement(model, tiny_tiles):
     y, z = model.latents(x)
     assert refined.y.shape == y.shape and refined.z.shape == z.shape and not torch.equal(refined.y, y)
     data, default = codec.compress(image, model, effort="fast"), codec.compress(image, model)
-    assert _file_objective(image, data, model) <= _file_objective(image, default, model) + 1e-9
+    assert file_objective(image, data, model) <= file_objective(image, default, model) + 1e-9
     with torch_threads(1):
         one = codec.decompress(data, model).tobytes()
     with torch_threads(2):
