@@ -179,7 +179,9 @@ def test_rate_control_meets_targets(image):
     assert read_header(choice.data).quality == choice.quality
     assert codec.psnr(image, codec.decompress(choice.data, model)) == choice.psnr
     by_psnr = ratecontrol.search(image, model, target_psnr=choice.psnr)
-    assert by_psnr.psnr >= choice.psnr and by_psnr.quality <= choice.quality
+    assert by_psnr.psnr >= choice.psnr and by_psnr.encodes <= 2 + math.ceil(math.log2(len(options)))
+    below = codec.compress(image, model, quality=by_psnr.quality - 1 / ratecontrol.QUALITY_GRID)
+    assert codec.psnr(image, codec.decompress(below, model)) < choice.psnr  # the next quality down misses it
     assert api.compress(image, model, target_bpp=target) == choice.data
     with pytest.raises(ratecontrol.TargetError, match=r"target 0.0001 bpp is out of range: quality 0-8 gives"):
         ratecontrol.search(image, model, target_bpp=0.0001)
