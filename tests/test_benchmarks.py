@@ -73,9 +73,9 @@ def test_vr_gradients_balanced_pulls_are_closer_than_plain_ones(tmp_path):
 def test_vr_ceiling_bounds_every_quality_by_the_unquantized_round_trip(tmp_path):
     folder, out = tmp_path / "images", tmp_path / "ceiling.json"
     folder.mkdir()
-    sample_image(96, 80, seed=1).save(folder / "a.png")
-    sample_image(96, 80, seed=2).convert("L").convert("RGB").save(folder / "b.png")
-    cmd = [sys.executable, str(BENCHMARKS / "vr_ceiling.py"), "grm/small/vr", str(folder), "--crop", "64", "--qualities", "1", "8",
+    sample_image(224, 200, seed=1).save(folder / "a.png")
+    sample_image(224, 200, seed=2).convert("L").convert("RGB").save(folder / "b.png")
+    cmd = [sys.executable, str(BENCHMARKS / "vr_ceiling.py"), "grm/small/vr", str(folder), "--crop", "192", "--qualities", "1", "8",
            "-o", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     rows = json.loads(out.read_text())["images"]
@@ -84,6 +84,28 @@ def test_vr_ceiling_bounds_every_quality_by_the_unquantized_round_trip(tmp_path)
     assert low["psnr"] < high["psnr"] and low["max_latent"] < high["max_latent"]
     assert high["psnr"] < row["ceiling"] + 0.5  # rounding finer latents approaches the round trip without quantization
     assert rows["b.png"]["gray_ceiling"] == pytest.approx(rows["b.png"]["ceiling"], abs=0.05)  # a gray image is its own luma
+    assert low["ms_ssim_db"] < high["ms_ssim_db"] < row["ceiling_ms_ssim_db"] + 0.5  # the same bound in MS-SSIM
+    small = subprocess.run(cmd[:4] + ["--crop", "64"], capture_output=True, text=True)
+    assert small.returncode == 2 and "at least 192" in small.stderr.strip().splitlines()[-1]
+
+
+def test_ms_ssim_phase_scores_real_files_at_four_alignments_of_the_pyramid(tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "phase.json"
+    folder.mkdir()
+    sample_image(200, 193, seed=1).save(folder / "a.png")
+    sample_image(96, 96, seed=2).save(folder / "small.png")  # under 177 px: MS-SSIM's five scales do not fit
+    cmd = [sys.executable, str(BENCHMARKS / "ms_ssim_phase.py"), str(folder), "--models", "grm/small/vr", "-q", "2", "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["images"] == ["a.png"] and report["phases"] == ["0,0", "0,1", "1,0", "1,1"]
+    (row,) = report["models"]["grm/small/vr"]["qualities"]
+    (image,) = row["per_image"]
+    assert row["quality"] == 2 and row["bpp"] == image["bpp"] > 0
+    scores = [image[phase] for phase in report["phases"]]
+    assert min(scores) > 5 and max(scores) - min(scores) < 1  # the MSE model does not depend on the phase
+    (folder / "a.png").unlink()
+    empty = subprocess.run(cmd, capture_output=True, text=True)
+    assert empty.returncode == 1 and "no image" in empty.stderr.strip().splitlines()[-1]
 
 
 def test_effort_reports_the_saving_of_each_effort_per_quality_and_image_and_resumes(tmp_path):

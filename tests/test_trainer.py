@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from pytorch_msssim import ms_ssim
 
 from refcodec.models import registry
 from refcodec.train import trainer
@@ -180,11 +181,11 @@ def test_resumes_checkpoints_of_the_previous_format(tmp_path):
 
 
 def test_ms_ssim_loss_and_run_config(tmp_path):
-    x = torch.rand(1, 3, 176, 176)
-    out = {"x_hat": (x + 0.05).clamp(0, 1), "likelihoods": {"y": [torch.full((1, 4, 11, 11), 0.5)] * 3}}
+    x = torch.rand(1, 3, 192, 192)
+    out = {"x_hat": (x + 0.05).clamp(0, 1), "likelihoods": {"y": [torch.full((1, 4, 12, 12), 0.5)] * 3}}
     m = rate_distortion(out, x, 8.73, warm=False, metric="ms-ssim")
     assert m["loss"] == pytest.approx(float(m["bpp"] + 8.73 * (1 - m["ms_ssim"])))
-    assert m["bpp"] == pytest.approx(4 * 11 * 11 / 176**2)
+    assert m["bpp"] == pytest.approx(4 * 12 * 12 / 192**2)
 
     data, run = _images(tmp_path / "images", 2, 200, 192), tmp_path / "run"
     trainer.main(_args(data, run, 1, "--metric", "ms-ssim", "--crop", "192", "--batch", "1", "--val-images", "1", "--tensorboard"))
@@ -195,10 +196,25 @@ def test_ms_ssim_loss_and_run_config(tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_ms_ssim_needs_crops_above_160_px(capsys):
+def test_the_ms_ssim_loss_sees_a_pattern_that_the_aligned_pyramid_cancels():
+    """Error that sums to zero in every 2x2 block aligned with MS-SSIM's pooling vanishes from every scale
+    but the first, whose weight is small; at an odd phase, which the loss draws half the time, it does not.
+    (A stride-2 synthesis makes each 2x2 block of pixels from one position, so it can learn such error.)"""
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 24, 24), size=192, mode="bilinear").clamp(0.1, 0.9)
+    signs = torch.randint(0, 2, (96, 96)).float() * 2 - 1
+    x_hat = x + 0.08 * torch.kron(signs, torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))  # every aligned 2x2 mean unchanged
+    aligned = 1 - float(ms_ssim(x_hat[:, :, :176, :176], x[:, :, :176, :176], data_range=1.0))
+    odd = 1 - float(ms_ssim(x_hat[:, :, 1:177, 1:177], x[:, :, 1:177, 1:177], data_range=1.0))
+    assert odd > 1.5 * aligned
+    drawn = [1 - float(trainer.phase_shifted_ms_ssim(x_hat, x)) for _ in range(64)]
+    assert max(drawn) > 1.5 * aligned and sum(drawn) / len(drawn) > aligned  # a quarter of the phases are odd in both
+
+
+def test_ms_ssim_needs_crops_above_176_px(capsys):
     with pytest.raises(SystemExit):
         trainer.parse_args(["--data", "d", "--out", "o", "--metric", "ms-ssim", "--crop", "128"])
-    assert "--metric ms-ssim needs --crop above 160" in capsys.readouterr().err
+    assert "--metric ms-ssim needs --crop above 176" in capsys.readouterr().err
 
 
 def test_init_two_stage_and_from_compressai(tmp_path):
