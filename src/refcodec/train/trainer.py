@@ -43,6 +43,7 @@ from .log import RunLog
 
 PHASES = 16  # MS-SSIM's coarsest pooling block (2^4): the loss window is shifted by up to this much
 MS_SSIM_MIN_CROP = 160 + PHASES  # MS-SSIM's coarsest scale (window / 16) must be wider than its 11-px window
+VAL_PHASES = [(0, 0), (0, 1), (1, 0), (1, 1)]  # validation's MS-SSIM: the mean over the pyramid's 2x2 phases
 VAL_QUALITIES = [1, 4, 7]  # a variable-rate model is validated at these qualities
 
 
@@ -70,10 +71,11 @@ def training_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, warm: bool, metric: str = "mse",
-                    balance: torch.Tensor | None = None) -> dict:  # fmt: skip
+                    balance: torch.Tensor | None = None, phases: list[tuple[int, int]] | None = None) -> dict:  # fmt: skip
     """bpp (weighted over stages, plus z), the coding-stage bpp, MSE, PSNR, MS-SSIM (if the metric) and the loss,
-    as means over the images; ``lmbda`` is one value or one per image (a variable-rate model's batch), and
-    ``balance`` a factor per image that the loss of each image is multiplied by (``balance_weights``)."""
+    as means over the images; ``lmbda`` is one value or one per image (a variable-rate model's batch),
+    ``balance`` a factor per image that the loss of each image is multiplied by (``balance_weights``), and
+    ``phases`` those of MS-SSIM's pyramid to average (default: one drawn at random, ``phase_shifted_ms_ssim``)."""
     pixels = x.shape[2] * x.shape[3]
     lik = out["likelihoods"]
 
@@ -88,7 +90,7 @@ def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, war
     psnr = -10 * torch.log10(mse.mean().clamp_min(1e-10))
     metrics = {"bpp": bpp.mean(), "coding_bpp": ((stage_bits[-1] + z_bits) / pixels).mean(), "mse": mse.mean(), "psnr": psnr}
     if metric == "ms-ssim":
-        score = phase_shifted_ms_ssim(out["x_hat"], x)
+        score = phase_shifted_ms_ssim(out["x_hat"], x, phases)
         metrics["ms_ssim"] = score.mean()
         loss = bpp + lmbda * (1 - score)
     else:
@@ -97,8 +99,9 @@ def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, war
     return metrics
 
 
-def phase_shifted_ms_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """MS-SSIM per image over a window shifted by a random (dy, dx) in [0, PHASES), PHASES pixels smaller.
+def phase_shifted_ms_ssim(x_hat: torch.Tensor, x: torch.Tensor, phases: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """MS-SSIM per image over a window shifted by a random (dy, dx) in [0, PHASES), PHASES pixels smaller,
+    or its mean over the given ``phases`` (validation: no random draw, so that a resumed run draws alike).
 
     MS-SSIM's pyramid pools 2x2 blocks aligned with the crop's corner, and so are the model's strided
     transforms. At a fixed phase a model learns to hide error in patterns that the aligned pooling cancels:
@@ -108,8 +111,10 @@ def phase_shifted_ms_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     MS-SSIM averaged over every alignment of the pyramid.
     The draw uses torch's generator, which checkpoints restore, so a resumed run draws the same phases."""
     h, w = x.shape[2] - PHASES, x.shape[3] - PHASES
-    dy, dx = (int(v) for v in torch.randint(PHASES, (2,)))
-    return ms_ssim(x_hat[:, :, dy : dy + h, dx : dx + w], x[:, :, dy : dy + h, dx : dx + w], data_range=1.0, size_average=False)
+    drawn = [tuple(int(v) for v in torch.randint(PHASES, (2,)))] if phases is None else phases
+    scores = [ms_ssim(x_hat[:, :, dy : dy + h, dx : dx + w], x[:, :, dy : dy + h, dx : dx + w], data_range=1.0, size_average=False)
+              for dy, dx in drawn]  # fmt: skip
+    return torch.stack(scores).mean(0)
 
 
 def balance_weights(lmbda: torch.Tensor, reference: float) -> torch.Tensor:
@@ -136,7 +141,7 @@ def validate(model, images: ImageFolder, lmbda: float, metric: str, device: torc
     rows = []
     for i in range(len(images)):
         x = images[i].unsqueeze(0)
-        row = rate_distortion(model(x.to(device), *extra), x.to(device), lmbda, warm=False, metric=metric)
+        row = rate_distortion(model(x.to(device), *extra), x.to(device), lmbda, warm=False, metric=metric, phases=VAL_PHASES)
         image = codec.tensor_to_image(x)
         try:
             data = codec.compress(image, coder)
