@@ -291,9 +291,9 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     stream = batches(data, args.batch, ctx.rank, ctx.world, start=drawn, workers=args.workers, pin_memory=ctx.device.type == "cuda")
     forward = ctx.wrap(model)
     forward = torch.compile(forward) if args.compile else forward
-    ms_ssim = ["ms_ssim"] if args.metric == "ms-ssim" else []
-    logged = ["loss", "bpp", "psnr", *ms_ssim]
-    val_names = ["val_bpp", "val_psnr", "val_file_bpp", "val_file_psnr"] + [f"val_{k}" for k in ms_ssim]
+    ms_ssim_columns = ["ms_ssim"] if args.metric == "ms-ssim" else []
+    logged = ["loss", "bpp", "psnr", *ms_ssim_columns]
+    val_names = ["val_bpp", "val_psnr", "val_file_bpp", "val_file_psnr"] + [f"val_{k}" for k in ms_ssim_columns]
     val_at = VAL_QUALITIES if args.variable_rate else [None]
     columns = logged + ([f"{name}_q{q}" for q in val_at for name in val_names] if args.variable_rate else val_names)
     log = RunLog(out, columns, args.steps, step, resumed=state is not None, tensorboard=args.tensorboard, enabled=ctx.main)
