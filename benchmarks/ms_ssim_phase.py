@@ -41,10 +41,6 @@ def phase_scores(decoded: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
     return scores
 
 
-def tensor(image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folder", help="images, at least 177 px on each side")
@@ -70,7 +66,8 @@ def main() -> None:
             for path in paths:
                 image = read_rgb(path)
                 data = codec.compress(image, model, quality=q)
-                scores = phase_scores(tensor(codec.decompress(data, model)), tensor(image))
+                decoded = codec.decompress(data, model).convert("RGB")
+                scores = phase_scores(codec.image_to_tensor(decoded), codec.image_to_tensor(image))
                 per_image.append({"image": Path(path).name, "bpp": 8 * len(data) / (image.width * image.height), **scores})
             mean = {k: float(np.mean([r[k] for r in per_image])) for k in ["bpp", *result["phases"]]}
             rows.append({"quality": q, **mean, "per_image": per_image})

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from pytorch_msssim import ms_ssim
 
 from refcodec.images import find_images, read_rgb
