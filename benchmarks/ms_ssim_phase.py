@@ -16,29 +16,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_msssim import ms_ssim
 
 from refcodec import codec
+from refcodec.eval.bdrate import msssim_db
 from refcodec.images import find_images, read_rgb
 from refcodec.models import registry
+from refcodec.train.trainer import windowed_ms_ssim
 
 PHASES = [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
 def phase_scores(decoded: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
     """MS-SSIM (dB) of ``decoded`` against ``x`` (1x3xHxW in [0, 1]) at each phase, over the same size."""
-    h, w = (x.shape[2] - 1) // 16 * 16, (x.shape[3] - 1) // 16 * 16
-    scores = {}
-    for dy, dx in PHASES:
-        window = (slice(None), slice(None), slice(dy, dy + h), slice(dx, dx + w))
-        scores[f"{dy},{dx}"] = -10 * math.log10(1 - float(ms_ssim(decoded[window], x[window], data_range=1.0)))
-    return scores
+    size = ((x.shape[2] - 1) // 16 * 16, (x.shape[3] - 1) // 16 * 16)  # a multiple of 16: no odd scale to pad
+    return {f"{dy},{dx}": float(msssim_db(float(windowed_ms_ssim(decoded, x, (dy, dx), size)))) for dy, dx in PHASES}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pytorch_msssim import ms_ssim
 
+from refcodec.eval.bdrate import msssim_db
 from refcodec.images import find_images, read_rgb
 from refcodec.models import registry
 
@@ -31,12 +32,8 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     return float(-10 * torch.log10((x_hat.clamp(0, 1) - x).square().mean()))
 
 
-def ms_ssim_db(x_hat: torch.Tensor, x: torch.Tensor) -> float:
-    return float(-10 * torch.log10(1 - ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0)))
-
-
 def scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict:
-    return {"psnr": psnr(x_hat, x), "ms_ssim_db": ms_ssim_db(x_hat, x)}
+    return {"psnr": psnr(x_hat, x), "ms_ssim_db": float(msssim_db(float(ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0))))}
 
 
 @torch.no_grad()

@@ -94,7 +94,7 @@ def model_curve(weights: str, qualities: list[float | None], files: list[Path], 
         per_image[f"{model.id}@{model.quality}"] = rows
         ms_ssim = results["ms-ssim-rgb"][-1]
         print(f"  {label} {model.id} q={model.quality}: {results['bpp'][-1]:.4f} bpp, PSNR {results['psnr-rgb'][-1]:.2f} dB, "
-              f"MS-SSIM {ms_ssim:.4f} ({-10 * math.log10(max(1 - ms_ssim, 1e-10)):.2f} dB)", flush=True)  # fmt: skip
+              f"MS-SSIM {ms_ssim:.4f} ({bdrate.msssim_db(ms_ssim):.2f} dB)", flush=True)  # fmt: skip
     return {"name": label, "qualities": qualities, "results": results, "per_image": per_image}
 
 

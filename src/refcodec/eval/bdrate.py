@@ -36,9 +36,15 @@ class Curve:
 
     @property
     def msssim_db(self) -> np.ndarray:
-        """MS-SSIM in dB, -10 log10(1 - MS-SSIM), as CompressAI plots it."""
-        with np.errstate(divide="ignore"):
-            return -10 * np.log10(1 - self.msssim)
+        """MS-SSIM in dB (``msssim_db``)."""
+        return msssim_db(self.msssim)
+
+
+def msssim_db(score):
+    """MS-SSIM in dB, -10 log10(1 - MS-SSIM), as CompressAI and the paper's Figure 6 plot it (a float, or an
+    array of them; a perfect score is inf)."""
+    with np.errstate(divide="ignore"):
+        return -10 * np.log10(1 - np.asarray(score, dtype=np.float64))
 
 
 def key(name: str) -> str:

@@ -110,11 +110,17 @@ def phase_shifted_ms_ssim(x_hat: torch.Tensor, x: torch.Tensor, phases: list[tup
     (``benchmarks/ms_ssim_phase.py``). A random phase per step makes the loss an unbiased estimate of
     MS-SSIM averaged over every alignment of the pyramid.
     The draw uses torch's generator, which checkpoints restore, so a resumed run draws the same phases."""
-    h, w = x.shape[2] - PHASES, x.shape[3] - PHASES
+    size = (x.shape[2] - PHASES, x.shape[3] - PHASES)
     drawn = [tuple(int(v) for v in torch.randint(PHASES, (2,)))] if phases is None else phases
-    scores = [ms_ssim(x_hat[:, :, dy : dy + h, dx : dx + w], x[:, :, dy : dy + h, dx : dx + w], data_range=1.0, size_average=False)
-              for dy, dx in drawn]  # fmt: skip
-    return torch.stack(scores).mean(0)
+    return torch.stack([windowed_ms_ssim(x_hat, x, phase, size) for phase in drawn]).mean(0)
+
+
+def windowed_ms_ssim(x_hat: torch.Tensor, x: torch.Tensor, phase: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """MS-SSIM per image of the ``size`` (h, w) windows of ``x_hat`` and ``x`` whose corner is at ``phase`` (dy, dx):
+    the pyramid's 2x2 pooling then starts ``phase`` pixels off the image's grid."""
+    (dy, dx), (h, w) = phase, size
+    window = (slice(None), slice(None), slice(dy, dy + h), slice(dx, dx + w))
+    return ms_ssim(x_hat[window], x[window], data_range=1.0, size_average=False)
 
 
 def balance_weights(lmbda: torch.Tensor, reference: float) -> torch.Tensor:
