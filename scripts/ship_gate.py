@@ -27,7 +27,6 @@ refused with a line that names the release that decodes them). Shipping also rem
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import math
@@ -61,11 +60,6 @@ def shipped_models(metric: str = "mse") -> list:
         if variable in registry.shipped_ids():
             return [variable]
     return [i for i in registry.shipped_ids() if i.startswith("grm/small/q") and i[len("grm/small/q"):].isdigit()]
-
-
-def measured(curve: bdrate.Curve, metric: str) -> bdrate.Curve:
-    """The curve as the gate compares it: PSNR for an MSE model, MS-SSIM in dB for an MS-SSIM one."""
-    return dataclasses.replace(curve, psnr=curve.msssim_db) if metric == "ms-ssim" else curve
 
 
 def _key(*parts) -> str:
@@ -110,6 +104,7 @@ def judge(candidate: Path, sets: list[Path], qualities: list[float], limit: int,
     candidate's metric (PSNR, or MS-SSIM in dB)."""
     model = registry.load_model(str(candidate))
     metric = model.config.get("metric", "mse")
+    axis = "ms-ssim" if metric == "ms-ssim" else "psnr"  # the deltas' quality axis (bdrate.in_metric)
     with tempfile.TemporaryDirectory() as tmp:
         half = Path(tmp) / "candidate.safetensors"  # what would ship
         registry.save(model, half, model.config, dtype=torch.float16)
@@ -128,8 +123,8 @@ def judge(candidate: Path, sets: list[Path], qualities: list[float], limit: int,
             ref_qualities = qualities if reference[0].levels else [None]
             ref = _cached("shipped", _key([m.weights_hash().hex() for m in reference], content, ref_qualities),
                           lambda: _merge([model_curve(i, ref_qualities, files, "shipped") for i in shipped]))  # fmt: skip
-            curves = {"candidate": measured(bdrate.curve(cand), metric), "shipped": measured(bdrate.curve(ref), metric)}
-            anchors = {a: measured(bdrate.curve(_cached(a, _key(a, content), lambda a=a: anchor_curve(a, files, threads))), metric)
+            curves = {"candidate": bdrate.in_metric(bdrate.curve(cand), axis), "shipped": bdrate.in_metric(bdrate.curve(ref), axis)}
+            anchors = {a: bdrate.in_metric(bdrate.curve(_cached(a, _key(a, content), lambda a=a: anchor_curve(a, files, threads))), axis)
                        for a in ANCHORS}  # fmt: skip
             verdict["sets"][str(folder)] = {
                 "images": names,

@@ -32,19 +32,21 @@ KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
 VARIABLE_QUALITIES = [0, 1, 2, 3, 4, 5, 6, 7, 8]
 
 
-def write_curve(name: str, preset: str, folder: Path) -> None:
-    """The RD curve of a shipped model, from its model cards (every fixed-rate quality, or the variable-rate
-    model's qualities), in CompressAI's results layout."""
-    variable = registry.WEIGHTS_DIR / f"{name}-{preset}-{registry.VARIABLE}.json"
+def write_curve(name: str, preset: str, metric: str, folder: Path) -> None:
+    """The RD curve of a shipped model, from its model cards (the variable-rate model's qualities, or every
+    fixed-rate quality), in CompressAI's results layout: ``folder/<name>-<preset>[-<metric>].json``."""
+    suffix = "" if metric == "mse" else f"-{metric}"
+    variable = registry.weights_path(registry.model_id(name, preset, None, metric)).with_suffix(".json")
     if variable.is_file():
         card = json.loads(variable.read_text())
         points = card["evaluation"]["qualities"]
         qualities, sources, label = [p["quality"] for p in points], card["id"], card["id"]
     else:
-        cards = sorted((json.loads(p.read_text()) for p in registry.WEIGHTS_DIR.glob(f"{name}-{preset}-q*.json")),
+        cards = [json.loads(p.read_text()) for p in registry.WEIGHTS_DIR.glob(f"{name}-{preset}-q*.json")]
+        cards = sorted((c for c in cards if (c["id"].split("/")[2].partition("-")[2] or "mse") == metric),
                        key=lambda c: int(c["id"].split("/q")[1].split("-")[0]))  # fmt: skip
         points, qualities, sources = [c["evaluation"] for c in cards], [c["id"] for c in cards], ", ".join(c["id"] for c in cards)
-        label = f"{name}/{preset}"
+        label = f"{name}/{preset}{suffix}"
     curve = {
         "name": f"refcodec {label}",
         "description": f"shipped weights, real bitstreams, from the model cards of {sources}",
@@ -52,7 +54,7 @@ def write_curve(name: str, preset: str, folder: Path) -> None:
         "results": {k: [p[k] for p in points] for k in KEYS},
     }
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}-{preset}.json").write_text(json.dumps(curve, indent=2))
+    (folder / f"{name}-{preset}{suffix}.json").write_text(json.dumps(curve, indent=2))
 
 
 def shipped_training(model_id: str | None) -> dict | None:
@@ -183,7 +185,7 @@ def main() -> None:
         + "\n"
         f"Timings were taken with a load average of {load:.1f} on {os.cpu_count()} cores.\n"
     )
-    write_curve(config["name"], config["preset"], Path("results") / Path(args.eval).name)
+    write_curve(config["name"], config["preset"], config.get("metric", "mse"), Path("results") / Path(args.eval).name)
     print(json.dumps({k: v for k, v in card.items() if k != "per_image"}, indent=2))
 
 

@@ -133,6 +133,26 @@ def test_only_curves_without_a_folder(tmp_path, capsys):
     assert rc == 0 and "| b | -10.0% |" in text
 
 
+def test_bd_tables_in_ms_ssim(tmp_path, capsys):
+    """--metric ms-ssim: BD-rate at equal MS-SSIM in dB (the paper's Figure 6), written beside the PSNR tables."""
+    ms = [0.90, 0.95, 0.98]
+    a = {"name": "a", "results": {"bpp": [0.2, 0.5, 1.0], "psnr-rgb": [27, 30, 33], "ms-ssim-rgb": ms}}
+    b = {"name": "b", "results": {"bpp": [0.2, 0.5, 1.0], "psnr-rgb": [26, 29, 32], "ms-ssim-rgb": ms}}  # worse in PSNR only
+    c = {"name": "c", "results": {"bpp": [0.16, 0.4, 0.8], "psnr-rgb": [26, 29, 32], "ms-ssim-rgb": ms}}  # 20% fewer bits
+    for n, r in (("a", a), ("b", b), ("c", c)):
+        (tmp_path / f"{n}.json").write_text(json.dumps(r))
+    files = [tmp_path / f"{n}.json" for n in "abc"]
+    rc, text, _ = run(capsys, "--codecs", "none", "--curves", *files, "-o", tmp_path / "o", "--metric", "ms-ssim")
+    report = json.loads((tmp_path / "o" / "bdrate-ms-ssim.json").read_text())
+    assert rc == 0 and report["metric"] == "ms-ssim-rgb-db" and "MS-SSIM-RGB in dB" in text
+    assert report["anchors"]["a"]["b"]["bd_rate"] == pytest.approx(0, abs=1e-9)
+    assert report["anchors"]["a"]["c"]["bd_rate"] == pytest.approx(-20, abs=1e-6)
+    low, high = report["anchors"]["a"]["c"]["psnr_range"]
+    assert (low, high) == pytest.approx((10.0, -10 * math.log10(0.02)))  # the common range, in MS-SSIM dB
+    assert (tmp_path / "o" / "rate-savings-ms-ssim.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "o" / "bdrate.json").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -143,3 +143,22 @@ def test_model_cards_keep_the_data_of_every_span_of_steps():
     assert ship.data_history(card, photos, 30859) == [{"data": bsds, "steps": [1, 18009]}, {"data": photos, "steps": [18010, 30859]}]
     assert card["data_history"] == first  # the earlier card is not changed
     assert ship.data_history(card, bsds, 31000)[-1] == {"data": bsds, "steps": [27868, 31000]}
+
+
+def test_each_metric_of_a_model_has_its_own_rd_curve(tmp_path, monkeypatch):
+    """Shipping the MS-SSIM model writes results/<set>/grm-small-ms-ssim.json from its card, beside the MSE
+    model's grm-small.json, which it leaves alone."""
+    ship = load_script("ship_weights")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+    registry.WEIGHTS_DIR.mkdir()
+    for model_id, bpp in (("grm/small/vr", 0.5), ("grm/small/vr-ms-ssim", 0.4)):
+        points = [{"quality": q, "bpp": bpp * q, "psnr-rgb": 30.0 + q, "ms-ssim-rgb": 0.9, "encoding_time": 1.0, "decoding_time": 1.0}
+                  for q in (1, 8)]  # fmt: skip
+        card = {"id": model_id, "evaluation": {"qualities": points}}
+        registry.weights_path(model_id).with_suffix(".json").write_text(json.dumps(card))
+    ship.write_curve("grm", "small", "ms-ssim", tmp_path / "kodak")
+    assert sorted(p.name for p in (tmp_path / "kodak").iterdir()) == ["grm-small-ms-ssim.json"]
+    ship.write_curve("grm", "small", "mse", tmp_path / "kodak")
+    curves = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "kodak").iterdir()}
+    assert curves["grm-small-ms-ssim"]["name"] == "refcodec grm/small/vr-ms-ssim"
+    assert curves["grm-small-ms-ssim"]["results"]["bpp"] == [0.4, 3.2] and curves["grm-small"]["results"]["bpp"] == [0.5, 4.0]

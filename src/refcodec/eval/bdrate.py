@@ -9,6 +9,7 @@ note "no overlap", never an extrapolated number.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -22,6 +23,7 @@ import numpy as np
 from ..errors import RefcodecError
 
 METHOD = "akima"
+METRICS = {"psnr": "PSNR-RGB", "ms-ssim": "MS-SSIM-RGB in dB"}  # the quality axes of the deltas (in_metric)
 
 
 @dataclass
@@ -45,6 +47,14 @@ def msssim_db(score):
     array of them; a perfect score is inf)."""
     with np.errstate(divide="ignore"):
         return -10 * np.log10(1 - np.asarray(score, dtype=np.float64))
+
+
+def in_metric(c: Curve, metric: str) -> Curve:
+    """The curve with ``metric``'s quality on the axis that deltas and savings read (``Curve.psnr``): PSNR
+    itself, or MS-SSIM in dB, -10 log10(1 - MS-SSIM), as the paper's Figure 6 plots the MS-SSIM models."""
+    if metric not in METRICS:
+        raise RefcodecError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    return dataclasses.replace(c, psnr=c.msssim_db) if metric == "ms-ssim" else c
 
 
 def key(name: str) -> str:
@@ -143,14 +153,14 @@ def table(curves: list[Curve], anchors: list[Curve]) -> dict:
     return {a.name: {c.name: delta(a, c) for c in curves if c is not a} for a in anchors}
 
 
-def markdown(deltas: dict, curves: list[Curve] = ()) -> str:
-    """One Markdown table per anchor, then the curves' descriptions."""
-    parts = []
+def markdown(deltas: dict, curves: list[Curve] = (), metric: str = "psnr") -> str:
+    """One Markdown table per anchor (deltas in ``metric``, ``in_metric``), then the curves' descriptions."""
+    parts, axis = [], "PSNR" if metric == "psnr" else "MS-SSIM"
     for anchor, rows in deltas.items():
         lines = [
-            f"### BD against {anchor} (PSNR-RGB, {METHOD} interpolation)",
+            f"### BD against {anchor} ({METRICS[metric]}, {METHOD} interpolation)",
             "",
-            "| curve | BD-rate | BD-PSNR | common PSNR range | note |",
+            f"| curve | BD-rate | BD-{axis} | common {axis} range | note |",
             "|---|---|---|---|---|",
         ]
         for name, d in rows.items():

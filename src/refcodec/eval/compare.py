@@ -284,8 +284,9 @@ def run_efforts(efforts: list[str], model: str, qualities: list[float], folder: 
     return curves
 
 
-def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: Path, title: str) -> None:
-    """BD tables against each anchor (bdrate.json, bdrate.md, printed) and the plots."""
+def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: Path, title: str, metric: str = "psnr") -> None:
+    """BD tables against each anchor in ``metric`` (bdrate.json and bdrate.md, or bdrate-ms-ssim.*; printed)
+    and the plots."""
     anchor_curves = []
     for a in anchors:
         match = [c for c in curves if bdrate.key(c.name) == bdrate.key(a)]
@@ -293,16 +294,19 @@ def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: P
             anchor_curves.append(match[0])
         else:
             print(f"no BD table against {a}: it was skipped")
-    deltas = bdrate.table(curves, anchor_curves)
-    _write_json(out / "bdrate.json", {"method": bdrate.METHOD, "metric": "psnr-rgb", "anchors": deltas, "skipped": skipped})
-    md = bdrate.markdown(deltas, curves) if deltas else "No anchor curve: no BD table.\n"
-    (out / "bdrate.md").write_text(md)
-    print(md, end="")
     anchor = anchor_curves[0] if anchor_curves else None
     plot.rd_plot(curves, out / "rd-psnr.png", "psnr", anchor, title)
     plot.rd_plot(curves, out / "rd-msssim.png", "msssim", anchor, title)
-    if anchor:
-        plot.savings_plot(curves, anchor, out / "rate-savings.png", title)
+    suffix = "" if metric == "psnr" else f"-{metric}"
+    measured = [bdrate.in_metric(c, metric) for c in curves]
+    anchor_curves = [measured[curves.index(a)] for a in anchor_curves]
+    deltas = bdrate.table(measured, anchor_curves)
+    _write_json(out / f"bdrate{suffix}.json", {"method": bdrate.METHOD, "metric": "psnr-rgb" if metric == "psnr" else "ms-ssim-rgb-db", "anchors": deltas, "skipped": skipped})
+    md = bdrate.markdown(deltas, measured, metric) if deltas else "No anchor curve: no BD table.\n"
+    (out / f"bdrate{suffix}.md").write_text(md)
+    print(md, end="")
+    if anchor_curves:
+        plot.savings_plot(measured, anchor_curves[0], out / f"rate-savings{suffix}.png", title, metric)
 
 
 def main(argv=None) -> int:
@@ -321,6 +325,9 @@ def main(argv=None) -> int:
                    help="also measure refcodec --model at each of these encoder efforts (refcodec compress --effort)")  # fmt: skip
     p.add_argument("--model-qualities", type=float, nargs="+", default=[1, 2, 3, 4], metavar="Q",
                    help="the qualities of --model measured with --effort (default 1 2 3 4)")  # fmt: skip
+    p.add_argument("--metric", default="psnr", choices=list(bdrate.METRICS),
+                   help="quality axis of the BD tables and the rate-savings plot: PSNR, or MS-SSIM in dB as the paper's "
+                   "Figure 6 (writes bdrate-ms-ssim.json/.md and rate-savings-ms-ssim.png)")  # fmt: skip
     visual.add_arguments(p)
     args = p.parse_args(argv)
 
@@ -348,7 +355,7 @@ def main(argv=None) -> int:
     if args.visual:
         extra.append(visual.refcodec_curve(args, out))
     curves += run_efforts(args.effort, args.model, args.model_qualities, args.folder, args.threads, out)
-    report(curves + extra, anchors, skipped, out, Path(args.folder).name if args.folder else "")
+    report(curves + extra, anchors, skipped, out, Path(args.folder).name if args.folder else "", args.metric)
     if args.visual:
         print(f"wrote {visual.write(args, {n: CODECS[n](args.threads) for n in names if n not in skipped}, skipped, out)}")
     print(f"wrote {out}")

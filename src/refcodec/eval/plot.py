@@ -45,8 +45,9 @@ def rd_plot(curves: list[Curve], path: Path, metric: str = "psnr", anchor: Curve
     _save(fig, path)
 
 
-def savings_plot(curves: list[Curve], anchor: Curve, path: Path, title: str = "") -> None:
-    """Rate saving in % at equal PSNR relative to ``anchor`` (positive: fewer bits), as in the paper's Figure 7."""
+def savings_plot(curves: list[Curve], anchor: Curve, path: Path, title: str = "", metric: str = "psnr") -> None:
+    """Rate saving in % at equal quality relative to ``anchor`` (positive: fewer bits), as in the paper's Figure 7;
+    the quality is the curves' ``psnr`` axis, which ``bdrate.in_metric`` sets to ``metric``'s."""
     fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
     ax.axhline(0, label=anchor.name, **_style(anchor, anchor))
@@ -55,7 +56,7 @@ def savings_plot(curves: list[Curve], anchor: Curve, path: Path, title: str = ""
             psnr, saving = rate_savings(anchor, c)
             if len(psnr):
                 ax.plot(psnr, saving, label=c.name, **_style(c, anchor))
-    ax.set_xlabel("PSNR-RGB (dB)")
+    ax.set_xlabel("PSNR-RGB (dB)" if metric == "psnr" else "MS-SSIM-RGB (dB)")
     ax.set_ylabel(f"rate saving over {anchor.name} (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
