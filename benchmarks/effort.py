@@ -228,6 +228,9 @@ def main(argv=None) -> None:
     files = find_images(args.folder)[:: args.every]
     names = [f.name for f in files]
     models = {q: load_model(args.model, q) for q in args.quality}
+    if refine.model_metric(models[args.quality[0]]) != "mse":  # its report is in PSNR and 255^2 * MSE
+        raise SystemExit("effort.py reports MSE models; measure an MS-SSIM model's efforts with refcodec compare --effort "
+                         "default fast slow --metric ms-ssim --model MODEL")  # fmt: skip
     lambdas = {q: refine.model_lambda(m) for q, m in models.items()}
     measuring = [] if args.report_only else list(dict.fromkeys([*args.efforts, *(f"sga{n}" for n in args.sweep)]))
     for f in files[::-1] if args.reverse else files:

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from pytorch_msssim import ms_ssim
 
 from refcodec import codec, ratecontrol, refine
 from refcodec.bitstream import read_header
@@ -91,6 +92,39 @@ def test_refinement_leaves_the_model_as_it_was(model):
     codec.compress(natural_image(64, 64, seed=2), model, effort="slow")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == grads and model.weights_hash() == registry.load_model("grm/small/vr").weights_hash()
+
+
+def ms_ssim_objective(image, data: bytes, model) -> float:
+    """R + lambda * (1 - MS-SSIM) of a real file and its decoded image, computed apart from refine's own."""
+    bpp = 8 * len(data) / (image.width * image.height)
+    x, x_hat = (codec.image_to_tensor(im).double() for im in (image, codec.decompress(data, model)))
+    return bpp + refine.model_lambda(model) * (1 - float(ms_ssim(x_hat, x, data_range=1.0)))
+
+
+def test_an_ms_ssim_model_refines_for_ms_ssim(tmp_path, capsys):
+    """A model trained for MS-SSIM refines for R + lambda * (1 - MS-SSIM) at its own lambdas, never worse
+    than its default file in that objective; images too small for MS-SSIM's five scales get one line."""
+    weights = registry.load_model("grm/small/vr")
+    ms = tmp_path / "ms.safetensors"
+    registry.save(weights, ms, {**weights.config, "metric": "ms-ssim", "id": "grm/small/vr-ms-ssim"})
+    model = registry.load_model(str(ms), 3)
+    assert refine.model_lambda(model) == pytest.approx(registry.LAMBDAS_MS_SSIM[3])
+    image = natural_image(192, 176, seed=9)
+    x = codec.padded_tensor(image)
+    refined = refine.refine(model, x, 12, image.height, image.width)
+    [tile] = refined.tiles
+    assert tile["after"]["loss"] < tile["before"]["loss"] and 0 < tile["after"]["distortion"] < 0.1  # 1 - MS-SSIM
+    default, slow = codec.compress(image, model), codec.compress(image, model, effort="slow")
+    assert ms_ssim_objective(image, slow, model) <= ms_ssim_objective(image, default, model) + 1e-9
+    with torch_threads(1):
+        one = codec.decompress(slow, model).tobytes()
+    with torch_threads(2):
+        assert codec.decompress(slow, model).tobytes() == one
+    src = tmp_path / "small.png"
+    natural_image(192, 160, seed=1).save(src)
+    assert cli(["compress", str(src), "-o", str(tmp_path / "s.rfc"), "--model", str(ms), "--effort", "fast"]) == 1
+    err = capsys.readouterr().err
+    assert "larger than 160 px on each side" in err and err.count("\n") == 1 and not (tmp_path / "s.rfc").exists()
 
 
 def test_effort_composes_with_rate_control_and_variable_rate():

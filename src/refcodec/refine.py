@@ -10,6 +10,9 @@ the temperature anneals, so rate and distortion see (nearly) the values that wil
 gradient stays informative. Refinement runs in float; the refined latents are then rounded and coded
 through the exact path, so a file of any effort is a normal file.
 
+D is the distortion the model was trained for (``distortion``): 255^2 * MSE, or 1 - MS-SSIM for the
+MS-SSIM models, with their own lambdas.
+
 The levels differ in steps only, the annealing schedule spread over them. ``fast`` takes 40 steps,
 chosen on photos/val (not Kodak): on 384x256 center crops of two images (every tenth) with
 grm/small/q1-q4, BD-rate against ``default`` was -4.2% at 20 steps, -7.6% at 40 and -12.6% at 120
@@ -17,11 +20,11 @@ grm/small/q1-q4, BD-rate against ``default`` was -4.2% at 20 steps, -7.6% at 40 
 and 0.21% a step) and give 60% of ``slow``'s saving in a third of its steps, whose last 80 steps give
 0.06% a step.
 
-Every ``CHECK_EVERY`` steps the rounded objective (the coding stage's estimated bits and the MSE of
+Every ``CHECK_EVERY`` steps the rounded objective (the coding stage's estimated bits and the D of
 the decoder's reconstruction) is evaluated, and the best iterate is kept, the unrefined latents
 included. :func:`encode` then codes the kept latents and, unless they are the unrefined ones, also the
 unrefined latents, and writes whichever real file has the lower R + lambda * D (its bytes, and the
-MSE of the 8-bit image it decodes to): a file of any effort is never worse than the ``default`` file
+D of the 8-bit image it decodes to): a file of any effort is never worse than the ``default`` file
 in that objective. This holds exactly, for whole and tiled refinement alike.
 
 Images of more than ``WHOLE_PIXELS`` are refined in tiles, so that memory stays bounded whatever the
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
 from .errors import RefcodecError
@@ -56,6 +60,7 @@ WHOLE_PIXELS = 1 << 21  # refinement holds every activation of g_s for the backw
 # for grm/small (peak 794 MiB at 768x512, 1735 MiB at 1536x1024): larger images are refined in tiles
 TILE = 1024  # pixels, a multiple of 64: the core of a tile
 HALO = 128  # pixels, a multiple of 64: the crop of a tile extends its core by this much on each side
+MS_SSIM_MIN_SIDE = 160  # MS-SSIM's coarsest scale (1/16) must be wider than its 11-px window (pytorch_msssim)
 
 
 class EffortError(RefcodecError):
@@ -65,7 +70,7 @@ class EffortError(RefcodecError):
 @dataclass
 class Refined:
     """Refined latents and what each tile's refinement did (its rounded objective before and after, in bpp
-    and MSE of its crop, and the step of the kept iterate); one tile covers the whole image when untiled."""
+    and D of its crop, and the step of the kept iterate); one tile covers the whole image when untiled."""
 
     y: torch.Tensor
     z: torch.Tensor | None
@@ -77,15 +82,27 @@ class Refined:
         return any(t["best_step"] for t in self.tiles)
 
 
+def model_metric(model: CompressionModel) -> str:
+    """The distortion the model was trained for: ``mse`` or ``ms-ssim``."""
+    return getattr(model, "config", {}).get("metric", "mse")
+
+
 def model_lambda(model: CompressionModel) -> float:
-    """The lambda the model was trained for at its coding quality (MSE: loss = R + lambda * 255^2 * MSE)."""
+    """The lambda the model was trained for at its coding quality, in its objective R + lambda * D (``distortion``)."""
     config = getattr(model, "config", {})
-    if config.get("metric", "mse") != "mse":
-        raise EffortError("latent refinement supports MSE models only: use the default effort")
+    table = registry.LAMBDAS if model_metric(model) == "mse" else registry.LAMBDAS_MS_SSIM
     if model.levels:
-        levels = [registry.LAMBDAS[q] for q in range(model.levels)]
+        levels = [table[q] for q in range(model.levels)]
         return float(interpolate_log(levels, torch.tensor(model.quality, dtype=torch.float64)))
-    return float(config.get("lambda", registry.LAMBDAS[config.get("quality", registry.DEFAULT_QUALITY)]))
+    return float(config.get("lambda", table[config.get("quality", registry.DEFAULT_QUALITY)]))
+
+
+def distortion(metric: str, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """D of the objective the model was trained for, of images in [0, 1]: 255^2 * MSE (eq. 1, CompressAI's
+    scaling of lambda), or 1 - MS-SSIM for a model trained for MS-SSIM (section 5.1)."""
+    if metric == "ms-ssim":
+        return 1 - ms_ssim(x_hat, x, data_range=1.0)
+    return 255**2 * torch.mean((x_hat - x) ** 2)
 
 
 def sga(tau: float):
@@ -102,15 +119,14 @@ def sga(tau: float):
 
 
 def objective(model, x: torch.Tensor, y, z, lmbda: float, quantize, height: int, width: int) -> tuple[torch.Tensor, float, float]:
-    """(loss, bpp, MSE) of latents quantized by ``quantize``; the distortion is taken on the image, not its padding."""
+    """(loss, bpp, D) of latents quantized by ``quantize``; the distortion is taken on the image, not its padding."""
     out = model.quantized(y, z, quantize)
     bits = -torch.log2(out["likelihoods"]["y"][0]).sum()
     if "z" in out["likelihoods"]:
         bits = bits + -torch.log2(out["likelihoods"]["z"]).sum()
     bpp = bits / (height * width)
-    x_hat = out["x_hat"][..., :height, :width].clamp(0, 1)
-    mse = torch.mean((x_hat - x[..., :height, :width]) ** 2)
-    return bpp + lmbda * 255**2 * mse, float(bpp.detach()), float(mse.detach())
+    d = distortion(model_metric(model), out["x_hat"][..., :height, :width].clamp(0, 1), x[..., :height, :width])
+    return bpp + lmbda * d, float(bpp.detach()), float(d.detach())
 
 
 def steps_of(effort: str) -> int:
@@ -135,6 +151,9 @@ def refine(model, x: torch.Tensor, steps: int, height: int, width: int, progress
     SGA steps, in tiles for a large image (see the module doc)."""
     if not hasattr(model, "quantized"):
         raise EffortError(f"{type(model).__name__} models have no latent refinement: use the default effort")
+    if model_metric(model) == "ms-ssim" and min(height, width) <= MS_SSIM_MIN_SIDE:
+        raise EffortError(f"refining for MS-SSIM needs an image larger than {MS_SSIM_MIN_SIDE} px on each side (its five "
+                          f"scales), got {width}x{height}: use the default effort")  # fmt: skip
     lmbda = model_lambda(model)
     y, z = model.latents(x)
     tiles = windows(*x.shape[2:])
@@ -170,8 +189,8 @@ def _refine_crop(model, x, latents, lmbda, steps, height, width, bar) -> tuple[t
 
     def rounded() -> tuple[float, float, float]:
         with torch.no_grad():
-            loss, bpp, mse = objective(model, x, *_pair(latents), lmbda, torch.round, height, width)
-        return float(loss), bpp, mse
+            loss, bpp, d = objective(model, x, *_pair(latents), lmbda, torch.round, height, width)
+        return float(loss), bpp, d
 
     best = rounded()
     before, best_step, kept = best, 0, [t.detach().clone() for t in latents]
@@ -186,16 +205,16 @@ def _refine_crop(model, x, latents, lmbda, steps, height, width, bar) -> tuple[t
             now = rounded()
             if now[0] < best[0]:
                 best, best_step, kept = now, step, [t.detach().clone() for t in latents]
-    record = lambda r: {"loss": r[0], "bpp": r[1], "mse": r[2]}  # noqa: E731
+    record = lambda r: {"loss": r[0], "bpp": r[1], "distortion": r[2]}  # noqa: E731
     return _pair([t.contiguous() for t in kept]), {"before": record(before), "after": record(best), "best_step": best_step}
 
 
 def file_objective(model, x: torch.Tensor, streams: list[bytes], y_hat: torch.Tensor, lmbda: float, height: int, width: int) -> float:
-    """R + lambda * 255^2 * MSE of a coding: its streams' bytes (the header is the same at every effort) and
-    the 8-bit image that the decoder reconstructs from ``y_hat``."""
+    """R + lambda * D of a coding: its streams' bytes (the header is the same at every effort) and the
+    distortion of the 8-bit image that the decoder reconstructs from ``y_hat``."""
     x_hat = torch.round(model.synthesize(y_hat)[..., :height, :width].clamp(0, 1) * 255) / 255
-    mse = float(torch.mean((x_hat.double() - x[..., :height, :width].double()) ** 2))
-    return 8 * sum(map(len, streams)) / (height * width) + lmbda * 255**2 * mse
+    d = float(distortion(model_metric(model), x_hat.double(), x[..., :height, :width].double()))
+    return 8 * sum(map(len, streams)) / (height * width) + lmbda * d
 
 
 def encode(model, x: torch.Tensor, steps: int, height: int, width: int, progress: bool = False) -> tuple[list[bytes], torch.Tensor, Refined]:
