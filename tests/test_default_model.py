@@ -6,9 +6,11 @@ import sys
 
 import pytest
 import torch
+from pytorch_msssim import ms_ssim
 
 import refcodec
 from refcodec import codec
+from refcodec.bitstream import read_header
 from refcodec.models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, VARIABLE, WEIGHTS_DIR
 from refcodec.sample import sample_image
 
@@ -55,24 +57,29 @@ SHIPPED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 def test_every_shipped_model_has_a_card_and_codes(tmp_path):
     """Each weights file: a model card with Kodak numbers, loadable by its id, usable by `compress --quality`
-    (a variable-rate model at both ends of its range and at a fractional quality)."""
+    (a variable-rate model at both ends of its range and at a fractional quality), and chosen by
+    `--metric` (an MS-SSIM model: its quality rises in MS-SSIM)."""
     from refcodec import cli
 
     sample_image().save(tmp_path / "sample.png")
+    x = codec.image_to_tensor(sample_image())
     points = {}
     for stem in SHIPPED:
         card = json.loads((WEIGHTS_DIR / f"{stem}.json").read_text())
         assert (WEIGHTS_DIR / f"{stem}.md").is_file() and card["evaluation"]["count"] == 24
         name, preset, variant = card["id"].split("/")
+        rate, _, metric = variant.partition("-")
         assert refcodec.load_model(card["id"]).id == card["id"]
-        for quality in [0.0, 2.5, 8.0] if variant == VARIABLE else [float(variant[1:])]:
+        for quality in [0.0, 2.5, 8.0] if rate == VARIABLE else [float(rate[1:])]:
             out = tmp_path / f"{stem}-{quality:g}.rfc"
-            args = ["--model", name, "--preset", preset, "--quality", f"{quality:g}"]
+            args = ["--model", name, "--preset", preset, "--quality", f"{quality:g}", "--metric", metric or "mse"]
             assert cli.main(["compress", str(tmp_path / "sample.png"), "-o", str(out), *args]) == 0
+            assert read_header(out.read_bytes()).model == card["id"]
             assert cli.main(["decompress", str(out), "-o", str(tmp_path / f"{stem}-{quality:g}.png")]) == 0
             back = refcodec.decompress(out.read_bytes())
-            points.setdefault((name, preset), []).append((quality, out.stat().st_size, codec.psnr(sample_image(), back)))
-    for curve in points.values():  # a higher quality spends more bits for a better image
+            score = float(ms_ssim(codec.image_to_tensor(back), x, data_range=1.0)) if metric else codec.psnr(sample_image(), back)
+            points.setdefault(card["id"], []).append((quality, out.stat().st_size, score))
+    for curve in points.values():  # a higher quality spends more bits for a better image, in the model's metric
         curve.sort()
         assert all(a[1] < b[1] and a[2] < b[2] for a, b in zip(curve, curve[1:]))
 
