@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import refcodec
+from refcodec.eval.bdrate import msssim_db
 from refcodec.eval.evaluate import evaluate_image, summarize
 from refcodec.models import registry
 from refcodec.images import find_images
@@ -30,6 +31,7 @@ from refcodec.train.trainer import logged_time
 
 KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
 VARIABLE_QUALITIES = [0, 1, 2, 3, 4, 5, 6, 7, 8]
+OBJECTIVES = {"mse": "loss R + lambda * 255^2 * MSE", "ms-ssim": "loss R + lambda * (1 - MS-SSIM) (trained for MS-SSIM)"}
 
 
 def write_curve(name: str, preset: str, metric: str, folder: Path) -> None:
@@ -153,7 +155,7 @@ def main() -> None:
     card = {
         "id": shipped.id,
         "architecture": {"model": config["name"], "preset": config["preset"], "N": config["N"], "M": config["M"], "flags": config["flags"]},
-        "training": {"data": config["data"], "steps": config["steps"], "initialized_from": init if base else None,
+        "training": {"data": config["data"], "metric": config.get("metric", "mse"), "steps": config["steps"], "initialized_from": init if base else None,
                      "steps_from_init": steps - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
                      "hardware": hardware, "data_history": history},
         "evaluation": {"images": str(args.eval), "count": len(files), "threads": args.threads, "load_average": round(load, 1),
@@ -165,14 +167,14 @@ def main() -> None:
     points = ev["qualities"] if shipped.levels else [ev]
     table = "".join(
         (f"| {p['quality']:g} " if shipped.levels else "")
-        + f"| {p['bpp']:.4f} | {p['psnr-rgb']:.2f} | {p['ms-ssim-rgb']:.4f} | {p['encoding_time']:.2f} | "
+        + f"| {p['bpp']:.4f} | {p['psnr-rgb']:.2f} | {p['ms-ssim-rgb']:.4f} ({msssim_db(p['ms-ssim-rgb']):.2f} dB) | {p['encoding_time']:.2f} | "
         f"{p['decoding_time']:.2f} | {100 * p['estimate_gap']:+.2f}% |\n"
         for p in points
     )
     (registry.WEIGHTS_DIR / f"{name}.md").write_text(
         f"# {shipped.id}\n\n"
         f"- Architecture: `{config['name']}`, preset `{config['preset']}` (N={config['N']}, M={config['M']}), flags {config['flags'] or 'default'}\n"
-        f"- Training: {data}; {config['steps']} steps{origin}, lambda {config['lambda']}, "
+        f"- Training: {data}; {config['steps']} steps{origin}, {OBJECTIVES[config.get('metric', 'mse')]}, lambda {config['lambda']}, "
         f"{card['training']['wall_hours']} h wall time on {card['training']['hardware']}\n"
         + (f"- Recipe: {args.recipe}\n" if args.recipe else "")
         + f"- Stored as float16 safetensors; weights hash `{shipped.weights_hash().hex()}`\n\n"
