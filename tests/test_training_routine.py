@@ -116,6 +116,9 @@ def test_ship_gate_judges_against_the_shipped_model(datasets, tmp_path, monkeypa
 def test_ship_gate_judges_an_ms_ssim_candidate_on_ms_ssim_against_the_mse_model(tmp_path, monkeypatch):
     """Before an MS-SSIM model ships, its candidate must beat the MSE model it is fine-tuned from, in MS-SSIM."""
     gate = load_script("ship_gate")
+    if "grm/small/vr-ms-ssim" in registry.shipped_ids():  # once shipped, an MS-SSIM candidate is judged against it
+        assert gate.shipped_models("ms-ssim") == ["grm/small/vr-ms-ssim"]
+    monkeypatch.setattr(registry, "shipped_ids", lambda: ["grm/small/vr"])  # before an MS-SSIM model shipped
     val = tmp_path / "val"
     val.mkdir()
     natural_image(192, 176, seed=3).save(val / "0.png")  # MS-SSIM's five scales need more than 160 pixels a side
