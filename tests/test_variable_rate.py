@@ -8,7 +8,7 @@ import zlib
 import pytest
 import torch
 
-from refcodec import api, codec, ratecontrol
+from refcodec import api, codec, metrics, ratecontrol
 from refcodec.bitstream import BitstreamError, read_header, unpack
 from refcodec.cli import main as cli
 from refcodec.fixedpoint import WEIGHT_BITS
@@ -187,6 +187,33 @@ def test_rate_control_meets_targets(image):
         ratecontrol.search(image, model, target_bpp=0.0001)
     with pytest.raises(ratecontrol.TargetError, match="target 99 dB is out of range"):
         ratecontrol.search(image, model, target_psnr=99)
+
+
+def test_rate_control_to_an_ms_ssim_target(tmp_path, capsys):
+    """The smallest file of at least an MS-SSIM: the target is met and the grid quality below misses it;
+    out-of-range targets and images too small for MS-SSIM's five scales get one line."""
+    model = registry.load_model("grm/small/vr")
+    image = natural_image(192, 176, seed=11)
+    decoded = lambda q: codec.decompress(codec.compress(image, model, quality=q), model)  # noqa: E731
+    target = (metrics.ms_ssim(image, decoded(1)) + metrics.ms_ssim(image, decoded(5))) / 2
+    choice = ratecontrol.search(image, model, target_ms_ssim=target)
+    assert choice.ms_ssim >= target and 1 < choice.quality < 5
+    assert choice.ms_ssim == metrics.ms_ssim(image, codec.decompress(choice.data, model))
+    assert metrics.ms_ssim(image, decoded(choice.quality - 1 / ratecontrol.QUALITY_GRID)) < target
+    assert api.compress(image, model, target_ms_ssim=target) == choice.data
+    with pytest.raises(ratecontrol.TargetError, match="target MS-SSIM 0.99999 is out of range: quality 0-8 gives"):
+        ratecontrol.search(image, model, target_ms_ssim=0.99999)
+    with pytest.raises(ratecontrol.TargetError, match="below 1"):
+        ratecontrol.search(image, model, target_ms_ssim=1.5)
+    src = tmp_path / "a.png"
+    image.save(src)
+    assert cli(["compress", str(src), "-o", str(tmp_path / "a.rfc"), "--target-ms-ssim", f"{target}", "--json"]) == 0
+    record = __import__("json").loads(capsys.readouterr().out)
+    assert record["ms_ssim"] == choice.ms_ssim and record["quality"] == choice.quality
+    image.crop((0, 0, 192, 160)).save(src)
+    assert cli(["compress", str(src), "-o", str(tmp_path / "b.rfc"), "--target-ms-ssim", "0.9"]) == 1
+    err = capsys.readouterr().err
+    assert "larger than 160 px on each side" in err and err.count("\n") == 1 and not (tmp_path / "b.rfc").exists()
 
 
 def test_rate_control_states_the_range_rounded_inwards(image):

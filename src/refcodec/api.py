@@ -1,4 +1,4 @@
-"""The public ``refcodec.compress``: a fixed quality, or rate control to a target bpp or PSNR."""
+"""The public ``refcodec.compress``: a fixed quality, or rate control to a target bpp, PSNR or MS-SSIM."""
 
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ def compress(
     target_psnr: float | None = None,
     max_pixels: int = images.MAX_PIXELS,
     effort: str = "default",
+    target_ms_ssim: float | None = None,
 ) -> bytes:
     """Compress an image into a refcodec bitstream.
 
     ``quality`` is any float in a variable-rate model's range (an integer for fixed-rate
-    models); ``target_bpp`` or ``target_psnr`` instead finds the quality by bisection on real
+    models); ``target_bpp``, ``target_psnr`` or ``target_ms_ssim`` instead finds the quality by bisection on real
     encodes (``ratecontrol``; use ``ratecontrol.search`` to get the chosen quality as well).
     ``effort="fast"`` or ``"slow"`` refines each image's latents for smaller files (``refine``), decoder unchanged.
     """
-    if target_bpp is None and target_psnr is None:
+    if target_bpp is None and target_psnr is None and target_ms_ssim is None:
         return codec.compress(image, model, quality, max_pixels, effort)
     if quality is not None:
         raise ValueError("give a quality or a target, not both")
-    return ratecontrol.search(image, model, target_bpp, target_psnr, max_pixels=max_pixels, effort=effort).data
+    return ratecontrol.search(image, model, target_bpp, target_psnr, max_pixels=max_pixels, effort=effort, target_ms_ssim=target_ms_ssim).data

@@ -118,9 +118,9 @@ def cmd_compress(args) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available")
-    target = args.target_bpp is not None or args.target_psnr is not None
+    target = any(t is not None for t in (args.target_bpp, args.target_psnr, args.target_ms_ssim))
     if target and args.quality is not None:
-        raise CliError("give --quality or a target (--target-bpp, --target-psnr), not both")
+        raise CliError("give --quality or a target (--target-bpp, --target-psnr, --target-ms-ssim), not both")
     quality = DEFAULT_QUALITY if args.quality is None else args.quality
     model = None
     failures = []
@@ -134,10 +134,13 @@ def cmd_compress(args) -> int:
                 model = _load_for_compress(args, quality, target)
             record = {"input": src, "output": str(dst)}
             if target:
-                choice = ratecontrol.search(image, model, args.target_bpp, args.target_psnr, args.preset, args.max_pixels, args.effort)
+                choice = ratecontrol.search(image, model, args.target_bpp, args.target_psnr, args.preset, args.max_pixels, args.effort,
+                                            args.target_ms_ssim)  # fmt: skip
                 data = choice.data
                 record |= {"quality": choice.quality, "psnr": choice.psnr, "encodes": choice.encodes}
-                achieved = f", quality {choice.quality:g}, {choice.psnr:.2f} dB ({choice.encodes} encodes)"
+                ms_ssim = "" if choice.ms_ssim is None else f", MS-SSIM {choice.ms_ssim:.4f}"
+                record |= {} if choice.ms_ssim is None else {"ms_ssim": choice.ms_ssim}
+                achieved = f", quality {choice.quality:g}, {choice.psnr:.2f} dB{ms_ssim} ({choice.encodes} encodes)"
             else:
                 rgb, mode = images.to_rgb(image)
                 data = codec.encode_rgb(rgb, mode, model, effort=args.effort, progress=not args.json and sys.stderr.isatty())[0]
@@ -308,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rate control: the highest quality whose file has at most B bits per pixel")  # fmt: skip
     target.add_argument("--target-psnr", type=float, metavar="P",
                         help="rate control: the lowest quality whose decoded image has at least P dB PSNR")  # fmt: skip
+    target.add_argument("--target-ms-ssim", type=float, metavar="M",
+                        help="rate control: the lowest quality whose decoded image has at least MS-SSIM M (0-1; "
+                        "with --metric ms-ssim, the model trained for it)")  # fmt: skip
     common(c, model=True, limit=True)
     c.set_defaults(func=cmd_compress)
 

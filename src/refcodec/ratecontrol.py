@@ -1,15 +1,16 @@
-"""Rate control: the quality that meets a target bpp or PSNR, found by bisection on real encodes.
+"""Rate control: the quality that meets a target bpp, PSNR or MS-SSIM, found by bisection on real encodes.
 
 A target bpp B asks for the largest file of at most B bits per pixel; a target PSNR P for the
-smallest file of at least P dB. Candidates are ordered by quality: every quality of a
+smallest file of at least P dB, and a target MS-SSIM M (of an image larger than 160 px on each side)
+for the smallest file of at least that MS-SSIM, the metric of the MS-SSIM models. Candidates are ordered by quality: every quality of a
 variable-rate model on a grid of 1/QUALITY_GRID (continuous for practical purposes), or the
 shipped fixed-rate models of one name. Rate and PSNR grow with quality, so bisection needs
 about log2(candidates) encodes after the two ends. It returns a quality that meets the target
 next to one that misses it: the best file where the curve is monotone. PSNR may wobble between
 neighbouring grid qualities (by up to 0.07 dB on a 128x96 image near the top of the range), and
 there a lower quality elsewhere may meet a PSNR target too. Every candidate is a real encode (the file's
-exact size); its PSNR comes from the latents the file codes, synthesized as the decoder does,
-and the chosen file is decoded once to report the PSNR a user gets.
+exact size); its PSNR (or MS-SSIM) comes from the latents the file codes, synthesized as the decoder
+does, and the chosen file is decoded once to report what a user gets.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import codec, images
+from . import codec, images, metrics
 from .errors import RefcodecError
 from .models.base import CompressionModel
 from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, LAMBDAS, load_model, model_id, shipped_ids
@@ -42,6 +43,7 @@ class Choice:
     bpp: float
     psnr: float
     encodes: int
+    ms_ssim: float | None = None  # with an MS-SSIM target
 
 
 Candidates = list[tuple[CompressionModel, float | None, float]]  # (model, coding quality, nominal quality)
@@ -81,52 +83,62 @@ def search(
     preset: str = DEFAULT_PRESET,
     max_pixels: int = images.MAX_PIXELS,
     effort: str = "default",
+    target_ms_ssim: float | None = None,
 ) -> Choice:
-    """The file that meets ``target_bpp`` (largest at most that rate) or ``target_psnr`` (smallest
-    of at least that PSNR), exactly one of them; raises TargetError when the target is out of the
-    model's range on this image, saying what the range is. ``model`` may also be the list of
+    """The file that meets ``target_bpp`` (largest at most that rate), ``target_psnr`` or ``target_ms_ssim``
+    (smallest of at least that PSNR or MS-SSIM), exactly one of them; raises TargetError when the target is
+    out of the model's range on this image, saying what the range is. ``model`` may also be the list of
     :func:`candidates`, prepared once for many images. Every encode of the search runs at ``effort``."""
-    if (target_bpp is None) == (target_psnr is None):
-        raise ValueError("give exactly one of target_bpp and target_psnr")
-    target = target_bpp if target_bpp is not None else target_psnr
-    if not np.isfinite(target) or target <= 0:
-        raise TargetError(f"the target must be a positive number, got {target:g}")
+    given = {k: v for k, v in (("bpp", target_bpp), ("psnr", target_psnr), ("ms-ssim", target_ms_ssim)) if v is not None}
+    if len(given) != 1:
+        raise ValueError("give exactly one of target_bpp, target_psnr and target_ms_ssim")
+    [(kind, target)] = given.items()
+    if not np.isfinite(target) or target <= 0 or kind == "ms-ssim" and target >= 1:
+        raise TargetError(f"the target must be a positive number{' below 1' if kind == 'ms-ssim' else ''}, got {target:g}")
     rgb, mode = images.to_rgb(images.load_image(image, max_pixels))
+    if kind == "ms-ssim" and min(rgb.size) <= metrics.MS_SSIM_MIN_SIDE:
+        raise TargetError(f"an MS-SSIM target needs an image larger than {metrics.MS_SSIM_MIN_SIDE} px on each side "
+                          f"(its five scales), got {rgb.width}x{rgb.height}")  # fmt: skip
+    score = metrics.ms_ssim if kind == "ms-ssim" else codec.psnr
     options = model if isinstance(model, list) else candidates(model, preset)
     pixels = rgb.width * rgb.height
     tried: dict[int, tuple[bytes, float, float]] = {}
 
     def encode(i: int) -> tuple[bytes, float, float]:
+        """(file, bpp, PSNR or MS-SSIM) of candidate ``i``."""
         if i not in tried:
             net, quality, _ = options[i]
             data, y_hat = codec.encode_rgb(rgb, mode, net, quality, effort)
             with codec.at_quality(net, quality):
                 x_hat = net.synthesize(y_hat)
-            tried[i] = (data, 8 * len(data) / pixels, codec.psnr(rgb, codec.tensor_to_image(x_hat[:, :, : rgb.height, : rgb.width])))
+            tried[i] = (data, 8 * len(data) / pixels, score(rgb, codec.tensor_to_image(x_hat[:, :, : rgb.height, : rgb.width])))
         return tried[i]
 
-    def meets(i: int) -> bool:  # monotone: true for low qualities (bpp), for high ones (PSNR)
-        _, bpp, psnr = encode(i)
-        return bpp <= target_bpp if target_bpp is not None else psnr >= target_psnr
+    def meets(i: int) -> bool:  # monotone: true for low qualities (bpp), for high ones (PSNR, MS-SSIM)
+        _, bpp, distortion = encode(i)
+        return bpp <= target if kind == "bpp" else distortion >= target
 
     lo, hi = 0, len(options) - 1
     low, high = encode(lo), encode(hi)
-    span = _span(low[1], high[1], 4, "bpp") if target_bpp is not None else _span(low[2], high[2], 2, "dB")
+    span = {"bpp": lambda: _span(low[1], high[1], 4, "bpp"), "psnr": lambda: _span(low[2], high[2], 2, "dB"),
+            "ms-ssim": lambda: _span(low[2], high[2], 4, "MS-SSIM")}[kind]()  # fmt: skip
     where = f"quality {options[lo][2]:g}-{options[hi][2]:g} gives {span} on this image"
-    if target_bpp is not None:
-        if not meets(lo) or meets(hi) and high[1] < target_bpp:
-            raise TargetError(f"target {target_bpp:g} bpp is out of range: {where}")
+    wanted = {"bpp": f"{target:g} bpp", "psnr": f"{target:g} dB", "ms-ssim": f"MS-SSIM {target:g}"}[kind]
+    if kind == "bpp":
+        if not meets(lo) or meets(hi) and high[1] < target:
+            raise TargetError(f"target {wanted} is out of range: {where}")
         while hi - lo > 1:  # invariant: meets(lo); the answer is below hi unless hi meets too
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if meets(mid) else (lo, mid)
         best = hi if meets(hi) else lo
     else:
-        if not meets(hi) or meets(lo) and low[2] > target_psnr:
-            raise TargetError(f"target {target_psnr:g} dB is out of range: {where}")
+        if not meets(hi) or meets(lo) and low[2] > target:
+            raise TargetError(f"target {wanted} is out of range: {where}")
         while hi - lo > 1:  # invariant: meets(hi)
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if meets(mid) else (mid, hi)
         best = lo if meets(lo) else hi
     data, bpp, _ = encode(best)
     decoded = codec.decompress(data, options[best][0], max_pixels=max_pixels).convert("RGB")
-    return Choice(data, options[best][2], bpp, codec.psnr(rgb, decoded), len(tried))
+    ms_ssim = metrics.ms_ssim(rgb, decoded) if kind == "ms-ssim" else None
+    return Choice(data, options[best][2], bpp, codec.psnr(rgb, decoded), len(tried), ms_ssim)

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from .errors import RefcodecError
 from .layers.gain import interpolate_log
+from .metrics import MS_SSIM_MIN_SIDE
 from .models import registry
 from .models.base import ALIGNMENT, STRIDE, CompressionModel
 from .tiling import spans
@@ -60,7 +61,6 @@ WHOLE_PIXELS = 1 << 21  # refinement holds every activation of g_s for the backw
 # for grm/small (peak 794 MiB at 768x512, 1735 MiB at 1536x1024): larger images are refined in tiles
 TILE = 1024  # pixels, a multiple of 64: the core of a tile
 HALO = 128  # pixels, a multiple of 64: the crop of a tile extends its core by this much on each side
-MS_SSIM_MIN_SIDE = 160  # MS-SSIM's coarsest scale (1/16) must be wider than its 11-px window (pytorch_msssim)
 
 
 class EffortError(RefcodecError):

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_msssim import ms_ssim
 
-from .. import codec
+from .. import codec, metrics
 from ..images import find_images, read_rgb, to_rgb
 from ..refine import EFFORTS
 from ..models.registry import DEFAULT_MODEL, LAMBDAS, load_model
@@ -37,10 +36,7 @@ def _estimated_bits(model, image) -> float:
 
 def distortion(image, out) -> dict:
     """PSNR and MS-SSIM of an 8-bit RGB reconstruction (MS-SSIM is NaN below 161 px, where its 5 scales do not fit)."""
-    a = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255
-    b = torch.from_numpy(np.asarray(out, dtype=np.float32)).permute(2, 0, 1)[None] / 255
-    msssim = float(ms_ssim(a, b, data_range=1.0)) if min(image.size) > 160 else float("nan")
-    return {"psnr-rgb": codec.psnr(image, out), "ms-ssim-rgb": msssim}
+    return {"psnr-rgb": codec.psnr(image, out), "ms-ssim-rgb": metrics.ms_ssim(image, out)}
 
 
 def evaluate_image(model, path: Path, estimate: bool, effort: str = "default") -> dict:

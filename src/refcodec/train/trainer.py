@@ -34,6 +34,7 @@ from pytorch_msssim import ms_ssim
 from .. import codec
 from ..errors import RefcodecError
 from ..layers import gain
+from ..metrics import MS_SSIM_MIN_SIDE
 from ..models import convert, registry
 from ..models.base import ALIGNMENT
 from . import checkpoint, distributed
@@ -42,7 +43,7 @@ from .data import ImageFolder, batches
 from .log import RunLog
 
 PHASES = 16  # MS-SSIM's coarsest pooling block (2^4): the loss window is shifted by up to this much
-MS_SSIM_MIN_CROP = 160 + PHASES  # MS-SSIM's coarsest scale (window / 16) must be wider than its 11-px window
+MS_SSIM_MIN_CROP = MS_SSIM_MIN_SIDE + PHASES  # MS-SSIM's five scales, in a window up to PHASES px smaller
 VAL_PHASES = [(0, 0), (0, 1), (1, 0), (1, 1)]  # validation's MS-SSIM: the mean over the pyramid's 2x2 phases
 VAL_QUALITIES = [1, 4, 7]  # a variable-rate model is validated at these qualities
 
