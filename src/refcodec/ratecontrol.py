@@ -4,9 +4,8 @@ A target bpp B asks for the largest file of at most B bits per pixel; a target P
 smallest file of at least P dB, and a target MS-SSIM M (of an image larger than 160 px on each side)
 for the smallest file of at least that MS-SSIM, the metric of the MS-SSIM models. Candidates are
 ordered by quality: every quality of a variable-rate model on a grid of 1/QUALITY_GRID (continuous
-for practical purposes), or the
-shipped fixed-rate models of one name. Rate and PSNR grow with quality, so bisection needs
-about log2(candidates) encodes after the two ends. It returns a quality that meets the target
+for practical purposes), or the shipped fixed-rate models of one name. Rate and PSNR grow with
+quality, so bisection needs about log2(candidates) encodes after the two ends. It returns a quality that meets the target
 next to one that misses it: the best file where the curve is monotone. PSNR may wobble between
 neighbouring grid qualities (by up to 0.07 dB on a 128x96 image near the top of the range), and
 there a lower quality elsewhere may meet a PSNR target too. Every candidate is a real encode (the file's
