@@ -13,9 +13,10 @@ The report (OUT.json, OUT.md, OUT.png) covers the images that every effort has a
 the BD-rate of each effort against ``default`` and against each anchor (CompressAI-layout files of
 ``refcodec compare`` with per-image rows, restricted to the same images), the mean bpp, PSNR and
 encode seconds per quality, the saving at equal lambda split into rate and distortion (the change of
-bpp, and of lambda * 255^2 * MSE in bpp, between the two files of one quality: their sum is the change
-of the RD objective, eq. 1), every image's rate and PSNR change, and a plot of bits saved against
-encode time.
+bpp, and of lambda * D in bpp, between the two files of one quality: their sum is the change of the RD
+objective, eq. 1), every image's rate and PSNR change, and a plot of bits saved against encode time.
+The curves and D are the model's metric's: PSNR and D = 255^2 * MSE, or for a model trained for MS-SSIM,
+MS-SSIM in dB and D = 1 - MS-SSIM (``refine.distortion``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refcodec import codec, refine
+from refcodec import codec, metrics, refine
 from refcodec.eval import bdrate
 from refcodec.images import find_images, read_rgb
 from refcodec.models.registry import load_model
@@ -41,7 +42,8 @@ def measure(model, image, effort: str) -> dict:
     data = codec.compress(image, model, effort=effort)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     out = codec.decompress(data, model).convert("RGB")
-    return {"bpp": 8 * len(data) / (image.width * image.height), "psnr": codec.psnr(image, out), "encode_seconds": seconds,
+    return {"bpp": 8 * len(data) / (image.width * image.height), "psnr": codec.psnr(image, out), "ms_ssim": metrics.ms_ssim(image, out),
+            "encode_seconds": seconds,
             "encode_cpu_seconds": cpu, "steps": refine.EFFORTS[effort]}  # fmt: skip
 
 
@@ -73,11 +75,26 @@ class Cache:
             os.replace(tmp, self.path)
 
 
+class Metric:
+    """The model's metric: the quality score of its curves (PSNR, or MS-SSIM in dB) and the D of the
+    objective R + lambda * D it refines for (``refine.distortion``), of a row's PSNR and MS-SSIM."""
+
+    def __init__(self, name: str):
+        self.name, self.label = name, "PSNR-RGB" if name == "mse" else "MS-SSIM-RGB in dB"
+
+    def score(self, row: dict) -> float:
+        return row["psnr"] if self.name == "mse" else float(bdrate.msssim_db(row["ms_ssim"]))
+
+    def distortion(self, row: dict) -> float:
+        return 255**2 * 10 ** (-row["psnr"] / 10) if self.name == "mse" else 1 - row["ms_ssim"]
+
+
 def results_curve(name: str, points: list[dict]) -> bdrate.Curve:
-    return bdrate.curve({"name": name, "results": {"bpp": [p["bpp"] for p in points], "psnr-rgb": [p["psnr"] for p in points]}})
+    """The curve of points with a bpp and a score (the metric's quality axis)."""
+    return bdrate.curve({"name": name, "results": {"bpp": [p["bpp"] for p in points], "psnr-rgb": [p["score"] for p in points]}})
 
 
-def anchor_curve(path: str, images: list[str]) -> bdrate.Curve:
+def anchor_curve(path: str, images: list[str], metric: Metric) -> bdrate.Curve:
     """An anchor's curve over ``images`` only, from the per-image rows of its results file."""
     report = json.loads(Path(path).read_text())
     points = []
@@ -85,46 +102,48 @@ def anchor_curve(path: str, images: list[str]) -> bdrate.Curve:
         raise SystemExit(f"{path} has no row of {', '.join(sorted(missing))}")
     for q in report["qualities"]:
         rows = {r["image"]: r for r in report["per_image"][f"{q:g}"]}
-        points.append({k: float(np.mean([rows[i][m] for i in images])) for k, m in (("bpp", "bpp"), ("psnr", "psnr-rgb"))})
+        points.append({"bpp": float(np.mean([rows[i]["bpp"] for i in images])),
+                       "score": float(np.mean([metric.score({"psnr": rows[i]["psnr-rgb"], "ms_ssim": rows[i]["ms-ssim-rgb"]}) for i in images]))})
     return results_curve(report["name"], points)
 
 
-def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict) -> dict:
+def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict, metric: Metric) -> dict:
     keys = [(q, f) for f in files for q in args.quality]
     done = [f for f in files if all(f"{q:g}|{f}" in c.rows for c in caches.values() for q in args.quality)]
     missing = sum(f"{q:g}|{f}" not in c.rows for q, f in keys for c in caches.values())
     if not done:
         return {"images": [], "missing": missing}
     efforts = list(caches)
+    row = lambda e, q, f: {**caches[e].rows[f"{q:g}|{f}"], "score": metric.score(caches[e].rows[f"{q:g}|{f}"])}  # noqa: E731
     per_quality = []
     for q in args.quality:
-        rows = {e: [caches[e].rows[f"{q:g}|{f}"] for f in done] for e in efforts}
+        rows = {e: [row(e, q, f) for f in done] for e in efforts}
         entry = {"quality": q, "lambda": lambdas[q]}
         for e in efforts:
-            entry[e] = {k: float(np.mean([r[k] for r in rows[e]])) for k in ("bpp", "psnr", "encode_seconds")}
+            entry[e] = {k: float(np.mean([r[k] for r in rows[e]])) for k in ("bpp", "psnr", "score", "encode_seconds")}
             entry[e]["steps"] = caches[e].steps
             if e != "default":
-                mse = lambda r: 10 ** (-r["psnr"] / 10)  # noqa: E731  (of the 0-1 image)
-                d_rate = [r["bpp"] - b["bpp"] for r, b in zip(rows[e], rows["default"])]
-                d_dist = [lambdas[q] * 255**2 * (mse(r) - mse(b)) for r, b in zip(rows[e], rows["default"])]
-                entry[e] |= {"rate_change": float(np.mean([r["bpp"] / b["bpp"] - 1 for r, b in zip(rows[e], rows["default"])])),
-                             "psnr_change": float(np.mean([r["psnr"] - b["psnr"] for r, b in zip(rows[e], rows["default"])])),
+                pairs = list(zip(rows[e], rows["default"]))
+                d_rate = [r["bpp"] - b["bpp"] for r, b in pairs]
+                d_dist = [lambdas[q] * (metric.distortion(r) - metric.distortion(b)) for r, b in pairs]
+                entry[e] |= {"rate_change": float(np.mean([r["bpp"] / b["bpp"] - 1 for r, b in pairs])),
+                             "score_change": float(np.mean([r["score"] - b["score"] for r, b in pairs])),
                              "objective_rate_change": float(np.mean(d_rate)), "objective_distortion_change": float(np.mean(d_dist))}  # fmt: skip
         per_quality.append(entry)
     curves = {e: results_curve(e, [p[e] for p in per_quality]) for e in efforts}
-    anchors = {"default": curves["default"], **{a.name: a for a in (anchor_curve(p, done) for p in args.anchors)}} if done else {}
+    anchors = {"default": curves["default"], **{a.name: a for a in (anchor_curve(p, done, metric) for p in args.anchors)}} if done else {}
     bd = {a: {e: bdrate.delta(c, curves[e]) for e in efforts if curves[e] is not c} for a, c in anchors.items()}
     per_image = []
     for f in done:
-        row = {"image": f}
+        image = {"image": f}
         for e in efforts:
             if e != "default":
-                pairs = [(caches[e].rows[f"{q:g}|{f}"], caches["default"].rows[f"{q:g}|{f}"]) for q in args.quality]
-                row[e] = {"rate_change": float(np.mean([r["bpp"] / b["bpp"] - 1 for r, b in pairs])),
-                          "psnr_change": float(np.mean([r["psnr"] - b["psnr"] for r, b in pairs])),
-                          "bd_rate": bdrate.delta(results_curve("default", [b for _, b in pairs]), results_curve(e, [r for r, _ in pairs]))["bd_rate"]}  # fmt: skip
-        per_image.append(row)
-    return {"model": args.model, "qualities": args.quality, "folder": args.folder, "crop": args.crop, "threads": args.threads,
+                pairs = [(row(e, q, f), row("default", q, f)) for q in args.quality]
+                image[e] = {"rate_change": float(np.mean([r["bpp"] / b["bpp"] - 1 for r, b in pairs])),
+                            "score_change": float(np.mean([r["score"] - b["score"] for r, b in pairs])),
+                            "bd_rate": bdrate.delta(results_curve("default", [b for _, b in pairs]), results_curve(e, [r for r, _ in pairs]))["bd_rate"]}  # fmt: skip
+        per_image.append(image)
+    return {"model": args.model, "metric": metric.name, "score": metric.label, "qualities": args.quality, "folder": args.folder, "crop": args.crop, "threads": args.threads,
             "conditions": args.conditions, "efforts": {e: caches[e].steps for e in efforts}, "images": done,
             "missing": missing,
             "bd": bd, "per_quality": per_quality, "per_image": per_image}  # fmt: skip
@@ -144,7 +163,7 @@ def markdown(report: dict) -> str:
     out = [f"# Encoder effort, {report['model']}, {len(report['images'])} images of {report['folder']}"
            + (f" (center crops {report['crop'][0]}x{report['crop'][1]})" if report["crop"] else "") + "\n",
            f"Steps of each effort: {', '.join(f'{e} {s}' for e, s in report['efforts'].items())}. Encode times: "
-           f"{report['threads']} thread(s), {report['conditions']}.\n", "## BD-rate (PSNR-RGB, akima) of each effort\n",
+           f"{report['threads']} thread(s), {report['conditions']}.\n", f"## BD-rate ({report['score']}, akima) of each effort\n",
            "| effort | steps | encode s/image (wall, over this run's load) | " + " | ".join(f"against {a}" for a in report["bd"]) + " |",
            "|---|---|---|" + "---|" * len(report["bd"])]  # fmt: skip
     if "timing" in report:
@@ -156,20 +175,21 @@ def markdown(report: dict) -> str:
         seconds = np.mean([p[e]["encode_seconds"] for p in report["per_quality"]])
         cells = [f"{report['bd'][a][e]['bd_rate']:+.2f}%" if e in report["bd"][a] else "" for a in report["bd"]]
         out.append(f"| {e} | {report['efforts'][e]} | {seconds:.1f} | " + " | ".join(cells) + " |")
+    score, d = ("PSNR", "lambda*255^2*MSE") if report["metric"] == "mse" else ("MS-SSIM dB", "lambda*(1 - MS-SSIM)")
     out += ["\n## Per quality, at equal lambda\n",
-            "Rate and PSNR change of each effort's file against the default file of the same quality (mean over images); "
-            "the objective change R + lambda*D split into its rate part (bpp) and its distortion part (lambda*255^2*MSE, bpp).\n",
-            "| quality | lambda | default bpp | default PSNR | " + " | ".join(f"{e} bpp | {e} PSNR | {e} rate | {e} PSNR change | "
+            f"Rate and {score} change of each effort's file against the default file of the same quality (mean over images); "
+            f"the objective change R + lambda*D split into its rate part (bpp) and its distortion part ({d}, bpp).\n",
+            f"| quality | lambda | default bpp | default {score} | " + " | ".join(f"{e} bpp | {e} {score} | {e} rate | {e} {score} change | "
                                                                           f"{e} dR | {e} lambda dD | {e} s" for e in refined) + " |",
             "|---|---|---|---|" + "---|" * 7 * len(refined)]  # fmt: skip
     for p in report["per_quality"]:
-        cells = [f"{p[e]['bpp']:.4f} | {p[e]['psnr']:.2f} | {100 * p[e]['rate_change']:+.1f}% | {p[e]['psnr_change']:+.2f} dB | "
+        cells = [f"{p[e]['bpp']:.4f} | {p[e]['score']:.2f} | {100 * p[e]['rate_change']:+.1f}% | {p[e]['score_change']:+.2f} dB | "
                  f"{p[e]['objective_rate_change']:+.4f} | {p[e]['objective_distortion_change']:+.4f} | {p[e]['encode_seconds']:.1f}" for e in refined]  # fmt: skip
-        out.append(f"| {p['quality']:g} | {p['lambda']:.4g} | {p['default']['bpp']:.4f} | {p['default']['psnr']:.2f} | " + " | ".join(cells) + " |")
+        out.append(f"| {p['quality']:g} | {p['lambda']:.4g} | {p['default']['bpp']:.4f} | {p['default']['score']:.2f} | " + " | ".join(cells) + " |")
     out += ["\n## Per image (mean over qualities)\n",
-            "| image | " + " | ".join(f"{e} rate | {e} PSNR change | {e} BD-rate" for e in refined) + " |", "|---|" + "---|" * 3 * len(refined)]  # fmt: skip
+            "| image | " + " | ".join(f"{e} rate | {e} {score} change | {e} BD-rate" for e in refined) + " |", "|---|" + "---|" * 3 * len(refined)]  # fmt: skip
     for r in report["per_image"]:
-        out.append(f"| {r['image']} | " + " | ".join(f"{100 * r[e]['rate_change']:+.1f}% | {r[e]['psnr_change']:+.2f} dB | {r[e]['bd_rate']:+.1f}%"
+        out.append(f"| {r['image']} | " + " | ".join(f"{100 * r[e]['rate_change']:+.1f}% | {r[e]['score_change']:+.2f} dB | {r[e]['bd_rate']:+.1f}%"
                                                      for e in refined) + " |")  # fmt: skip
     return "\n".join(out) + "\n"
 
@@ -228,9 +248,7 @@ def main(argv=None) -> None:
     files = find_images(args.folder)[:: args.every]
     names = [f.name for f in files]
     models = {q: load_model(args.model, q) for q in args.quality}
-    if refine.model_metric(models[args.quality[0]]) != "mse":  # its report is in PSNR and 255^2 * MSE
-        raise SystemExit("effort.py reports MSE models; measure an MS-SSIM model's efforts with refcodec compare --effort "
-                         "default fast slow --metric ms-ssim --model MODEL")  # fmt: skip
+    metric = Metric(refine.model_metric(models[args.quality[0]]))
     lambdas = {q: refine.model_lambda(m) for q, m in models.items()}
     measuring = [] if args.report_only else list(dict.fromkeys([*args.efforts, *(f"sga{n}" for n in args.sweep)]))
     for f in files[::-1] if args.reverse else files:
@@ -244,7 +262,7 @@ def main(argv=None) -> None:
                 row = measure(models[q], image, e)
                 caches[e].put(key, row)
                 print(f"q{q:g} {f.name} {e}: {row['bpp']:.4f} bpp {row['psnr']:.2f} dB {row['encode_seconds']:.1f} s", flush=True)
-    report = build_report(args, caches, names, lambdas)
+    report = build_report(args, caches, names, lambdas, metric)
     if args.timing and report["images"]:
         report["timing"] = timing(Path(args.timing), efforts)
     if report["images"]:

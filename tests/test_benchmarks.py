@@ -1,6 +1,7 @@
 """The scripts in benchmarks/ that run without extra environments."""
 
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -127,6 +128,27 @@ def test_effort_reports_the_saving_of_each_effort_per_quality_and_image_and_resu
     assert sorted(cache) == ["1|0.png", "1|1.png", "3|0.png", "3|1.png"]
     again = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     assert "sga4:" not in again and "0 measurements missing" in again  # everything came from the caches
+
+
+def test_effort_of_an_ms_ssim_model_is_reported_in_ms_ssim(tmp_path):
+    """An MS-SSIM model's efforts: curves in MS-SSIM (dB) and the objective's D = 1 - MS-SSIM, never worse."""
+    folder, out = tmp_path / "images", tmp_path / "effort"
+    folder.mkdir()
+    sample_image(192, 176).save(folder / "0.png")
+    model = registry.load_model("grm/small/vr")
+    weights = tmp_path / "ms.safetensors"
+    registry.save(model, weights, {**model.config, "metric": "ms-ssim", "id": "grm/small/vr-ms-ssim"})
+    cmd = [sys.executable, str(BENCHMARKS / "effort.py"), str(folder), "--model", str(weights), "-q", "1", "3",
+           "--efforts", "default", "--sweep", "4", "--threads", "1", "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["metric"] == "ms-ssim" and report["score"] == "MS-SSIM-RGB in dB"
+    rows = json.loads((tmp_path / "effort-cache" / "default.json").read_text())
+    for p in report["per_quality"]:
+        default = rows[f"{p['quality']:g}|0.png"]
+        assert p["default"]["score"] == pytest.approx(-10 * math.log10(1 - default["ms_ssim"]))
+        assert p["sga4"]["objective_rate_change"] + p["sga4"]["objective_distortion_change"] <= 1e-9  # never worse
+    assert "MS-SSIM dB change" in out.with_suffix(".md").read_text()
 
 
 def test_exact_synthesis_times_both_syntheses_in_one_run(tmp_path):
