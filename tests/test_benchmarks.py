@@ -1,5 +1,6 @@
 """The scripts in benchmarks/ that run without extra environments."""
 
+import csv
 import json
 import math
 import platform
@@ -149,6 +150,29 @@ def test_effort_of_an_ms_ssim_model_is_reported_in_ms_ssim(tmp_path):
         assert p["default"]["score"] == pytest.approx(-10 * math.log10(1 - default["ms_ssim"]))
         assert p["sga4"]["objective_rate_change"] + p["sga4"]["objective_distortion_change"] <= 1e-9  # never worse
     assert "MS-SSIM dB change" in out.with_suffix(".md").read_text()
+
+
+def test_train_precision_compares_bf16_convolutions_with_float32(tmp_path):
+    """The step's loss and gradient with bfloat16 convolutions are close to float32's but not the same, and
+    `train` runs refcodec train with them: the same batches, a different (but close) loss."""
+    folder, out = tmp_path / "images", tmp_path / "precision.json"
+    folder.mkdir()
+    for i in range(2):
+        sample_image(96, 64).rotate(180 * i).save(folder / f"{i}.png")
+    script = str(BENCHMARKS / "train_precision.py")
+    cmd = [sys.executable, script, str(folder), "--batch", "2", "--crop", "64", "--steps", "1", "--rounds", "1", "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    loss = result["loss"]
+    assert loss["bfloat16 convolutions"]["loss"] == pytest.approx(loss["float32"]["loss"], rel=0.05)
+    assert 0.3 < result["gradient"]["cosine"] < 1 and set(result["gradient"]["modules"]) >= {"g_a.0", "g_s.6", "param_nets.0"}
+    assert all(len(v) == 1 and v[0] > 0 for v in result["seconds_per_step"].values())
+    args = ["--data", str(folder), "--preset", "small", "--steps", "2", "--batch", "2", "--crop", "64", "--threads", "1"]
+    subprocess.run([sys.executable, script, "train", *args, "--out", str(tmp_path / "bf16")], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "refcodec.train", *args, "--out", str(tmp_path / "fp32")], check=True, capture_output=True)
+    logs = [list(csv.DictReader(open(tmp_path / run / "log.csv"))) for run in ("bf16", "fp32")]
+    first = [float(log[0]["loss"]) for log in logs]
+    assert first[0] != first[1] and first[0] == pytest.approx(first[1], rel=0.05)
 
 
 def test_exact_synthesis_times_both_syntheses_in_one_run(tmp_path):
