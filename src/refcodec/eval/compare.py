@@ -301,7 +301,8 @@ def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: P
     measured = [bdrate.in_metric(c, metric) for c in curves]
     anchor_curves = [measured[curves.index(a)] for a in anchor_curves]
     deltas = bdrate.table(measured, anchor_curves)
-    _write_json(out / f"bdrate{suffix}.json", {"method": bdrate.METHOD, "metric": "psnr-rgb" if metric == "psnr" else "ms-ssim-rgb-db", "anchors": deltas, "skipped": skipped})
+    axis = "psnr-rgb" if metric == "psnr" else "ms-ssim-rgb-db"
+    _write_json(out / f"bdrate{suffix}.json", {"method": bdrate.METHOD, "metric": axis, "anchors": deltas, "skipped": skipped})
     md = bdrate.markdown(deltas, measured, metric) if deltas else "No anchor curve: no BD table.\n"
     (out / f"bdrate{suffix}.md").write_text(md)
     print(md, end="")
