@@ -266,9 +266,10 @@ def main(argv=None) -> None:
     if args.timing and report["images"]:
         report["timing"] = timing(Path(args.timing), efforts)
     if report["images"]:
-        out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        out.with_suffix(".md").write_text(markdown(report))
-        plot(report, out.with_suffix(".png"))
+        written = lambda suffix: out.parent / (out.name + suffix)  # noqa: E731  (OUT may hold dots: kodak-0.6.0)
+        written(".json").write_text(json.dumps(report, indent=1) + "\n")
+        written(".md").write_text(markdown(report))
+        plot(report, written(".png"))
         print(markdown(report))
     print(f"{len(report['images'])} of {len(files)} images complete; {report['missing']} measurements missing")
 
