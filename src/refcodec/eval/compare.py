@@ -287,19 +287,19 @@ def run_efforts(efforts: list[str], model: str, qualities: list[float], folder: 
 def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: Path, title: str, metric: str = "psnr") -> None:
     """BD tables against each anchor in ``metric`` (bdrate.json and bdrate.md, or bdrate-ms-ssim.*; printed)
     and the plots."""
-    anchor_curves = []
+    found = []  # the index of each anchor's curve
     for a in anchors:
-        match = [c for c in curves if bdrate.key(c.name) == bdrate.key(a)]
+        match = [i for i, c in enumerate(curves) if bdrate.key(c.name) == bdrate.key(a)]
         if match:
-            anchor_curves.append(match[0])
+            found.append(match[0])
         else:
             print(f"no BD table against {a}: it was skipped")
-    anchor = anchor_curves[0] if anchor_curves else None
+    anchor = curves[found[0]] if found else None
     plot.rd_plot(curves, out / "rd-psnr.png", "psnr", anchor, title)
     plot.rd_plot(curves, out / "rd-msssim.png", "msssim", anchor, title)
     suffix = "" if metric == "psnr" else f"-{metric}"
     measured = [bdrate.in_metric(c, metric) for c in curves]
-    anchor_curves = [measured[curves.index(a)] for a in anchor_curves]
+    anchor_curves = [measured[i] for i in found]
     deltas = bdrate.table(measured, anchor_curves)
     axis = "psnr-rgb" if metric == "psnr" else "ms-ssim-rgb-db"
     _write_json(out / f"bdrate{suffix}.json", {"method": bdrate.METHOD, "metric": axis, "anchors": deltas, "skipped": skipped})
