@@ -46,6 +46,9 @@ from refcodec.eval.evaluate import evaluate_image, summarize
 from refcodec.images import find_images, read_rgb
 from refcodec.models import registry
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ship_weights import release_commit  # noqa: E402  (a script beside this one)
+
 RESULTS = Path("results/gate")
 CURVE = Path("results/learning-curve/gate-log.json")  # every judged candidate: the learning curve
 ANCHORS = ("webp", "hevc")
@@ -204,7 +207,8 @@ def main(argv=None) -> int:
                         "--weights", str(args.candidate)], check=True)  # fmt: skip
         fixed = [i for i in registry.shipped_ids() if "/q" in i]  # the per-quality grm and joint models leave the package
         if fixed and not verdict["shipped"][0].endswith(f"/{registry.VARIABLE}"):
-            registry.retire(fixed, refcodec.__version__)
+            commits = {release_commit(registry.weights_path(i)) for i in fixed}  # HEAD, which must hold each as released
+            registry.retire(fixed, refcodec.__version__, commits.pop())
             print(f"retired {', '.join(fixed)} (their files name refcodec {refcodec.__version__}); bump the version")
         carried = Path(__file__).resolve().parent.parent / "training" / (config["id"].replace("/", "-") + ".safetensors")
         if carried.is_file() and registry.read_config(carried).get("steps", 0) <= config.get("steps", 0):

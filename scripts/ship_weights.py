@@ -8,7 +8,8 @@ bpp/PSNR/MS-SSIM, encode/decode times and the gap between file size and estimate
 variable-rate model, at every quality of ``--qualities``). Variable-rate models are shipped
 through ``scripts/ship_gate.py``, which calls this script with ``--weights``. Weights that replace a
 shipped model's under the same id record the old weights hash in ``replaced.json`` (``registry.record_replaced``),
-so that files written with them are refused with a line naming the release that decodes them.
+with the release and the git commit (HEAD, where the old weights must be committed) that decode them, so that
+files written with them are refused with a line naming both.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
@@ -32,6 +34,17 @@ from refcodec.train.trainer import logged_time
 KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
 VARIABLE_QUALITIES = [0, 1, 2, 3, 4, 5, 6, 7, 8]
 OBJECTIVES = {"mse": "loss R + lambda * 255^2 * MSE", "ms-ssim": "loss R + lambda * (1 - MS-SSIM) (trained for MS-SSIM)"}
+
+
+def release_commit(weights: Path) -> str:
+    """The last git commit of the release whose ``weights`` a ship replaces or retires: HEAD, which must hold
+    them as they are (``registry.record_replaced``, ``registry.retire``)."""
+    repo = Path(__file__).resolve().parent.parent
+    git = lambda *args: subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)  # noqa: E731
+    head, released = git("rev-parse", "HEAD"), git("rev-parse", f"HEAD:{os.path.relpath(weights.resolve(), repo)}")
+    if head.returncode or released.returncode or released.stdout != git("hash-object", str(weights)).stdout:
+        raise SystemExit(f"ship: commit {weights.name} as released before replacing it, so that its files name a commit that decodes them")
+    return head.stdout.strip()
 
 
 def write_curve(name: str, preset: str, metric: str, folder: Path) -> None:
@@ -132,11 +145,12 @@ def main() -> None:
     out = registry.weights_path(config["id"])
     name = out.stem
     old_hash = registry.load_model(str(out)).weights_hash() if out.is_file() else None
+    commit = release_commit(out) if old_hash is not None else None
     registry.save(model, out, config, dtype=torch.float16)
 
     shipped = registry.load_model(str(out))
     if old_hash is not None and old_hash != shipped.weights_hash():  # files of the weights replaced name the release that decodes them
-        registry.record_replaced(shipped.id, old_hash, refcodec.__version__)
+        registry.record_replaced(shipped.id, old_hash, refcodec.__version__, commit)
         print(f"replaced weights {old_hash.hex()} of {shipped.id} (their files name refcodec {refcodec.__version__}); bump the version")
     load = os.getloadavg()[0]  # other work on the machine slows the timings
     files = find_images(args.eval)

@@ -3,7 +3,9 @@
 import csv
 import math
 import struct
+import subprocess
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from refcodec.layers.gain import GainUnit, interpolate_log
 from refcodec.models import convert, registry
 from refcodec.train import trainer
 
-from conftest import natural_image, save_tiny, torch_threads
+from conftest import load_script, natural_image, save_tiny, torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -257,14 +259,14 @@ def test_retired_models_are_refused_with_the_release_that_decodes_them(tmp_path,
     written_with = registry.load_model("grm/test/q3").weights_hash().hex()
     kept = tmp_path / "kept.safetensors"  # the weights file of the old release, kept by a user
     kept.write_bytes((weights / "grm-test-q3.safetensors").read_bytes())
-    registry.retire(["grm/test/q3"], "0.2.0")
+    registry.retire(["grm/test/q3"], "0.2.0", "679389d11918f1754726472c258af81637b63615")
     assert registry.shipped_ids() == [] and sorted(p.name for p in weights.iterdir()) == ["retired.json"]
     with pytest.raises(BitstreamError) as info:
         codec.decompress(data)
     message = str(info.value)
     assert message.startswith(f"file was written by grm/test/q3 with weights {written_with}: grm/test/q3 was retired after refcodec 0.2.0")
-    assert message.endswith("; decode its files with refcodec 0.2.0 (git tag v0.2.0), or with --model and its weights file "
-                            "from that release") and "\n" not in message
+    assert message.endswith("; decode its files with refcodec 0.2.0 (git checkout 679389d11918), or with --model and its weights "
+                            "(git show 679389d11918:src/refcodec/models/weights/grm-test-q3.safetensors)") and "\n" not in message
     assert codec.decompress(data, registry.load_model(str(kept))).size == image.size
     with pytest.raises(registry.ModelNotFoundError, match="grm/test/q3 was retired"):
         registry.load_model("grm/test/q3")
@@ -282,17 +284,49 @@ def test_files_of_replaced_weights_are_refused_with_the_release_that_decodes_the
     kept = tmp_path / "kept.safetensors"
     kept.write_bytes((weights / "grm-test-q3.safetensors").read_bytes())
     save_tiny(weights / "grm-test-q3.safetensors", seed=1)  # the new ship
-    registry.record_replaced("grm/test/q3", old_hash, "0.3.0")
-    assert registry.replaced() == {old_hash.hex(): {"model": "grm/test/q3", "release": "0.3.0"}}
+    registry.record_replaced("grm/test/q3", old_hash, "0.3.0", "235b0cdc7e687c67bfe96d78819e647baad6f04d")
+    assert registry.replaced() == {old_hash.hex(): {"model": "grm/test/q3", "release": "0.3.0", "commit": "235b0cdc7e687c67bfe96d78819e647baad6f04d"}}
     new = codec.compress(image, "grm/test/q3")
     assert codec.decompress(new).size == image.size and registry.retired_reason("grm/test/q3") is None
     with pytest.raises(BitstreamError) as info:
         codec.decompress(old)
     assert str(info.value) == (f"file was written by grm/test/q3 with weights {old_hash.hex()}: these weights of grm/test/q3 "
-                               "were replaced after refcodec 0.3.0; decode its files with refcodec 0.3.0 (git tag v0.3.0), "
-                               "or with --model and its weights file from that release")  # fmt: skip
+                               "were replaced after refcodec 0.3.0; decode its files with refcodec 0.3.0 (git checkout 235b0cdc7e68), "
+                               "or with --model and its weights (git show 235b0cdc7e68:src/refcodec/models/weights/grm-test-q3.safetensors)")  # fmt: skip
     assert codec.decompress(old, registry.load_model(str(kept))).size == image.size
     assert registry.retired_reason("grm/other/q3", old_hash) is None  # a hash is only recorded for its own model id
+
+
+def _git(*args):
+    return subprocess.run(["git", *args], cwd=Path(__file__).parents[1], capture_output=True)
+
+
+@pytest.mark.skipif(_git("cat-file", "-e", "679389d11918f1754726472c258af81637b63615").returncode != 0,
+                    reason="needs the repository's git history")  # fmt: skip
+def test_every_retired_or_replaced_weights_hash_names_a_commit_that_holds_those_weights(tmp_path):
+    """The commit that a refused file's line names has the weights that wrote it, at the path it names."""
+    entries = list(registry.replaced().items()) + [(e["weights_hash"], e | {"model": m}) for m, e in registry.retired().items()]
+    assert len(entries) >= 11
+    for weights_hash, entry in entries:
+        file = f"src/refcodec/models/weights/{registry.weights_path(entry['model']).name}"
+        blob = _git("show", f"{entry['commit']}:{file}")
+        assert blob.returncode == 0, (entry, file)
+        (tmp_path / "w.safetensors").write_bytes(blob.stdout)
+        assert registry.load_model(str(tmp_path / "w.safetensors")).weights_hash().hex() == weights_hash
+
+
+def test_a_ship_names_the_commit_that_holds_the_weights_it_replaces(tmp_path):
+    """scripts/ship_weights.py records HEAD as the replaced weights' commit, and only if HEAD holds them as they are."""
+    ship = load_script("ship_weights")
+    outside = tmp_path / "grm-small-vr.safetensors"
+    outside.write_bytes(registry.weights_path("grm/small/vr").read_bytes())
+    with pytest.raises(SystemExit, match="commit grm-small-vr.safetensors as released"):
+        ship.release_commit(outside)  # not a file of the repository's HEAD
+    shipped = registry.weights_path("grm/small/vr")
+    head = _git("rev-parse", "HEAD")
+    if head.returncode or _git("diff", "--quiet", "HEAD", "--", str(shipped)).returncode:
+        pytest.skip("needs a git checkout with the shipped weights committed")
+    assert ship.release_commit(shipped) == head.stdout.decode().strip()
 
 
 def test_files_of_format_versions_1_and_2_still_decode(tiny_model, image):

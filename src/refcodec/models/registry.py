@@ -56,7 +56,7 @@ class ModelNotFoundError(RefcodecError):
     """No weights for the requested model id."""
 
 
-RETIRED = "retired.json"  # in WEIGHTS_DIR: {model id: {"weights_hash": hex, "release": last release that shipped it}}
+RETIRED = "retired.json"  # in WEIGHTS_DIR: {model id: {"weights_hash": hex, "release": last release that shipped it, "commit": its last git commit}}
 
 
 def retired() -> dict[str, dict]:
@@ -65,19 +65,19 @@ def retired() -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def retire(ids: list[str], release: str) -> None:
+def retire(ids: list[str], release: str, commit: str) -> None:
     """Remove shipped models (weights, card) from the package, recording them in ``retired.json`` so
-    that their files are refused with a line naming the release that decodes them."""
+    that their files are refused with a line naming the release, and the git commit, that decode them."""
     record = retired()
     for model_id in ids:
         path = weights_path(model_id)
-        record[model_id] = {"weights_hash": load_model(model_id).weights_hash().hex(), "release": release}
+        record[model_id] = {"weights_hash": load_model(model_id).weights_hash().hex(), "release": release, "commit": commit}
         for suffix in (".safetensors", ".json", ".md"):
             path.with_suffix(suffix).unlink(missing_ok=True)
     (WEIGHTS_DIR / RETIRED).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-REPLACED = "replaced.json"  # in WEIGHTS_DIR: {weights hash: {"model": id, "release": last release that shipped them}}
+REPLACED = "replaced.json"  # in WEIGHTS_DIR: {weights hash: {"model": id, "release": last release that shipped them, "commit": its last git commit}}
 
 
 def replaced() -> dict[str, dict]:
@@ -86,16 +86,18 @@ def replaced() -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def record_replaced(model_id: str, weights_hash: bytes, release: str) -> None:
-    """Record that the shipped weights ``weights_hash`` of ``model_id`` were replaced after ``release``, so
-    that their files are refused with a line naming that release instead of a bare hash mismatch."""
-    record = replaced() | {weights_hash.hex(): {"model": model_id, "release": release}}
+def record_replaced(model_id: str, weights_hash: bytes, release: str, commit: str) -> None:
+    """Record that the shipped weights ``weights_hash`` of ``model_id`` were replaced after ``release``, whose
+    last git commit is ``commit``, so that their files are refused with a line naming both instead of a bare
+    hash mismatch."""
+    record = replaced() | {weights_hash.hex(): {"model": model_id, "release": release, "commit": commit}}
     (WEIGHTS_DIR / REPLACED).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def retired_reason(model_id: str, weights_hash: bytes | None = None) -> str | None:
     """Why a file's model is not available: the model was retired, or its weights ``weights_hash`` were
-    replaced by a later ship. Names the release (and its git tag) that decodes its files; None if neither."""
+    replaced by a later ship. Names the release that decodes its files, and the git commit that holds it and
+    its weights file; None if neither."""
     entry = retired().get(model_id)
     if entry is not None:
         what = f"{model_id} was retired"
@@ -104,9 +106,10 @@ def retired_reason(model_id: str, weights_hash: bytes | None = None) -> str | No
         if entry is None or entry["model"] != model_id:
             return None
         what = f"these weights of {model_id} were replaced"
-    release = entry["release"]
-    return (f"{what} after refcodec {release}; decode its files with refcodec {release} (git tag v{release}), "
-            f"or with --model and its weights file from that release")  # fmt: skip
+    release, commit = entry["release"], entry["commit"][:12]
+    file = f"src/refcodec/models/weights/{weights_path(model_id).name}"
+    return (f"{what} after refcodec {release}; decode its files with refcodec {release} (git checkout {commit}), "
+            f"or with --model and its weights (git show {commit}:{file})")  # fmt: skip
 
 
 def build(name: str, preset: str = DEFAULT_PRESET, **flags) -> CompressionModel:
