@@ -310,7 +310,7 @@ def test_every_retired_or_replaced_weights_hash_names_a_commit_that_holds_those_
     entries = list(registry.replaced().items()) + [(e["weights_hash"], e | {"model": m}) for m, e in registry.retired().items()]
     assert len(entries) >= 11
     for weights_hash, entry in entries:
-        file = f"src/refcodec/models/weights/{registry.weights_path(entry['model']).name}"
+        file = f"{registry.WEIGHTS_IN_GIT}/{registry.weights_path(entry['model']).name}"
         blob = _git("show", f"{entry['commit']}:{file}")
         assert blob.returncode == 0, (entry, file)
         (tmp_path / "w.safetensors").write_bytes(blob.stdout)

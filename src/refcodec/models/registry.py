@@ -56,6 +56,7 @@ class ModelNotFoundError(RefcodecError):
     """No weights for the requested model id."""
 
 
+WEIGHTS_IN_GIT = "src/refcodec/models/weights"  # WEIGHTS_DIR in the repository, where a refused file's line points git
 RETIRED = "retired.json"  # in WEIGHTS_DIR: {model id: {"weights_hash": hex, "release": last release that shipped it, "commit": its last git commit}}
 
 
@@ -107,7 +108,7 @@ def retired_reason(model_id: str, weights_hash: bytes | None = None) -> str | No
             return None
         what = f"these weights of {model_id} were replaced"
     release, commit = entry["release"], entry["commit"][:12]
-    file = f"src/refcodec/models/weights/{weights_path(model_id).name}"
+    file = f"{WEIGHTS_IN_GIT}/{weights_path(model_id).name}"
     return (f"{what} after refcodec {release}; decode its files with refcodec {release} (git checkout {commit}), "
             f"or with --model and its weights (git show {commit}:{file})")  # fmt: skip
 
