@@ -9,6 +9,10 @@ cached in OUT-cache/EFFORT.json as soon as it is made (with the effort's refinem
 other steps is not reused), so a killed run resumes where it stopped and runs of different efforts can
 go side by side (also of one effort: ``--reverse`` for the second). ``--sweep N ...`` adds levels ``sgaN`` of N steps, to choose the steps of a level.
 
+``--device cuda`` encodes on a GPU (refinement runs on the model's device; each row records its device).
+``--measure-only`` writes the caches and no report: it runs where the bench extra (bjontegaard, scipy,
+matplotlib) is missing, as on a lent GPU machine, and ``--report-only`` makes the report from the caches here.
+
 The report (OUT.json, OUT.md, OUT.png) covers the images that every effort has at every quality:
 the BD-rate of each effort against ``default`` and against each anchor (CompressAI-layout files of
 ``refcodec compare`` with per-image rows, restricted to the same images), the mean bpp, PSNR and
@@ -32,19 +36,20 @@ import numpy as np
 import torch
 
 from refcodec import codec, metrics, refine
-from refcodec.eval import bdrate
 from refcodec.images import find_images, read_rgb
 from refcodec.models.registry import load_model
 
 
 def measure(model, image, effort: str) -> dict:
+    """One real file: its rate, quality and encode time (the bytes exist when ``compress`` returns, so a
+    GPU's work is done by then)."""
     start, cpu = time.perf_counter(), time.process_time()
     data = codec.compress(image, model, effort=effort)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     out = codec.decompress(data, model).convert("RGB")
     return {"bpp": 8 * len(data) / (image.width * image.height), "psnr": codec.psnr(image, out), "ms_ssim": metrics.ms_ssim(image, out),
-            "encode_seconds": seconds,
-            "encode_cpu_seconds": cpu, "steps": refine.EFFORTS[effort]}  # fmt: skip
+            "encode_seconds": seconds, "encode_cpu_seconds": cpu, "steps": refine.EFFORTS[effort],
+            "device": next(model.parameters()).device.type}  # fmt: skip
 
 
 def load_image(path: Path, crop: tuple[int, int] | None):
@@ -83,19 +88,23 @@ class Metric:
         self.name, self.label = name, "PSNR-RGB" if name == "mse" else "MS-SSIM-RGB in dB"
 
     def score(self, row: dict) -> float:
+        from refcodec.eval import bdrate
+
         return row["psnr"] if self.name == "mse" else float(bdrate.msssim_db(row["ms_ssim"]))
 
     def distortion(self, row: dict) -> float:
         return 255**2 * 10 ** (-row["psnr"] / 10) if self.name == "mse" else 1 - row["ms_ssim"]
 
 
-def results_curve(name: str, points: list[dict]) -> bdrate.Curve:
-    """The curve of points with a bpp and a score (the metric's quality axis)."""
+def results_curve(name: str, points: list[dict]):
+    """The ``bdrate.Curve`` of points with a bpp and a score (the metric's quality axis)."""
+    from refcodec.eval import bdrate
+
     return bdrate.curve({"name": name, "results": {"bpp": [p["bpp"] for p in points], "psnr-rgb": [p["score"] for p in points]}})
 
 
-def anchor_curve(path: str, images: list[str], metric: Metric) -> bdrate.Curve:
-    """An anchor's curve over ``images`` only, from the per-image rows of its results file."""
+def anchor_curve(path: str, images: list[str], metric: Metric):
+    """An anchor's ``bdrate.Curve`` over ``images`` only, from the per-image rows of its results file."""
     report = json.loads(Path(path).read_text())
     points = []
     if missing := set(images) - {r["image"] for r in report["per_image"][f"{report['qualities'][0]:g}"]}:
@@ -108,6 +117,8 @@ def anchor_curve(path: str, images: list[str], metric: Metric) -> bdrate.Curve:
 
 
 def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict, metric: Metric) -> dict:
+    from refcodec.eval import bdrate
+
     keys = [(q, f) for f in files for q in args.quality]
     done = [f for f in files if all(f"{q:g}|{f}" in c.rows for c in caches.values() for q in args.quality)]
     missing = sum(f"{q:g}|{f}" not in c.rows for q, f in keys for c in caches.values())
@@ -144,7 +155,8 @@ def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict
                             "bd_rate": bdrate.delta(results_curve("default", [b for _, b in pairs]), results_curve(e, [r for r, _ in pairs]))["bd_rate"]}  # fmt: skip
         per_image.append(image)
     return {"model": args.model, "metric": metric.name, "score": metric.label, "qualities": args.quality, "folder": args.folder, "crop": args.crop, "threads": args.threads,
-            "conditions": args.conditions, "efforts": {e: caches[e].steps for e in efforts}, "images": done,
+            "conditions": args.conditions, "devices": sorted({caches[e].rows[f"{q:g}|{f}"].get("device", "cpu") for e in efforts for q, f in keys if f in done}),
+            "efforts": {e: caches[e].steps for e in efforts}, "images": done,
             "missing": missing,
             "bd": bd, "per_quality": per_quality, "per_image": per_image}  # fmt: skip
 
@@ -163,7 +175,7 @@ def markdown(report: dict) -> str:
     out = [f"# Encoder effort, {report['model']}, {len(report['images'])} images of {report['folder']}"
            + (f" (center crops {report['crop'][0]}x{report['crop'][1]})" if report["crop"] else "") + "\n",
            f"Steps of each effort: {', '.join(f'{e} {s}' for e, s in report['efforts'].items())}. Encode times: "
-           f"{report['threads']} thread(s), {report['conditions']}.\n", f"## BD-rate ({report['score']}, akima) of each effort\n",
+           f"{report['threads']} thread(s), {report['conditions']}; encoded on {', '.join(report.get('devices', ['cpu']))}.\n", f"## BD-rate ({report['score']}, akima) of each effort\n",
            "| effort | steps | encode s/image (wall, over this run's load) | " + " | ".join(f"against {a}" for a in report["bd"]) + " |",
            "|---|---|---|" + "---|" * len(report["bd"])]  # fmt: skip
     if "timing" in report:
@@ -209,7 +221,9 @@ def plot(report: dict, path: Path) -> None:
     for e, s, b in zip(efforts, seconds, saved):
         ax.annotate(f"{e} ({report['efforts'][e]} steps)", (s, b), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set_xscale("symlog", linthresh=1)
+    on = report.get("devices", ["cpu"])
     ax.set_xlabel("encode CPU seconds per image (1 thread)" if "timing" in report else
+                  f"encode seconds per image (on {', '.join(on)})" if on != ["cpu"] else
                   f"encode seconds per image ({report['threads']} thread" + (", under contention)" if "contention" in report["conditions"] else ")"))  # fmt: skip
     ax.set_ylabel("bits saved over default (BD-rate, %)")
     ax.set_title(f"{report['model']}, {len(report['images'])} images of {Path(report['folder']).name}", fontsize=9)
@@ -230,13 +244,17 @@ def main(argv=None) -> None:
     p.add_argument("--reverse", action="store_true", help="measure the images in reverse order (a second run beside a first)")
     p.add_argument("--crop", type=int, nargs=2, metavar=("W", "H"), help="center crop of each image")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model encodes (and decodes)")
     p.add_argument("--anchors", nargs="*", default=[], help="results files of refcodec compare with per-image rows")
     p.add_argument("--conditions", default="", help="what else ran on the machine, for the report")
     p.add_argument("--report-only", action="store_true", help="write the report of what the caches hold")
+    p.add_argument("--measure-only", action="store_true", help="fill the caches, write no report (no bench extra needed)")
     p.add_argument("--timing", metavar="OUT2", help="also report the encode seconds of another run's caches (OUT2-cache/), "
                    "measured back to back in one process: comparable across efforts, unlike a long run's under varying load")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="OUT: writes OUT.json, OUT.md, OUT.png; caches in OUT-cache/")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("effort.py: --device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
     for n in args.sweep:
         refine.EFFORTS[f"sga{n}"] = n
@@ -247,7 +265,7 @@ def main(argv=None) -> None:
     caches = {e: Cache(out.parent / f"{out.name}-cache" / f"{e}.json", refine.EFFORTS[e]) for e in efforts}
     files = find_images(args.folder)[:: args.every]
     names = [f.name for f in files]
-    models = {q: load_model(args.model, q) for q in args.quality}
+    models = {q: load_model(args.model, q).to(args.device) for q in args.quality}
     metric = Metric(refine.model_metric(models[args.quality[0]]))
     lambdas = {q: refine.model_lambda(m) for q, m in models.items()}
     measuring = [] if args.report_only else list(dict.fromkeys([*args.efforts, *(f"sga{n}" for n in args.sweep)]))
@@ -262,6 +280,8 @@ def main(argv=None) -> None:
                 row = measure(models[q], image, e)
                 caches[e].put(key, row)
                 print(f"q{q:g} {f.name} {e}: {row['bpp']:.4f} bpp {row['psnr']:.2f} dB {row['encode_seconds']:.1f} s", flush=True)
+    if args.measure_only:
+        return
     report = build_report(args, caches, names, lambdas, metric)
     if args.timing and report["images"]:
         report["timing"] = timing(Path(args.timing), efforts)

@@ -21,6 +21,14 @@ until the time limit, and leaves ``weights.safetensors`` (float32) and ``log.csv
 weights go to ``scripts/ship_gate.py``, and the background CPU run continues from them
 (``scripts/continue_training.py --init``, in a new run folder). Both commands take ``--metric ms-ssim``
 for the MS-SSIM model (section 5.1; start it from the MSE weights, as the paper does).
+
+``prepare --check FOLDER`` (e.g. ``--check ../shared/datasets/kodak --minutes 6.5``) also brings every
+``--check-every``-th image of FOLDER into ``gpu_data/check/``, before the training photos, and the printed
+command runs the GPU check after the training, in the same call: ``tests/test_gpu.py`` (output in
+``$OUT/test-gpu.txt``) and the encode time and rate of each encoder effort on the GPU
+(``benchmarks/effort.py --device cuda --measure-only``, caches in ``$OUT/effort-gpu-cache/``; make the
+report here with ``--report-only``: copy the caches next to the report's ``-o`` and give FOLDER with
+the same ``--every``).
 """
 
 from __future__ import annotations
@@ -79,6 +87,12 @@ def prepare(args: argparse.Namespace) -> None:
     if not tracked(init):
         init = DATA / "init.safetensors"
         registry.save(model, init, model.config, dtype=torch.float16)
+    if args.check:
+        from refcodec.images import find_images
+
+        (DATA / "check").mkdir()
+        for f in find_images(args.check)[:: args.check_every]:
+            shutil.copyfile(f, DATA / "check" / f.name)
     if not args.no_wheels:
         shutil.rmtree(WHEELS, ignore_errors=True)
         platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
@@ -92,10 +106,19 @@ def prepare(args: argparse.Namespace) -> None:
         shutil.copyfile(f, DATA / "train" / f"{i:04d}-{f.parent.name}-{f.name}")
     print(f"gpu_data: {len(files)} training images ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB), "
           f"init {args.init} ({model.config.get('steps')} steps)")  # fmt: skip
-    print('device run: carry [".whl", "gpu_data"], timeout_s 600, command:\n'
-          "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && "
-          f"PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 python3 scripts/gpu_train.py train --init {init} --minutes {args.minutes} "
-          f"--metric {args.metric} --out $OUT")
+    print('device run: carry [".whl", "gpu_data"], timeout_s 600, command:\n' + device_command(init, args))
+
+
+def device_command(init: Path, args: argparse.Namespace) -> str:
+    """The device call's command: install the wheels, train, then (``--check``) the GPU check."""
+    command = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && "
+               "export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 && "
+               f"python3 scripts/gpu_train.py train --init {init} --minutes {args.minutes} --metric {args.metric} --out $OUT")  # fmt: skip
+    if args.check:
+        command += ("; python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py > $OUT/test-gpu.txt 2>&1; "
+                    f"python3 benchmarks/effort.py {DATA / 'check'} -q 1 3 5 8 --efforts default fast slow --device cuda "
+                    "--threads 2 --measure-only -o $OUT/effort-gpu")  # fmt: skip
+    return command
 
 
 def train(args: argparse.Namespace) -> None:
@@ -127,6 +150,8 @@ def main(argv=None) -> None:
     a.add_argument("--limit", type=int, default=UPLOAD_LIMIT, help="bytes the upload may hold")
     a.add_argument("--minutes", type=float, default=8, help="training minutes of the printed device command")
     a.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="the distortion of the printed command")
+    a.add_argument("--check", metavar="FOLDER", help="also the GPU check after the training, on images of FOLDER")
+    a.add_argument("--check-every", type=int, default=12, help="take every k-th image of FOLDER (sorted by path)")
     a.add_argument("--no-wheels", action="store_true", help="skip the wheels (tests, or a device that has the packages)")
     a.set_defaults(func=prepare)
     t = sub.add_parser("train", help="there: train until the time limit, copy weights and log to OUT")

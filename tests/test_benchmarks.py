@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from refcodec.models import registry
 from refcodec.sample import sample_image
@@ -129,6 +130,25 @@ def test_effort_reports_the_saving_of_each_effort_per_quality_and_image_and_resu
     assert sorted(cache) == ["1|0.png", "1|1.png", "3|0.png", "3|1.png"]
     again = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     assert "sga4:" not in again and "0 measurements missing" in again  # everything came from the caches
+
+
+def test_effort_measures_only_where_the_bench_extra_is_missing_and_reports_here(tmp_path):
+    """--measure-only fills the caches (as on a lent GPU, without bjontegaard) and writes no report;
+    --report-only then makes it, naming the device every row was encoded on."""
+    folder, out = tmp_path / "images", tmp_path / "effort"
+    folder.mkdir()
+    sample_image(96, 64).save(folder / "0.png")
+    cmd = [sys.executable, str(BENCHMARKS / "effort.py"), str(folder), "-q", "1", "3", "--efforts", "default", "--threads", "1", "-o", str(out)]
+    measured = subprocess.run([*cmd, "--measure-only"], check=True, capture_output=True, text=True)
+    assert "q3 0.png default" in measured.stdout and not out.with_suffix(".json").exists()
+    rows = json.loads((tmp_path / "effort-cache" / "default.json").read_text())
+    assert sorted(rows) == ["1|0.png", "3|0.png"] and {r["device"] for r in rows.values()} == {"cpu"}
+    subprocess.run([*cmd, "--report-only"], check=True, capture_output=True)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["devices"] == ["cpu"] and "encoded on cpu" in out.with_suffix(".md").read_text()
+    if not torch.cuda.is_available():
+        refused = subprocess.run([*cmd, "--device", "cuda"], capture_output=True, text=True)
+        assert refused.returncode == 1 and refused.stderr.strip() == "effort.py: --device cuda: no CUDA device is available"
 
 
 def test_effort_of_an_ms_ssim_model_is_reported_in_ms_ssim(tmp_path):

@@ -1,5 +1,6 @@
 """The training routine on tiny runs: the background CPU run, the GPU upload and run, the ship gate."""
 
+import argparse
 import csv
 import json
 import math
@@ -89,6 +90,18 @@ def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
     subprocess.run(["git", "add", "carried.safetensors"], cwd=repo, check=True)
     script.main(["prepare", "--init", "carried.safetensors", "--data-root", str(datasets), "--no-wheels"])
     assert not (repo / "gpu_data" / "init.safetensors").exists()
+
+    # --check: every k-th image of a folder for the GPU check, which the printed command runs after the training
+    check = ["prepare", "--init", "grm/small/vr", "--data-root", str(datasets), "--no-wheels", "--check", str(datasets / "bsds500/val")]
+    script.main([*check, "--check-every", "2"])
+    assert sorted(p.name for p in (repo / "gpu_data" / "check").iterdir()) == ["0.png", "2.png"]
+    args = argparse.Namespace(minutes=6.5, metric="mse", check="x")
+    command = script.device_command(repo / "gpu_data" / "init.safetensors", args)
+    train, tests, effort = command.split("; ")
+    assert "gpu_train.py train" in train and "--minutes 6.5" in train and train.startswith("python3 -m pip install")
+    assert "tests/test_gpu.py" in tests and "$OUT/" in tests
+    assert "effort.py gpu_data/check" in effort and "--device cuda --threads 2 --measure-only -o $OUT/effort-gpu" in effort
+    assert ";" not in script.device_command(repo / "x", argparse.Namespace(minutes=8, metric="mse", check=None))
 
 
 def test_ship_gate_judges_against_the_shipped_model(datasets, tmp_path, monkeypatch):
