@@ -32,7 +32,7 @@ def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path)
     script = load_script("continue_training")
     out = tmp_path / "run"
     common = ["--out", str(out), "--data-root", str(datasets), "--batch", "2", "--crop", "64", "--val-images", "1",
-              "--save-every", "1", "--nice", "0", "--threads", "1"]  # fmt: skip
+              "--save-every", "1", "--nice", "0", "--threads", "1", "--no-compile"]  # fmt: skip
     carried = tmp_path / "training" / "grm-small-vr.safetensors"
     common = [*common, "--carry", str(carried)]
     assert script.initial_weights(carried=carried) == "grm/small/vr"  # nothing carried yet: the shipped model
@@ -55,6 +55,16 @@ def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "next" / "log.csv")))
     assert [int(r["step"]) for r in rows] == [base + 3]
     assert registry.read_config(carried)["steps"] == base + 3
+
+
+def test_continue_training_compiles_the_model_unless_told_not_to(tmp_path, monkeypatch):
+    script = load_script("continue_training")
+    commands = []
+    monkeypatch.setattr(script.trainer, "main", commands.append)
+    monkeypatch.setattr(script, "carry", lambda run, path: None)
+    for extra in ([], ["--no-compile"]):
+        script.main(["--minutes", "1", "--out", str(tmp_path / "run"), "--nice", "0", *extra])
+    assert ["--compile" in c for c in commands] == [True, False]
 
 
 def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
