@@ -273,3 +273,28 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_loss_curve(tmp_path):
     for column in ("loss", "bpp"):
         straight, resumed = ([float(r[column]) for r in logs[run]] for run in ("straight", "killed"))
         assert resumed == pytest.approx(straight, rel=1e-5)
+
+
+def test_compiled_training_step_gives_the_eager_loss_and_gradient():
+    """refcodec train --compile (the background run's default): the compiled forward gives eager's loss and
+    gradient, and the data-dependent reference search runs eagerly inside it instead of breaking the graph
+    at a tensor-to-int conversion (which torch warns about)."""
+    from torch._dynamo.utils import counters
+
+    model = registry.load_model("grm/small/vr", 3).train()
+    x, q = natural_image(64, 64, seed=3), torch.tensor([1.0, 5.0])
+    x = torch.stack([torch.from_numpy(np.asarray(x)).permute(2, 0, 1).float() / 255] * 2)
+
+    def step(forward):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same quantization noise
+        loss = rate_distortion(forward(x, q), x, torch.tensor([0.0018, 0.025]), warm=False)["loss"]
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    torch._dynamo.reset()
+    counters.clear()
+    (eager, eager_grad), (compiled, compiled_grad) = step(model), step(torch.compile(model))
+    assert torch.allclose(compiled, eager, rtol=1e-5)
+    assert torch.allclose(compiled_grad, eager_grad, rtol=1e-3, atol=1e-6)
+    assert not [reason for reason in counters["graph_break"] if "item()" in reason]

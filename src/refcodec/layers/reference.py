@@ -82,6 +82,23 @@ def _exact_dots(qb: torch.Tensor, kb: torch.Tensor, key_max: float) -> torch.Ten
     return qb.double() @ kb.double().T
 
 
+@torch.compiler.disable  # block bounds depend on the data: eager under torch.compile (refcodec train --compile)
+@torch.no_grad()
+def _nearest(q: torch.Tensor, q_steps: torch.Tensor, keys: torch.Tensor, key_steps: torch.Tensor) -> torch.Tensor:
+    """Index (..., P) of the most similar key decoded before each query (:func:`search`), in blocks of
+    queries, each against the shortest prefix of keys that holds every key decoded before it."""
+    prefix, q_steps_cpu = visible_prefix(key_steps.cpu()), q_steps.cpu()  # block bounds without a device sync per block
+    norm2 = (keys * keys).sum(-1)
+    index = []
+    for start in range(0, q.shape[-2], SEARCH_BLOCK):
+        qb, tb = q[..., start : start + SEARCH_BLOCK, :], q_steps[start : start + SEARCH_BLOCK]
+        n = max(prefix(int(q_steps_cpu[start : start + SEARCH_BLOCK].max())), 1)  # a query with nothing before it gets S = 0
+        r = cosine(qb @ keys[..., :n, :].mT, (qb * qb).sum(-1), norm2[..., :n], inplace=True)
+        r.masked_fill_(key_steps[:n] >= tb.view(-1, 1), -2.0)  # not decoded before the query
+        index.append(torch.argmax(r, -1))  # first maximum: the lowest index wins ties
+    return torch.cat(index, -1)
+
+
 def search(q: torch.Tensor, q_steps: torch.Tensor, keys: torch.Tensor, key_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Most similar earlier-decoded position for each query row (training; differentiable in S).
 
@@ -94,17 +111,7 @@ def search(q: torch.Tensor, q_steps: torch.Tensor, keys: torch.Tensor, key_steps
     pairs only: the same operations on the same numbers (dot products of integer latents are
     exact in float32 below 2^24), so the same S, without a backward pass over every pair.
     """
-    prefix, q_steps_cpu = visible_prefix(key_steps.cpu()), q_steps.cpu()  # block bounds without a device sync per block
-    with torch.no_grad():
-        norm2 = (keys * keys).sum(-1)
-        index = []
-        for start in range(0, q.shape[-2], SEARCH_BLOCK):
-            qb, tb = q[..., start : start + SEARCH_BLOCK, :], q_steps[start : start + SEARCH_BLOCK]
-            n = max(prefix(int(q_steps_cpu[start : start + SEARCH_BLOCK].max())), 1)  # a query with nothing before it gets S = 0
-            r = cosine(qb @ keys[..., :n, :].mT, (qb * qb).sum(-1), norm2[..., :n], inplace=True)
-            r.masked_fill_(key_steps[:n] >= tb.view(-1, 1), -2.0)  # not decoded before the query
-            index.append(torch.argmax(r, -1))  # first maximum: the lowest index wins ties
-        index = torch.cat(index, -1)
+    index = _nearest(q, q_steps, keys, key_steps)
     best = keys.gather(-2, index.unsqueeze(-1).expand(q.shape))
     dot, norm2_q, norm2_best = ((a * b).sum(-1, keepdim=True) for a, b in ((q, best), (q, q), (best, best)))
     s = cosine(dot.unsqueeze(-1), norm2_q, norm2_best)[..., 0, 0]  # each pair as a 1 x 1 similarity matrix
