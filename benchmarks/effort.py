@@ -80,6 +80,14 @@ class Cache:
             os.replace(tmp, self.path)
 
 
+def bdrate():
+    """``refcodec.eval.bdrate``, imported only where a report is built: a ``--measure-only`` run (a GPU
+    machine's) needs neither bjontegaard nor scipy."""
+    from refcodec.eval import bdrate as module
+
+    return module
+
+
 class Metric:
     """The model's metric: the quality score of its curves (PSNR, or MS-SSIM in dB) and the D of the
     objective R + lambda * D it refines for (``refine.distortion``), of a row's PSNR and MS-SSIM."""
@@ -88,9 +96,7 @@ class Metric:
         self.name, self.label = name, "PSNR-RGB" if name == "mse" else "MS-SSIM-RGB in dB"
 
     def score(self, row: dict) -> float:
-        from refcodec.eval import bdrate
-
-        return row["psnr"] if self.name == "mse" else float(bdrate.msssim_db(row["ms_ssim"]))
+        return row["psnr"] if self.name == "mse" else float(bdrate().msssim_db(row["ms_ssim"]))
 
     def distortion(self, row: dict) -> float:
         return 255**2 * 10 ** (-row["psnr"] / 10) if self.name == "mse" else 1 - row["ms_ssim"]
@@ -98,9 +104,7 @@ class Metric:
 
 def results_curve(name: str, points: list[dict]):
     """The ``bdrate.Curve`` of points with a bpp and a score (the metric's quality axis)."""
-    from refcodec.eval import bdrate
-
-    return bdrate.curve({"name": name, "results": {"bpp": [p["bpp"] for p in points], "psnr-rgb": [p["score"] for p in points]}})
+    return bdrate().curve({"name": name, "results": {"bpp": [p["bpp"] for p in points], "psnr-rgb": [p["score"] for p in points]}})
 
 
 def anchor_curve(path: str, images: list[str], metric: Metric):
@@ -117,8 +121,6 @@ def anchor_curve(path: str, images: list[str], metric: Metric):
 
 
 def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict, metric: Metric) -> dict:
-    from refcodec.eval import bdrate
-
     keys = [(q, f) for f in files for q in args.quality]
     done = [f for f in files if all(f"{q:g}|{f}" in c.rows for c in caches.values() for q in args.quality)]
     missing = sum(f"{q:g}|{f}" not in c.rows for q, f in keys for c in caches.values())
@@ -143,7 +145,7 @@ def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict
         per_quality.append(entry)
     curves = {e: results_curve(e, [p[e] for p in per_quality]) for e in efforts}
     anchors = {"default": curves["default"], **{a.name: a for a in (anchor_curve(p, done, metric) for p in args.anchors)}} if done else {}
-    bd = {a: {e: bdrate.delta(c, curves[e]) for e in efforts if curves[e] is not c} for a, c in anchors.items()}
+    bd = {a: {e: bdrate().delta(c, curves[e]) for e in efforts if curves[e] is not c} for a, c in anchors.items()}
     per_image = []
     for f in done:
         image = {"image": f}
@@ -152,7 +154,7 @@ def build_report(args, caches: dict[str, Cache], files: list[str], lambdas: dict
                 pairs = [(row(e, q, f), row("default", q, f)) for q in args.quality]
                 image[e] = {"rate_change": float(np.mean([r["bpp"] / b["bpp"] - 1 for r, b in pairs])),
                             "score_change": float(np.mean([r["score"] - b["score"] for r, b in pairs])),
-                            "bd_rate": bdrate.delta(results_curve("default", [b for _, b in pairs]), results_curve(e, [r for r, _ in pairs]))["bd_rate"]}  # fmt: skip
+                            "bd_rate": bdrate().delta(results_curve("default", [b for _, b in pairs]), results_curve(e, [r for r, _ in pairs]))["bd_rate"]}  # fmt: skip
         per_image.append(image)
     return {"model": args.model, "metric": metric.name, "score": metric.label, "qualities": args.quality, "folder": args.folder, "crop": args.crop, "threads": args.threads,
             "conditions": args.conditions, "devices": sorted({caches[e].rows[f"{q:g}|{f}"].get("device", "cpu") for e in efforts for q, f in keys if f in done}),
