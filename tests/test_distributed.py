@@ -4,7 +4,10 @@ import csv
 import hashlib
 import itertools
 import os
+import socket
+import time
 
+import pytest
 import torch
 
 from refcodec.train import distributed, trainer
@@ -28,7 +31,7 @@ def _train_and_hash(argv, hashes, poisoned_rank):
         trainer.rate_distortion = poisoned
     model = trainer.train(trainer.parse_args(argv))
     digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values()))
-    (hashes / f"{rank}.txt").write_text(digest.hexdigest())
+    (hashes / f"{rank}.txt").write_text(f"{digest.hexdigest()} {os.environ.get('GLOO_SOCKET_IFNAME')}")
 
 
 def test_two_processes_stay_in_sync_and_only_rank_0_writes(tmp_path, capfd):
@@ -40,9 +43,11 @@ def test_two_processes_stay_in_sync_and_only_rank_0_writes(tmp_path, capfd):
     hashes.mkdir()
     argv = ["--data", str(data), "--val", str(data), "--out", str(out), "--steps", "3", "--batch", "1", "--crop", "64",
             "--save-every", "2", "--val-every", "3", "--val-images", "1", "--lr-warmup", "1", "--tensorboard"]  # fmt: skip
-    distributed.launch(2, _train_and_hash, argv, hashes, 1)
+    distributed.launch(2, _train_and_hash, argv, hashes, 1, timeout=600)
 
     assert (hashes / "0.txt").read_text() == (hashes / "1.txt").read_text()
+    if any(name == "lo" for _, name in socket.if_nameindex()):  # Linux: the processes talk over loopback
+        assert (hashes / "0.txt").read_text().endswith(" lo")
     assert capfd.readouterr().out.count("non-finite loss or gradient, step skipped") == 1  # rank 0 reports, once
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3 and state["batches"] == 4  # both processes skipped the poisoned batch
@@ -51,3 +56,10 @@ def test_two_processes_stay_in_sync_and_only_rank_0_writes(tmp_path, capfd):
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     written = sorted(p.name for p in out.iterdir())
     assert written == ["checkpoint.prev.pt", "checkpoint.pt", "log.csv", "tensorboard", "weights.safetensors"]
+
+
+def test_processes_that_do_not_finish_in_time_are_ended():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish within 5 s"):
+        distributed.launch(2, time.sleep, 600, timeout=5)
+    assert time.monotonic() - start < 60

@@ -13,6 +13,7 @@ import inspect
 import os
 import platform
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -113,15 +114,35 @@ def setup(device: str = "auto", threads: int = 0) -> Context:
     return Context(rank, world, dev)
 
 
-def launch(nproc: int, fn: Callable, *args) -> None:
-    """Run ``fn(*args)`` in ``nproc`` local processes that form a process group (like torchrun)."""
+def launch(nproc: int, fn: Callable, *args, timeout: float | None = None) -> None:
+    """Run ``fn(*args)`` in ``nproc`` local processes that form a process group (like torchrun).
+
+    The processes talk over the loopback interface: gloo would otherwise use the address that
+    the host name resolves to, which in some containers is not reachable and hangs the
+    rendezvous. After ``timeout`` seconds (None: no limit) the processes are ended and
+    TimeoutError is raised.
+    """
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_process, args=(nproc, port, fn, args), nprocs=nproc)
+    context = mp.start_processes(_process, args=(nproc, port, fn, args), nprocs=nproc, join=False)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not context.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
+        if deadline is not None and time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+                process.join()
+            raise TimeoutError(f"{nproc} training processes did not finish within {timeout:g} s")
+
+
+def _loopback() -> str | None:
+    """The name of the loopback network interface (Linux lo, macOS lo0), if there is one."""
+    return next((name for _, name in socket.if_nameindex() if name in ("lo", "lo0")), None)
 
 
 def _process(rank: int, nproc: int, port: int, fn: Callable, args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))  # fmt: skip
+    if "GLOO_SOCKET_IFNAME" not in os.environ and (loopback := _loopback()):
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback
     fn(*args)
