@@ -188,3 +188,48 @@ def test_each_metric_of_a_model_has_its_own_rd_curve(tmp_path, monkeypatch):
     curves = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "kodak").iterdir()}
     assert curves["grm-small-ms-ssim"]["name"] == "refcodec grm/small/vr-ms-ssim"
     assert curves["grm-small-ms-ssim"]["results"]["bpp"] == [0.4, 3.2] and curves["grm-small"]["results"]["bpp"] == [0.5, 4.0]
+
+
+def test_release_keeps_the_replaced_curve_and_remakes_the_tables_over_every_curve(tmp_path, monkeypatch):
+    """scripts/release.py: HEAD's curve is kept under the replaced release's version, versions sort as numbers
+    (0.10.0 after 0.9.0), the newest kept MSE release is an anchor, and the BD rows cover both ranges."""
+    release = load_script("release")
+    monkeypatch.chdir(tmp_path)
+    kodak = tmp_path / "results" / "kodak"
+    kodak.mkdir(parents=True)
+    qualities = [0, 1, 2, 3, 4, 8]
+    psnr = [26.0, 28.0, 29.0, 30.0, 31.0, 32.0]
+    anchor = [0.1 * 2 ** ((p - 26) / 2) for p in psnr]  # log-rate linear in PSNR: every interpolation is exact
+
+    def write(name, bpp, **more):
+        curve = {"name": name, "results": {"bpp": bpp, "psnr-rgb": psnr, "ms-ssim-rgb": [0.9] * 6}, **more}
+        return json.dumps(curve)
+
+    for codec, name in (("jpeg", "JPEG"), ("webp", "WebP"), ("hevc", "HEVC")):
+        (kodak / f"{codec}.json").write_text(write(name, anchor))
+    shipped = write("refcodec grm/small/vr", [b / 2 for b in anchor], qualities=qualities)  # half WebP's rate
+    (kodak / "grm-small.json").write_text(shipped)
+    (kodak / "grm-small-ms-ssim.json").write_text(write("refcodec grm/small/vr-ms-ssim", anchor, qualities=qualities))
+    (kodak / "grm-small-vr-0.9.0.json").write_text(write("refcodec grm/small/vr (0.9.0)", anchor, qualities=qualities))
+    (kodak / "grm-small-q1-q4.json").write_text(write("refcodec grm/small/q1-q4 (0.2.0)", anchor))
+    (kodak / "bdrate.json").write_text("{}")
+    monkeypatch.setattr(release, "at_head", lambda path: shipped if path == release.curve_file("grm/small/vr") else None)
+    monkeypatch.setattr(registry, "shipped_ids", lambda: ["grm/small/vr", "grm/small/vr-ms-ssim"])
+
+    kept = release.keep_replaced("grm/small/vr", "0.10.0", 57701)
+    assert kept == release.KODAK / "grm-small-vr-0.10.0.json"
+    curve = json.loads(kept.read_text())
+    assert curve["name"] == "refcodec grm/small/vr (0.10.0)" and "57,701 steps" in curve["description"]
+    assert curve["results"] == json.loads(shipped)["results"]
+    with pytest.raises(SystemExit, match="HEAD has no"):
+        release.keep_replaced("grm/small/vr-ms-ssim", "0.10.0", 1)
+
+    curves = release.compare_curves()
+    assert [p.stem for p in curves] == ["jpeg", "webp", "hevc", "grm-small", "grm-small-ms-ssim", "grm-small-vr-0.10.0",
+                                        "grm-small-vr-0.9.0", "grm-small-q1-q4"]  # fmt: skip
+    assert release.anchors(curves) == [*release.ANCHORS, "refcodec grm/small/vr (0.10.0)"]
+    assert release.bumped("0.10.0") == "0.11.0" and release.version_of('x = 1\n__version__ = "0.10.0"\n') == "0.10.0"
+    assert release.low_range(json.loads(shipped))["results"]["bpp"] == [b / 2 for b in anchor[1:5]]
+    rows = release.bd_rows(curves, [release.curve_file("grm/small/vr"), kept], against=("webp",))
+    assert rows == ["- refcodec grm/small/vr (26.0-32.0 dB): webp -50.0% (q1-4: -50.0%)",
+                    "- refcodec grm/small/vr (0.10.0) (26.0-32.0 dB): webp -50.0% (q1-4: -50.0%)"]  # fmt: skip

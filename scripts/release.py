@@ -1,0 +1,177 @@
+"""A release's bookkeeping, after the ship gate has shipped new weights, in one command.
+
+    python scripts/ship_gate.py runs/candidate.safetensors --ship --run runs/continue --eval ../shared/datasets/kodak
+    python scripts/release.py        # then update the README from what it prints, and commit
+
+The release is the shipped model whose weights differ from HEAD's (the commit of the release they
+replace, ``ship_weights.release_commit``). Run again, it redoes the same steps and changes nothing more:
+
+1. keeps the replaced release's Kodak curve, HEAD's ``results/kodak/<name>-<preset>.json``, as
+   ``<model id>-<version>.json`` named "refcodec <model id> (<version>)";
+2. bumps the minor version (``src/refcodec/__init__.py``), unless HEAD's was already bumped;
+3. writes the new weights' conformance files (``scripts/conformance.py``);
+4. keeps the new curve as a learning-curve point, ``results/learning-curve/kodak-<name>-<preset>-<steps>.json``;
+5. remakes the Kodak BD tables and plots in PSNR and in MS-SSIM (``refcodec compare --codecs none``) over
+   every curve of ``results/kodak``, anchored on HEVC, WebP, JPEG, the shipped MSE model, the retired
+   per-quality models and the newest kept release of the MSE model;
+6. prints what the README takes: the model card's table, the BD-rates of the new and the replaced
+   weights over their whole range and over qualities 1-4 (``LOW_QUALITIES``), the steps added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from refcodec.eval import bdrate
+from refcodec.models import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+INIT = Path("src/refcodec/__init__.py")
+KODAK = Path("results/kodak")
+LEARNING_CURVE = Path("results/learning-curve")
+CLASSICAL = ("jpeg", "webp", "jpeg2000", "avif", "hevc", "jpegxl")  # refcodec compare's curves, in its order
+ANCHORS = ("hevc", "webp", "jpeg", "refcodec grm/small/vr", "refcodec grm/small/q1-q4 (0.2.0)")
+LOW_QUALITIES = (1, 4)  # the range where the variable-rate model is not yet at its transforms' ceiling
+KEPT = re.compile(r"-(\d+)\.(\d+)\.(\d+)\.json$")  # a kept release's curve: <model id>-<version>.json
+
+
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def at_head(path: Path) -> str | None:
+    """``path`` as HEAD holds it, or None where HEAD has no such file."""
+    shown = git("show", f"HEAD:{path.as_posix()}")
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def shipped_release() -> str:
+    """The id of the shipped model whose weights the working tree changed (what ``ship_gate.py --ship`` wrote)."""
+    changed = [i for i in registry.shipped_ids() if git("diff", "--quiet", "HEAD", "--", str(registry.weights_path(i))).returncode]
+    if len(changed) != 1:
+        raise SystemExit("release: " + (f"{', '.join(changed)} all changed; release one model at a time" if changed else
+                                        "no shipped weights differ from HEAD's; ship first (scripts/ship_gate.py --ship)"))  # fmt: skip
+    return changed[0]
+
+
+def version_of(init_text: str) -> str:
+    return re.search(r'^__version__ = "([^"]+)"', init_text, re.M).group(1)
+
+
+def bumped(version: str) -> str:
+    """The next minor version: 0.10.0 -> 0.11.0."""
+    major, minor, _ = (int(x) for x in version.split("."))
+    return f"{major}.{minor + 1}.0"
+
+
+def curve_file(model_id: str) -> Path:
+    """The Kodak curve ``ship_weights.write_curve`` writes for a shipped model (``<name>-<preset>[-<metric>].json``)."""
+    name, preset, rest = model_id.split("/")
+    metric = rest.partition("-")[2]
+    return KODAK / f"{name}-{preset}{'-' + metric if metric else ''}.json"
+
+
+def keep_replaced(model_id: str, version: str, steps: int) -> Path:
+    """Step 1: HEAD's curve of ``model_id`` (the release being replaced), named for its version."""
+    old = at_head(curve_file(model_id))
+    if old is None:
+        raise SystemExit(f"release: HEAD has no {curve_file(model_id)} to keep")
+    curve = json.loads(old)
+    curve["name"] = f"refcodec {model_id} ({version})"
+    curve["description"] = f"{model_id} of release {version} ({steps:,} steps): shipped weights, real bitstreams, from the model cards of {model_id}"
+    out = KODAK / f"{model_id.replace('/', '-')}-{version}.json"
+    out.write_text(json.dumps(curve, indent=2) + "\n")
+    return out
+
+
+def kept_version(path: Path) -> tuple[int, ...]:
+    return tuple(int(x) for x in KEPT.search(path.name).groups())
+
+
+def compare_curves(folder: Path = KODAK) -> list[Path]:
+    """Every curve of ``folder``: the classical codecs, the shipped models, the kept releases (newest first), the rest."""
+    files = sorted(p for p in folder.glob("*.json") if not p.name.startswith("bdrate"))
+    classical = [folder / f"{c}.json" for c in CLASSICAL if (folder / f"{c}.json").is_file()]
+    kept = sorted((p for p in files if KEPT.search(p.name)), key=kept_version, reverse=True)
+    shipped = [p for p in map(curve_file, registry.shipped_ids()) if p.is_file()]
+    return classical + shipped + kept + [p for p in files if p not in classical + shipped + kept]
+
+
+def anchors(curves: list[Path]) -> list[str]:
+    """``ANCHORS`` and the newest kept release of the MSE model, where there is one."""
+    mse = [p for p in curves if re.fullmatch(r"grm-small-vr-\d+\.\d+\.\d+\.json", p.name)]
+    return list(ANCHORS) + ([json.loads(mse[0].read_text())["name"]] if mse else [])
+
+
+def low_range(report: dict, span: tuple[float, float] = LOW_QUALITIES) -> dict:
+    """A results file (CompressAI's layout, with ``qualities``) cut to its points at qualities within ``span``."""
+    keep = [span[0] <= q <= span[1] for q in report["qualities"]]
+    return {**report, "results": {k: [v for k_, v in zip(keep, values) if k_] for k, values in report["results"].items()}}
+
+
+def bd_rows(curves: list[Path], targets: list[Path], metric: str = "psnr", against: tuple[str, ...] = ("jpeg", "webp", "hevc")) -> list[str]:
+    """Markdown lines: each target's BD-rate in ``metric`` against ``against``, over its whole range and over
+    ``LOW_QUALITIES``."""
+    loaded = {p.stem: json.loads(p.read_text()) for p in curves}
+    lines = []
+    for target in targets:
+        report = loaded[target.stem]
+        full, low = (bdrate.in_metric(bdrate.curve(r, str(target)), metric) for r in (report, low_range(report)))
+        cells = []
+        for name in against:
+            anchor = bdrate.in_metric(bdrate.curve(loaded[name], name), metric)
+            cells.append(f"{name} {bdrate.delta(anchor, full)['bd_rate']:+.1f}% "
+                         f"(q{LOW_QUALITIES[0]}-{LOW_QUALITIES[1]}: {bdrate.delta(anchor, low)['bd_rate']:+.1f}%)")  # fmt: skip
+        lines.append(f"- {full.name} ({full.psnr.min():.1f}-{full.psnr.max():.1f} dB): " + ", ".join(cells))
+    return lines
+
+
+def card_rows(model_id: str) -> list[str]:
+    """The README's model-card table rows (quality, bpp, PSNR, MS-SSIM, encode, decode, file vs estimate)."""
+    card = json.loads(registry.weights_path(model_id).with_suffix(".json").read_text())
+    return [f"| {p['quality']:g} | {p['bpp']:.3f} | {p['psnr-rgb']:.2f} dB | {p['ms-ssim-rgb']:.4f} | {p['encoding_time']:.2f} | "
+            f"{p['decoding_time']:.2f} | {100 * p['estimate_gap']:+.2f}% |" for p in card["evaluation"]["qualities"]]  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--skip-conformance", action="store_true", help="leave step 3 for later (it codes a few small images)")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)  # the paths above are the repository's
+    model_id = shipped_release()
+    card_path = registry.weights_path(model_id).with_suffix(".json")
+    old_card, new_card = json.loads(at_head(card_path.relative_to(ROOT))), json.loads(card_path.read_text())
+    old_steps, steps = old_card["training"]["steps"], new_card["training"]["steps"]
+    released = version_of(at_head(INIT))
+    kept = keep_replaced(model_id, released, old_steps)
+    text = INIT.read_text()
+    if version_of(text) == released:
+        INIT.write_text(text.replace(f'__version__ = "{released}"', f'__version__ = "{bumped(released)}"'))
+    version = version_of(INIT.read_text())
+    if not args.skip_conformance:
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "conformance.py")], check=True)
+    point = LEARNING_CURVE / f"kodak-{curve_file(model_id).stem}-{steps}.json"
+    point.write_text(curve_file(model_id).read_text())
+    curves = compare_curves()
+    command = [sys.executable, "-m", "refcodec.cli", "compare", "--codecs", "none", "-o", str(KODAK), "--anchor", ",".join(anchors(curves)),
+               "--curves", *map(str, curves)]  # fmt: skip
+    for metric in ("psnr", "ms-ssim"):
+        subprocess.run(command + ["--metric", metric], check=True, stdout=subprocess.DEVNULL)
+    print(f"\nrelease {version}: {model_id} at {steps:,} steps ({steps - old_steps:,} more than {released}'s {old_steps:,})")
+    print(f"kept {kept}, wrote {point}; BD tables in {KODAK}/bdrate.md and bdrate-ms-ssim.md")
+    print("\nmodel card (README):\n" + "\n".join(card_rows(model_id)))
+    metric = "ms-ssim" if new_card["training"]["metric"] == "ms-ssim" else "psnr"
+    print(f"\nBD-rate in {bdrate.METRICS[metric]} (Akima, common range):\n" + "\n".join(bd_rows(curves, [curve_file(model_id), kept], metric)))
+    print("\nthe README's compare commands take these curves and anchors:")
+    print("C=" + " ".join(str(c) for c in curves) + f"\nA='{','.join(anchors(curves))}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
