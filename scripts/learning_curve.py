@@ -10,6 +10,13 @@ is turned into the rate difference to WebP at the same PSNR (log-rate interpolat
 along WebP's curve): -20% means 20% fewer bits than WebP. One RD point per step count
 is all a single-lambda run gives, so this is a matched-PSNR rate difference rather than
 a BD-rate over a range; it is what more steps would buy at that lambda.
+
+    python scripts/learning_curve.py --kodak results/kodak -o results/learning-curve
+
+With ``--kodak``, the points are the shipped models' Kodak curves kept as
+``results/learning-curve/kodak-grm-small-<steps>.json`` (``scripts/release.py`` adds one per release):
+the BD-rate (``eval.bdrate``) of each against WebP and HEVC, over its whole range and over qualities
+1-4 (the per-quality models' curves are qualities 1-4), against steps (``kodak.json``, ``kodak.png``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 
 from refcodec.codec import tensor_to_image
-from refcodec.eval.bdrate import curve, rd_points
+from refcodec.eval.bdrate import curve, delta, load_curve, rd_points
 from refcodec.eval.compare import sweep, webp
 from refcodec.train.data import ImageFolder
 
@@ -53,14 +61,73 @@ def rate_vs_anchor(bpp: list[float], psnr: list[float], anchor) -> list[float]:
     return [float(v) for v in 100 * (np.asarray(bpp) / np.exp(at) - 1)]
 
 
+KODAK_POINT = re.compile(r"kodak-grm-small-(\d+)\.json$")  # a shipped MSE model's Kodak curve at a number of steps
+LOW_QUALITIES = (1, 4)
+
+
+def kodak_points(points: Path, anchors: Path) -> list[dict]:
+    """BD-rate of every ``points/kodak-grm-small-<steps>.json`` against ``anchors``' WebP and HEVC curves, over
+    the curve's whole range and over ``LOW_QUALITIES`` (where the curve records its qualities), by steps."""
+    refs = {name: load_curve(anchors / f"{name}.json") for name in ("webp", "hevc")}
+    rows = []
+    for path in sorted(points.glob("kodak-grm-small-*.json")):
+        if not (m := KODAK_POINT.search(path.name)):
+            continue
+        report = json.loads(path.read_text())
+        row = {"steps": int(m.group(1)), "file": path.name, "qualities": report.get("qualities"),
+               "variable_rate": all(isinstance(q, (int, float)) for q in report.get("qualities") or ["?"])}  # fmt: skip
+        qualities = [float(str(q).rpartition("/q")[2]) for q in report.get("qualities") or []]  # 3, or "grm/small/q3"
+        low = [LOW_QUALITIES[0] <= q <= LOW_QUALITIES[1] for q in qualities]
+        for name, ref in refs.items():
+            row[f"vs_{name}"] = delta(ref, curve(report, str(path)))["bd_rate"]
+            if len(low) == len(report["results"]["bpp"]) and sum(low) >= 2:
+                cut = {k: [v for keep, v in zip(low, values) if keep] for k, values in report["results"].items()}
+                row[f"vs_{name}_q1_4"] = delta(ref, curve({**report, "results": cut}, str(path)))["bd_rate"]
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["steps"])
+
+
+def kodak_plot(rows: list[dict], out: Path) -> None:
+    """``kodak.json`` and ``kodak.png``: the Kodak BD-rates of ``kodak_points`` against training steps."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kodak.json").write_text(json.dumps({"method": "BD-rate, PSNR-RGB, akima (refcodec.eval.bdrate)", "points": rows}, indent=1))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    steps = [r["steps"] for r in rows]
+    for name, color in (("webp", "tab:blue"), ("hevc", "tab:red")):
+        ax.plot(steps, [r[f"vs_{name}"] for r in rows], marker="o", color=color, label=f"vs {name.upper() if name == 'hevc' else 'WebP'}, whole range")
+        ax.plot(steps, [r.get(f"vs_{name}_q1_4", np.nan) for r in rows], marker=".", ls="--", color=color, label="qualities 1-4")
+    ax.axhline(0, color="gray", lw=0.8)
+    first = next((i for i, r in enumerate(rows) if r["variable_rate"]), 0)
+    if first:  # the per-quality models before it, one variable-rate model from it on
+        ax.axvline((steps[first - 1] + steps[first]) / 2, color="gray", lw=0.8, ls=":")
+        ax.text((steps[first - 1] + steps[first]) / 2, ax.get_ylim()[1], " one variable-rate model ->", va="top", fontsize=8, color="gray")
+    ax.set_xlabel("training steps of the shipped grm/small model")
+    ax.set_ylabel("Kodak BD-rate (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("What compute buys: the shipped models on Kodak (24 images, real files)")
+    fig.tight_layout()
+    fig.savefig(out / "kodak.png", dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="training run folders (log.csv, checkpoint.pt)")
-    p.add_argument("--val", required=True, help="the validation folder the runs used")
+    p.add_argument("runs", nargs="*", type=Path, help="training run folders (log.csv, checkpoint.pt)")
+    p.add_argument("--val", help="the validation folder the runs used")
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--val-images", type=int, default=8)
+    p.add_argument("--kodak", type=Path, metavar="FOLDER", help="instead: the kept Kodak curves of -o against FOLDER's webp.json and hevc.json")
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args()
+    if args.kodak:
+        rows = kodak_points(args.out, args.kodak)
+        kodak_plot(rows, args.out)
+        for r in rows:
+            print(f"{r['steps']:>7} steps: {r['vs_webp']:+.1f}% vs WebP, {r['vs_hevc']:+.1f}% vs HEVC")
+        return
+    if not args.runs or not args.val:
+        p.error("give training run folders and --val (or --kodak)")
 
     crops = ImageFolder(args.val, args.crop, limit=args.val_images)
     images = {f.name: tensor_to_image(crops[i][None]) for i, f in enumerate(crops.files)}

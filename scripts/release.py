@@ -10,7 +10,8 @@ replace, ``ship_weights.release_commit``). Run again, it redoes the same steps a
    ``<model id>-<version>.json`` named "refcodec <model id> (<version>)";
 2. bumps the minor version (``src/refcodec/__init__.py``), unless HEAD's was already bumped;
 3. writes the new weights' conformance files (``scripts/conformance.py``);
-4. keeps the new curve as a learning-curve point, ``results/learning-curve/kodak-<name>-<preset>-<steps>.json``;
+4. keeps the new curve as a learning-curve point, ``results/learning-curve/kodak-<name>-<preset>-<steps>.json``,
+   and redraws the Kodak learning curve (``learning_curve.py --kodak``: ``kodak.json``, ``kodak.png``);
 5. remakes the Kodak BD tables and plots in PSNR and in MS-SSIM (``refcodec compare --codecs none``) over
    every curve of ``results/kodak``, anchored on HEVC, WebP, JPEG, the shipped MSE model, the retired
    per-quality models and the newest kept release of the MSE model;
@@ -158,13 +159,15 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "conformance.py")], check=True)
     point = LEARNING_CURVE / f"kodak-{curve_file(model_id).stem}-{steps}.json"
     point.write_text(curve_file(model_id).read_text())
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "learning_curve.py"), "--kodak", str(KODAK), "-o", str(LEARNING_CURVE)],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     curves = compare_curves()
     command = [sys.executable, "-m", "refcodec.cli", "compare", "--codecs", "none", "-o", str(KODAK), "--anchor", ",".join(anchors(curves)),
                "--curves", *map(str, curves)]  # fmt: skip
     for metric in ("psnr", "ms-ssim"):
         subprocess.run(command + ["--metric", metric], check=True, stdout=subprocess.DEVNULL)
     print(f"\nrelease {version}: {model_id} at {steps:,} steps ({steps - old_steps:,} more than {released}'s {old_steps:,})")
-    print(f"kept {kept}, wrote {point}; BD tables in {KODAK}/bdrate.md and bdrate-ms-ssim.md")
+    print(f"kept {kept}, wrote {point} and {LEARNING_CURVE}/kodak.png; BD tables in {KODAK}/bdrate.md and bdrate-ms-ssim.md")
     print("\nmodel card (README):\n" + "\n".join(card_rows(model_id)))
     metric = "ms-ssim" if new_card["training"]["metric"] == "ms-ssim" else "psnr"
     print(f"\nBD-rate in {bdrate.METRICS[metric]} (Akima, common range):\n" + "\n".join(bd_rows(curves, [curve_file(model_id), kept], metric)))

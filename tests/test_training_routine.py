@@ -233,3 +233,31 @@ def test_release_keeps_the_replaced_curve_and_remakes_the_tables_over_every_curv
     rows = release.bd_rows(curves, [release.curve_file("grm/small/vr"), kept], against=("webp",))
     assert rows == ["- refcodec grm/small/vr (26.0-32.0 dB): webp -50.0% (q1-4: -50.0%)",
                     "- refcodec grm/small/vr (0.10.0) (26.0-32.0 dB): webp -50.0% (q1-4: -50.0%)"]  # fmt: skip
+
+
+def test_kodak_learning_curve_gives_each_kept_release_its_bd_rates(tmp_path):
+    """learning_curve.py --kodak: every kodak-grm-small-<steps>.json, in step order, against WebP and HEVC over
+    its whole range and over qualities 1-4; the per-quality models' curves name their qualities by id."""
+    lc = load_script("learning_curve")
+    psnr = [26.0, 28.0, 29.0, 30.0, 31.0, 32.0]
+    webp = [0.1 * 2 ** ((p - 26) / 2) for p in psnr]  # log-rate linear in PSNR: every interpolation is exact
+    anchors, points = tmp_path / "kodak", tmp_path / "learning-curve"
+    anchors.mkdir()
+    points.mkdir()
+
+    def write(path, name, bpp, qualities=None, values=psnr):
+        report = {"name": name, "results": {"bpp": bpp, "psnr-rgb": values}} | ({"qualities": qualities} if qualities else {})
+        path.write_text(json.dumps(report))
+
+    write(anchors / "webp.json", "WebP", webp)
+    write(anchors / "hevc.json", "HEVC", [b / 2 for b in webp])
+    write(points / "kodak-grm-small-43001.json", "refcodec grm/small/vr", webp, [0, 1, 2, 3, 4, 8])
+    write(points / "kodak-grm-small-9000.json", "refcodec grm/small", webp[1:5], [f"grm/small/q{q}" for q in (1, 2, 3, 4)], psnr[1:5])
+    write(points / "kodak-grm-small-ms-ssim-40851.json", "refcodec grm/small/vr-ms-ssim", webp, [0, 1, 2, 3, 4, 8])  # not this curve
+    rows = lc.kodak_points(points, anchors)
+    assert [(r["steps"], r["variable_rate"]) for r in rows] == [(9000, False), (43001, True)]
+    for r in rows:
+        assert r["vs_webp"] == pytest.approx(0, abs=1e-6) and r["vs_hevc"] == pytest.approx(100)
+        assert r["vs_webp_q1_4"] == pytest.approx(0, abs=1e-6) and r["vs_hevc_q1_4"] == pytest.approx(100)
+    lc.kodak_plot(rows, points)
+    assert json.loads((points / "kodak.json").read_text())["points"] == rows and (points / "kodak.png").stat().st_size > 0
