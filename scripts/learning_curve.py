@@ -62,12 +62,22 @@ def rate_vs_anchor(bpp: list[float], psnr: list[float], anchor) -> list[float]:
 
 
 KODAK_POINT = re.compile(r"kodak-grm-small-(\d+)\.json$")  # a shipped MSE model's Kodak curve at a number of steps
-LOW_QUALITIES = (1, 4)
+LOW_QUALITIES = (1, 4)  # where the variable-rate model is below its transforms' ceiling, and the per-quality models were
+
+
+def within(report: dict, span: tuple[float, float] = LOW_QUALITIES) -> dict | None:
+    """A results file cut to its points at qualities within ``span`` (its ``qualities``: numbers, or ids that end
+    in /q<number>), or None where it does not say its qualities or keeps fewer than two points."""
+    qualities = [float(str(q).rpartition("/q")[2]) for q in report.get("qualities") or []]
+    keep = [span[0] <= q <= span[1] for q in qualities]
+    if len(keep) != len(report["results"]["bpp"]) or sum(keep) < 2:
+        return None
+    return {**report, "results": {k: [v for kept, v in zip(keep, values) if kept] for k, values in report["results"].items()}}
 
 
 def kodak_points(points: Path, anchors: Path) -> list[dict]:
     """BD-rate of every ``points/kodak-grm-small-<steps>.json`` against ``anchors``' WebP and HEVC curves, over
-    the curve's whole range and over ``LOW_QUALITIES`` (where the curve records its qualities), by steps."""
+    the curve's whole range and over ``LOW_QUALITIES`` (``within``), by steps."""
     refs = {name: load_curve(anchors / f"{name}.json") for name in ("webp", "hevc")}
     rows = []
     for path in sorted(points.glob("kodak-grm-small-*.json")):
@@ -76,13 +86,11 @@ def kodak_points(points: Path, anchors: Path) -> list[dict]:
         report = json.loads(path.read_text())
         row = {"steps": int(m.group(1)), "file": path.name, "qualities": report.get("qualities"),
                "variable_rate": all(isinstance(q, (int, float)) for q in report.get("qualities") or ["?"])}  # fmt: skip
-        qualities = [float(str(q).rpartition("/q")[2]) for q in report.get("qualities") or []]  # 3, or "grm/small/q3"
-        low = [LOW_QUALITIES[0] <= q <= LOW_QUALITIES[1] for q in qualities]
+        low = within(report)
         for name, ref in refs.items():
             row[f"vs_{name}"] = delta(ref, curve(report, str(path)))["bd_rate"]
-            if len(low) == len(report["results"]["bpp"]) and sum(low) >= 2:
-                cut = {k: [v for keep, v in zip(low, values) if keep] for k, values in report["results"].items()}
-                row[f"vs_{name}_q1_4"] = delta(ref, curve({**report, "results": cut}, str(path)))["bd_rate"]
+            if low:
+                row[f"vs_{name}_q1_4"] = delta(ref, curve(low, str(path)))["bd_rate"]
         rows.append(row)
     return sorted(rows, key=lambda r: r["steps"])
 

@@ -16,7 +16,7 @@ replace, ``ship_weights.release_commit``). Run again, it redoes the same steps a
    every curve of ``results/kodak``, anchored on HEVC, WebP, JPEG, the shipped MSE model, the retired
    per-quality models and the newest kept release of the MSE model;
 6. prints what the README takes: the model card's table, the BD-rates of the new and the replaced
-   weights over their whole range and over qualities 1-4 (``LOW_QUALITIES``), the steps added.
+   weights over their whole range and over qualities 1-4 (``learning_curve.within``), the steps added.
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ from pathlib import Path
 from refcodec.eval import bdrate
 from refcodec.models import registry
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_curve import LOW_QUALITIES, kodak_plot, kodak_points, within  # noqa: E402  (a script beside this one)
+
 ROOT = Path(__file__).resolve().parent.parent
 INIT = Path("src/refcodec/__init__.py")
 KODAK = Path("results/kodak")
 LEARNING_CURVE = Path("results/learning-curve")
 CLASSICAL = ("jpeg", "webp", "jpeg2000", "avif", "hevc", "jpegxl")  # refcodec compare's curves, in its order
 ANCHORS = ("hevc", "webp", "jpeg", "refcodec grm/small/vr", "refcodec grm/small/q1-q4 (0.2.0)")
-LOW_QUALITIES = (1, 4)  # the range where the variable-rate model is not yet at its transforms' ceiling
 KEPT = re.compile(r"-(\d+)\.(\d+)\.(\d+)\.json$")  # a kept release's curve: <model id>-<version>.json
 
 
@@ -110,12 +112,6 @@ def anchors(curves: list[Path]) -> list[str]:
     return list(ANCHORS) + ([json.loads(mse[0].read_text())["name"]] if mse else [])
 
 
-def low_range(report: dict, span: tuple[float, float] = LOW_QUALITIES) -> dict:
-    """A results file (CompressAI's layout, with ``qualities``) cut to its points at qualities within ``span``."""
-    keep = [span[0] <= q <= span[1] for q in report["qualities"]]
-    return {**report, "results": {k: [v for k_, v in zip(keep, values) if k_] for k, values in report["results"].items()}}
-
-
 def bd_rows(curves: list[Path], targets: list[Path], metric: str = "psnr", against: tuple[str, ...] = ("jpeg", "webp", "hevc")) -> list[str]:
     """Markdown lines: each target's BD-rate in ``metric`` against ``against``, over its whole range and over
     ``LOW_QUALITIES``."""
@@ -123,7 +119,7 @@ def bd_rows(curves: list[Path], targets: list[Path], metric: str = "psnr", again
     lines = []
     for target in targets:
         report = loaded[target.stem]
-        full, low = (bdrate.in_metric(bdrate.curve(r, str(target)), metric) for r in (report, low_range(report)))
+        full, low = (bdrate.in_metric(bdrate.curve(r, str(target)), metric) for r in (report, within(report)))
         cells = []
         for name in against:
             anchor = bdrate.in_metric(bdrate.curve(loaded[name], name), metric)
@@ -159,8 +155,7 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "conformance.py")], check=True)
     point = LEARNING_CURVE / f"kodak-{curve_file(model_id).stem}-{steps}.json"
     point.write_text(curve_file(model_id).read_text())
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "learning_curve.py"), "--kodak", str(KODAK), "-o", str(LEARNING_CURVE)],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    kodak_plot(kodak_points(LEARNING_CURVE, KODAK), LEARNING_CURVE)
     curves = compare_curves()
     command = [sys.executable, "-m", "refcodec.cli", "compare", "--codecs", "none", "-o", str(KODAK), "--anchor", ",".join(anchors(curves)),
                "--curves", *map(str, curves)]  # fmt: skip

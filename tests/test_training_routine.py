@@ -229,7 +229,7 @@ def test_release_keeps_the_replaced_curve_and_remakes_the_tables_over_every_curv
                                         "grm-small-vr-0.9.0", "grm-small-q1-q4"]  # fmt: skip
     assert release.anchors(curves) == [*release.ANCHORS, "refcodec grm/small/vr (0.10.0)"]
     assert release.bumped("0.10.0") == "0.11.0" and release.version_of('x = 1\n__version__ = "0.10.0"\n') == "0.10.0"
-    assert release.low_range(json.loads(shipped))["results"]["bpp"] == [b / 2 for b in anchor[1:5]]
+    assert release.within(json.loads(shipped))["results"]["bpp"] == [b / 2 for b in anchor[1:5]]
     rows = release.bd_rows(curves, [release.curve_file("grm/small/vr"), kept], against=("webp",))
     assert rows == ["- refcodec grm/small/vr (26.0-32.0 dB): webp -50.0% (q1-4: -50.0%)",
                     "- refcodec grm/small/vr (0.10.0) (26.0-32.0 dB): webp -50.0% (q1-4: -50.0%)"]  # fmt: skip
