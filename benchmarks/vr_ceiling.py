@@ -1,8 +1,9 @@
 """What bounds a variable-rate model's top qualities: quantization, or the transforms themselves.
 
 For center crops of a folder of images it gives the PSNR of g_s(g_a(x)) without quantization (the
-transforms' ceiling; g_s is trained on quantized latents only, so a top quality can pass it by a little) and, at each quality q, of g_s(round(y g_q) / g_q) with
-the gains of q (``layers.gain``): the rounding of the coded latents, without entropy coding. Where the
+transforms' ceiling; g_s is trained on quantized latents only, so a top quality can pass it by a
+little) and, at each quality q, of g_s(round(y g_q) / g_q) with the gains of q (``layers.gain``):
+the rounding of the coded latents, without entropy coding. Where the
 top qualities come within a fraction of a dB of the ceiling, more rate buys nothing until g_a and g_s
 reconstruct better. The ceiling of the crop's luma alone (BT.601, as a gray RGB image) tells what
 colour costs the transforms, against detail, which the gray image keeps. Every figure is given in
