@@ -11,7 +11,9 @@ every later call with the same OUT resumes its checkpoint exactly (``refcodec tr
 same batches, noise and qualities as one uninterrupted run), so a session can stop and restart it
 at will. At the end, the weights are carried (float16, as they would ship) to ``--carry``, which the
 session commits: run folders are not kept between sessions, and a candidate the gate refuses would
-otherwise be lost with its compute. The optimizer's moments are not carried; Adam starts afresh
+otherwise be lost with its compute. Where the shipped weights leave no room for it within the
+repository's 15 MB (``WEIGHTS_BUDGET``; both shipped models take 13.3 MB), the run says so instead, and
+only the run folder, where the machine keeps it, carries the run. The optimizer's moments are not carried; Adam starts afresh
 with a short warm-up. The run trains on ``photos/train`` and BSDS500's train and test splits and validates
 on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
 ``scripts/ship_gate.py``. The learning rate stays near its peak (a schedule of a million steps):
@@ -39,6 +41,7 @@ from refcodec.train import trainer
 SCHEDULE_STEPS = 1_000_000
 EMA = 0.999  # the weight average's decay per step: a window of about 1,000 steps (refcodec train --ema)
 CARRIED = Path(__file__).resolve().parent.parent / "training"  # tracked: the run's weights between sessions
+WEIGHTS_BUDGET = 15_000_000  # bytes: the repository's weights, shipped and carried together, at most 15 MB
 
 
 def carried_path(metric: str = "mse") -> Path:
@@ -69,6 +72,18 @@ def carry(run: Path, path: Path) -> None:
     model = registry.load_model(str(run / "weights.safetensors"))
     path.parent.mkdir(parents=True, exist_ok=True)
     registry.save(model, path, model.config, dtype=torch.float16)
+
+
+def carry_note(path: Path, out: str) -> str:
+    """What to do with the carried weights at ``path``: commit them, unless the shipped weights and every carried
+    file together would pass ``WEIGHTS_BUDGET``; then the run folder ``out`` is what the next session resumes."""
+    mb = lambda paths: sum(p.stat().st_size for p in paths) / 1e6  # noqa: E731
+    shipped, carried = mb(registry.WEIGHTS_DIR.glob("*.safetensors")), mb(path.parent.glob("*.safetensors"))
+    if shipped + carried <= WEIGHTS_BUDGET / 1e6:
+        return f"carried to {path}: commit it, so that the next session continues this run"
+    return (f"carried to {path}, but do not commit it: with the shipped weights ({shipped:.1f} MB) it would pass the "
+            f"repository's {WEIGHTS_BUDGET / 1e6:.0f} MB weights budget ({shipped + carried:.1f} MB); the next session resumes "
+            f"{out} (the same --out) where this machine keeps it, and a candidate the gate accepts ships this session")  # fmt: skip
 
 
 def train_args(args: argparse.Namespace) -> list[str]:
@@ -114,7 +129,7 @@ def main(argv=None) -> None:
     print("refcodec train " + " ".join(command), flush=True)
     trainer.main(command)
     carry(Path(args.out), args.carry)
-    print(f"carried to {args.carry}: commit it, so that the next session continues this run", flush=True)
+    print(carry_note(args.carry, args.out), flush=True)
 
 
 if __name__ == "__main__":
