@@ -32,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 
 from refcodec.codec import tensor_to_image
-from refcodec.eval.bdrate import curve, delta, load_curve, rd_points
+from refcodec.eval.bdrate import curve, delta, in_metric, load_curve, rd_points
 from refcodec.eval.compare import sweep, webp
 from refcodec.train.data import ImageFolder
 
@@ -75,6 +75,14 @@ def within(report: dict, span: tuple[float, float] = LOW_QUALITIES) -> dict | No
     return {**report, "results": {k: [v for kept, v in zip(keep, values) if kept] for k, values in report["results"].items()}}
 
 
+def bd_rates(anchor, report: dict, source: str, metric: str = "psnr") -> tuple[float, float | None]:
+    """BD-rate (%) of a results file against the ``anchor`` curve in ``metric`` (``bdrate.in_metric``), over its
+    whole range and over ``LOW_QUALITIES`` (``within``; None where that cut is not known)."""
+    low = within(report)
+    full, cut = (in_metric(curve(r, source), metric) if r else None for r in (report, low))
+    return delta(anchor, full)["bd_rate"], delta(anchor, cut)["bd_rate"] if cut else None
+
+
 def kodak_points(points: Path, anchors: Path) -> list[dict]:
     """BD-rate of every ``points/kodak-grm-small-<steps>.json`` against ``anchors``' WebP and HEVC curves, over
     the curve's whole range and over ``LOW_QUALITIES`` (``within``), by steps."""
@@ -86,11 +94,10 @@ def kodak_points(points: Path, anchors: Path) -> list[dict]:
         report = json.loads(path.read_text())
         row = {"steps": int(m.group(1)), "file": path.name, "qualities": report.get("qualities"),
                "variable_rate": all(isinstance(q, (int, float)) for q in report.get("qualities") or ["?"])}  # fmt: skip
-        low = within(report)
         for name, ref in refs.items():
-            row[f"vs_{name}"] = delta(ref, curve(report, str(path)))["bd_rate"]
-            if low:
-                row[f"vs_{name}_q1_4"] = delta(ref, curve(low, str(path)))["bd_rate"]
+            row[f"vs_{name}"], low = bd_rates(ref, report, str(path))
+            if low is not None:
+                row[f"vs_{name}_q1_4"] = low
         rows.append(row)
     return sorted(rows, key=lambda r: r["steps"])
 

@@ -22,6 +22,8 @@ replace, ``ship_weights.release_commit``). Run again, it redoes the same steps a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -29,11 +31,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from refcodec.eval import bdrate
+from refcodec.eval import bdrate, compare
 from refcodec.models import registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curve import LOW_QUALITIES, kodak_plot, kodak_points, within  # noqa: E402  (a script beside this one)
+from learning_curve import LOW_QUALITIES, bd_rates, kodak_plot, kodak_points, within  # noqa: E402  (a script beside this one)
 
 ROOT = Path(__file__).resolve().parent.parent
 INIT = Path("src/refcodec/__init__.py")
@@ -119,19 +121,17 @@ def bd_rows(curves: list[Path], targets: list[Path], metric: str = "psnr", again
     lines = []
     for target in targets:
         report = loaded[target.stem]
-        full, low = (bdrate.in_metric(bdrate.curve(r, str(target)), metric) for r in (report, within(report)))
         cells = []
         for name in against:
-            anchor = bdrate.in_metric(bdrate.curve(loaded[name], name), metric)
-            cells.append(f"{name} {bdrate.delta(anchor, full)['bd_rate']:+.1f}% "
-                         f"(q{LOW_QUALITIES[0]}-{LOW_QUALITIES[1]}: {bdrate.delta(anchor, low)['bd_rate']:+.1f}%)")  # fmt: skip
-        lines.append(f"- {full.name} ({full.psnr.min():.1f}-{full.psnr.max():.1f} dB): " + ", ".join(cells))
+            full, low = bd_rates(bdrate.in_metric(bdrate.curve(loaded[name], name), metric), report, str(target), metric)
+            cells.append(f"{name} {full:+.1f}% (q{LOW_QUALITIES[0]}-{LOW_QUALITIES[1]}: {low:+.1f}%)")
+        psnr = bdrate.in_metric(bdrate.curve(report, str(target)), metric).psnr
+        lines.append(f"- {report['name']} ({psnr.min():.1f}-{psnr.max():.1f} dB): " + ", ".join(cells))
     return lines
 
 
-def card_rows(model_id: str) -> list[str]:
-    """The README's model-card table rows (quality, bpp, PSNR, MS-SSIM, encode, decode, file vs estimate)."""
-    card = json.loads(registry.weights_path(model_id).with_suffix(".json").read_text())
+def card_rows(card: dict) -> list[str]:
+    """The README's rows of a model card (quality, bpp, PSNR, MS-SSIM, encode, decode, file vs estimate)."""
     return [f"| {p['quality']:g} | {p['bpp']:.3f} | {p['psnr-rgb']:.2f} dB | {p['ms-ssim-rgb']:.4f} | {p['encoding_time']:.2f} | "
             f"{p['decoding_time']:.2f} | {100 * p['estimate_gap']:+.2f}% |" for p in card["evaluation"]["qualities"]]  # fmt: skip
 
@@ -158,13 +158,13 @@ def main(argv=None) -> int:
     point.write_text(curve_file(model_id).read_text())
     kodak_plot(kodak_points(LEARNING_CURVE, KODAK), LEARNING_CURVE)
     curves = compare_curves()
-    command = [sys.executable, "-m", "refcodec.cli", "compare", "--codecs", "none", "-o", str(KODAK), "--anchor", ",".join(anchors(curves)),
-               "--curves", *map(str, curves)]  # fmt: skip
+    command = ["--codecs", "none", "-o", str(KODAK), "--anchor", ",".join(anchors(curves)), "--curves", *map(str, curves)]
     for metric in ("psnr", "ms-ssim"):
-        subprocess.run(command + ["--metric", metric], check=True, stdout=subprocess.DEVNULL)
+        with contextlib.redirect_stdout(io.StringIO()):  # the tables go to bdrate*.md
+            compare.main(command + ["--metric", metric])
     print(f"\nrelease {version}: {model_id} at {steps:,} steps ({steps - old_steps:,} more than {released}'s {old_steps:,})")
     print(f"kept {kept}, wrote {point} and {LEARNING_CURVE}/kodak.png; BD tables in {KODAK}/bdrate.md and bdrate-ms-ssim.md")
-    print("\nmodel card (README):\n" + "\n".join(card_rows(model_id)))
+    print("\nmodel card (README):\n" + "\n".join(card_rows(new_card)))
     metric = "ms-ssim" if new_card["training"]["metric"] == "ms-ssim" else "psnr"
     print(f"\nBD-rate in {bdrate.METRICS[metric]} (Akima, common range):\n" + "\n".join(bd_rows(curves, [curve_file(model_id), kept], metric)))
     print("\nthe README's compare commands take these curves and anchors:")
