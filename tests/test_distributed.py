@@ -1,6 +1,7 @@
 """Data-parallel training: two CPU processes (gloo) stay bit-identical, and only rank 0 writes."""
 
 import csv
+import gc
 import hashlib
 import itertools
 import os
@@ -9,6 +10,7 @@ import time
 
 import pytest
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from refcodec.train import distributed, trainer
 
@@ -17,7 +19,7 @@ from conftest import natural_image
 
 def _train_and_hash(argv, hashes, poisoned_rank):
     """One process: train (with an infinite loss, but finite gradients, at the second batch of
-    ``poisoned_rank`` only), then write a hash of the parameters and buffers."""
+    ``poisoned_rank`` only), check that no DDP wrapper outlives the process group, then write a hash of the parameters and buffers."""
     rank = int(os.environ["RANK"])
     if rank == poisoned_rank:
         calls, rate_distortion = itertools.count(), trainer.rate_distortion
@@ -29,7 +31,15 @@ def _train_and_hash(argv, hashes, poisoned_rank):
             return metrics
 
         trainer.rate_distortion = poisoned
+    close, ddp_left = distributed.Context.close, []
+
+    def close_and_count(ctx):  # a DDP wrapper that outlives the process group frees it, and can deadlock
+        close(ctx)
+        ddp_left.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+
+    distributed.Context.close = close_and_count
     model = trainer.train(trainer.parse_args(argv))
+    assert ddp_left == [0]
     digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values()))
     (hashes / f"{rank}.txt").write_text(f"{digest.hexdigest()} {os.environ.get('GLOO_SOCKET_IFNAME')}")
 

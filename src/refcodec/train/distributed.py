@@ -85,6 +85,12 @@ class Context:
         return objs
 
     def close(self) -> None:
+        """Leave the process group; call it after the last reference to ``wrap``'s model is dropped.
+
+        A DDP reducer that outlives the group becomes its last owner, and then frees it from a
+        destructor that holds the GIL while it joins gloo's worker threads, one of which may need
+        the GIL to free a finished collective's tensors: a deadlock at exit (pytorch/pytorch#56297).
+        """
         if dist.is_initialized():
             dist.destroy_process_group()
 

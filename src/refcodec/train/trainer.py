@@ -350,5 +350,6 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
                 seconds = round(time.time() - start)
                 checkpoint.export(candidate, out / "weights.safetensors", {**config, "steps": step, "wall_seconds": seconds})
     log.close()
+    del forward  # DDP's reducer must not outlive the process group (Context.close)
     ctx.close()
     return model
