@@ -20,6 +20,12 @@ on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
 this run has no end, every session adds to it. What is validated, exported and carried is the average
 of the weights over about the last 1,000 steps (``--ema``), whose scatter at that rate it smooths out.
 
+``--cooldown N`` makes a release candidate instead: it forks OUT's checkpoint into a branch
+(``--branch``, default OUT-cooldown) and trains the branch N steps more with the learning rate
+decaying linearly to 0 (the decay phase of a warmup-stable-decay schedule, ``refcodec train
+--cooldown``); OUT itself stays at its peak rate, for later sessions to continue. The branch's
+weights go to the gate; a later call with the same branch resumes it towards the same end step.
+
 The process lowers its own priority (``nice``) and uses ``--threads`` torch threads (default 1),
 so that the session's other work keeps the second core. The model's forward pass is compiled
 (``torch.compile``; ``--no-compile`` leaves it eager): on 2 threads a step takes 0.82 s instead of 1.03 s
@@ -30,13 +36,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from refcodec import allocator
 from refcodec.models import registry
-from refcodec.train import trainer
+from refcodec.train import checkpoint, trainer
 
 SCHEDULE_STEPS = 1_000_000
 EMA = 0.999  # the weight average's decay per step: a window of about 1,000 steps (refcodec train --ema)
@@ -87,23 +94,45 @@ def carry_note(path: Path, out: str) -> str:
 
 
 def train_args(args: argparse.Namespace) -> list[str]:
-    """The ``refcodec train`` command line of this run."""
+    """The ``refcodec train`` command line of this run (of its cooled-down branch with ``--cooldown``)."""
     root = Path(args.data_root)
     data = [root / "photos" / "train", root / "bsds500" / "train", root / "bsds500" / "test"]
+    out = args.branch if args.cooldown else args.out
     argv = ["--data", *map(str, data), "--val", str(root / "photos" / "val"), "--val-images", str(args.val_images),
-            "--out", args.out, "--model", "grm", "--preset", "small", "--variable-rate", "--steps", str(SCHEDULE_STEPS),
+            "--out", out, "--model", "grm", "--preset", "small", "--variable-rate", "--steps", str(SCHEDULE_STEPS),
             "--batch", str(args.batch), "--crop", str(args.crop), "--lr", str(args.lr), "--threads", str(args.threads),
-            "--device", args.device, "--time-limit", str(args.minutes * 60), "--val-every", str(args.val_every),
-            "--save-every", str(args.save_every), "--metric", args.metric, "--ema", str(args.ema)] + ["--compile"] * args.compile  # fmt: skip
+            "--device", args.device, "--val-every", str(args.val_every), "--save-every", str(args.save_every),
+            "--metric", args.metric, "--ema", str(args.ema)] + ["--compile"] * args.compile  # fmt: skip
+    if args.cooldown:
+        return argv + branch(Path(args.out), Path(args.branch), args.cooldown) + ["--resume"]
+    argv += ["--time-limit", str(args.minutes * 60)]
     if (Path(args.out) / "checkpoint.pt").is_file():
         return argv + ["--resume"]
     return argv + ["--init", args.init or initial_weights(args.metric, args.carry)]
 
 
+def branch(run: Path, folder: Path, steps: int) -> list[str]:
+    """The cooldown options of the branch in ``folder`` of ``run``: forked from the run's newest checkpoint (and log)
+    on the first call, leaving the run as it is; a later call resumes the branch towards the end step it recorded."""
+    if not (folder / checkpoint.NAME).is_file():
+        if checkpoint.load(run, quiet=True) is None:
+            raise SystemExit(f"continue_training: {run} has no checkpoint to branch a cooldown from")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (checkpoint.NAME, checkpoint.PREVIOUS, "log.csv"):
+            if (run / name).is_file():
+                shutil.copy2(run / name, folder / name)
+    state = checkpoint.load(folder)
+    cooldown = state["config"].get("cooldown") or {"steps": steps, "until": state["step"] + steps}
+    return ["--stop-at", str(cooldown["until"]), "--cooldown", str(cooldown["steps"])]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, required=True, help="training time of this call (a checkpoint is saved at the end)")
+    p.add_argument("--minutes", type=float, help="training time of this call (a checkpoint is saved at the end)")
     p.add_argument("--out", default="runs/continue", help="run folder (resumed if it has a checkpoint)")
+    p.add_argument("--cooldown", type=int, help="instead of training OUT: train its branch this many steps more with the "
+                   "learning rate decaying linearly to 0, for the gate (OUT stays at its peak rate)")  # fmt: skip
+    p.add_argument("--branch", help="with --cooldown: the branch's run folder (default: OUT-cooldown)")
     p.add_argument("--data-root", default="../shared/datasets", help="folder holding photos/ and bsds500/")
     p.add_argument("--init", help="weights to start a new run from (default: the most trained of the carried and the "
                    "shipped grm/small/vr)")
@@ -123,11 +152,19 @@ def main(argv=None) -> None:
                    help="torch.compile the model (refcodec train --compile: 1.25x the steps per second after ~90 s)")
     p.add_argument("--nice", type=int, default=19, help="added to the process's niceness (0: none)")
     args = p.parse_args(argv)
+    if (args.minutes is None) == (args.cooldown is None):
+        p.error("give either --minutes (continue the run) or --cooldown (train its cooled-down branch)")
+    if args.cooldown is not None and args.cooldown <= 0:
+        p.error(f"--cooldown must be a positive number of steps, got {args.cooldown}")
     args.carry = args.carry or carried_path(args.metric)
+    args.branch = args.branch or args.out.rstrip("/") + "-cooldown"
     os.nice(args.nice)
     command = train_args(args)
     print("refcodec train " + " ".join(command), flush=True)
     trainer.main(command)
+    if args.cooldown:
+        print(f"the cooled-down candidate: {Path(args.branch) / 'weights.safetensors'} (for scripts/ship_gate.py)", flush=True)
+        return
     carry(Path(args.out), args.carry)
     print(carry_note(args.carry, args.out), flush=True)
 

@@ -2,6 +2,7 @@
 
 import csv
 import itertools
+import math
 import signal
 import subprocess
 import sys
@@ -32,6 +33,19 @@ def test_warm_up_is_for_models_trained_from_scratch():
     assert trainer.warmup_steps(None, 20_000, base=0) == 4_000
     assert trainer.warmup_steps(None, 1_000_000, base=30_859) == 0
     assert trainer.warmup_steps(500, 1_000_000, base=30_859) == 500
+
+
+def test_cooldown_decays_the_learning_rate_linearly_to_zero_at_stop_at(capsys):
+    """--cooldown N: the warm-up and cosine factors times (stop_at - step) / N over the last N steps, 0 at stop_at."""
+    args = trainer.parse_args(["--data", "d", "--out", "o", "--steps", "1000000", "--stop-at", "90", "--cooldown", "4",
+                               "--lr-warmup", "1"])  # fmt: skip
+    cosine = lambda step: 0.55 + 0.45 * math.cos(math.pi * step / 1_000_000)  # noqa: E731
+    factors = [trainer.lr_factor(step - 80, step, args) for step in range(84, 91)]
+    assert factors == pytest.approx([cosine(s) * c for s, c in zip(range(84, 91), [1, 1, 1, 0.75, 0.5, 0.25, 0])])
+    assert trainer.lr_factor(0, 80, trainer.parse_args(["--data", "d", "--out", "o", "--lr-warmup", "4"])) == pytest.approx(0.25, rel=1e-5)
+    with pytest.raises(SystemExit):
+        trainer.parse_args(["--data", "d", "--out", "o", "--cooldown", "4"])  # no end step to decay to
+    assert "--cooldown N needs --stop-at" in capsys.readouterr().err
 
 
 def _args(data, out, steps, *extra):

@@ -57,6 +57,34 @@ def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path)
     assert registry.read_config(carried)["steps"] == base + 3
 
 
+def test_cooldown_branches_off_the_run_and_leaves_it_as_it_was(datasets, tmp_path):
+    """--cooldown N trains a copy of the run N steps more, down to a learning rate of 0, and a later call resumes
+    it towards the same end; the run itself, and its next session, go on at the peak rate."""
+    script = load_script("continue_training")
+    out, branch = tmp_path / "run", tmp_path / "run-cooldown"
+    common = ["--out", str(out), "--data-root", str(datasets), "--batch", "2", "--crop", "64", "--val-images", "1",
+              "--save-every", "1", "--nice", "0", "--threads", "1", "--no-compile", "--carry", str(tmp_path / "c.safetensors")]  # fmt: skip
+    with pytest.raises(SystemExit, match="has no checkpoint"):
+        script.main([*common, "--cooldown", "2"])
+    script.main([*common, "--minutes", "0"])
+    before = (out / "checkpoint.pt").read_bytes()
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    script.main([*common, "--cooldown", "2"])
+    assert (out / "checkpoint.pt").read_bytes() == before  # the run is untouched
+    state = torch.load(branch / "checkpoint.pt", weights_only=False)
+    assert state["step"] == step + 2 and state["optimizer"]["param_groups"][0]["lr"] == 0.0  # decayed to 0
+    assert [int(r["step"]) for r in csv.DictReader(open(branch / "log.csv"))] == [step, step + 1, step + 2]  # the log goes on
+    candidate = registry.read_config(branch / "weights.safetensors")
+    assert candidate["steps"] == step + 2 and candidate["cooldown"] == {"steps": 2, "until": step + 2}
+    script.main([*common, "--cooldown", "5"])  # the branch has reached its end: resumed, nothing more to train
+    assert torch.load(branch / "checkpoint.pt", weights_only=False)["step"] == step + 2
+    script.main([*common, "--minutes", "0"])  # the run goes on from where it was, at its own rate
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] == step + 1 and state["optimizer"]["param_groups"][0]["lr"] > 0
+    with pytest.raises(SystemExit):
+        script.main([*common])  # neither --minutes nor --cooldown
+
+
 def test_continue_training_compiles_the_model_unless_told_not_to(tmp_path, monkeypatch):
     script = load_script("continue_training")
     commands = []

@@ -124,6 +124,18 @@ def windowed_ms_ssim(x_hat: torch.Tensor, x: torch.Tensor, phase: tuple[int, int
     return ms_ssim(x_hat[window], x[window], data_range=1.0, size_average=False)
 
 
+def lr_factor(run_step: int, step: int, args: argparse.Namespace) -> float:
+    """The learning rate's factor (of ``--lr``) at global ``step``, the ``run_step``-th of this run: a linear warm-up
+    over the run's first ``--lr-warmup`` steps, a cosine decay to 10% over ``--steps``, and with ``--cooldown N`` a
+    linear decay to 0 over the N steps before ``--stop-at``: the decay phase of a warmup-stable-decay schedule, which
+    branches off a run held at its peak rate (Hagele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond
+    Fixed Training Durations", section 3)."""
+    warm = min(1.0, (run_step + 1) / args.lr_warmup)
+    cosine = 0.55 + 0.45 * math.cos(math.pi * min(1.0, step / args.steps))
+    cool = min(1.0, (args.stop_at - step) / args.cooldown) if args.cooldown else 1.0
+    return warm * cosine * cool
+
+
 def balance_weights(lmbda: torch.Tensor, reference: float) -> torch.Tensor:
     """Per-image loss factors ``reference / lambda`` of a variable-rate batch. The gradient that an image's
     R + lambda D sends to the shared weights grows in proportion to lambda (quality 8's is about 100 times
@@ -193,6 +205,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=256, help="patch side, a multiple of 64, above 176 for ms-ssim (paper: 512)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of Adam (cosine decay to 10%%)")
     p.add_argument("--lr-warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
+    p.add_argument("--cooldown", type=int, default=0, help="decay the learning rate linearly to 0 over the last N steps before "
+                   "--stop-at (a cooled-down branch of a run held at its peak rate, e.g. a release candidate)")  # fmt: skip
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--ema", type=float, default=0.0, help="validate and export an exponential moving average of the weights "
                    "with this decay per step (e.g. 0.999: about the last 1,000 steps; 0: the weights themselves)")  # fmt: skip
@@ -214,6 +228,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--crop must be a multiple of {ALIGNMENT} (the model's total downsampling), got {args.crop}")
     if args.metric == "ms-ssim" and args.crop <= MS_SSIM_MIN_CROP:
         p.error(f"--metric ms-ssim needs --crop above {MS_SSIM_MIN_CROP} (5 scales of 11-px windows, shifted by up to {PHASES} px), got {args.crop}")
+    if args.cooldown and (args.cooldown < 0 or args.stop_at is None):
+        p.error("--cooldown N needs --stop-at (the step where the learning rate reaches 0) and N > 0")
     if not 0 <= args.ema < 1:
         p.error(f"--ema must lie in [0, 1), got {args.ema}")
     if args.nproc > 1 and "WORLD_SIZE" in os.environ:
@@ -274,10 +290,7 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     warmup = config["warmup_steps"] = warmup_steps(args.warmup_steps, args.steps, base)
     model.to(ctx.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up (per run), cosine decay to 10% over all steps
-        optimizer,
-        lambda s: min(1.0, (s + 1) / args.lr_warmup) * (0.55 + 0.45 * math.cos(math.pi * min(1.0, (base + s) / args.steps))),
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, base + s, args))  # s: steps of this run
     # the average starts from the weights after the first step (n_averaged = 0: a copy); its buffers are the model's
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
     candidate = model if ema is None else ema.module  # what is validated and exported
@@ -292,6 +305,8 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
             print(f"refcodec train: the checkpoint holds no weight average; averaging starts at step {step}")
     if ema is not None:
         config["ema"] = args.ema
+    if args.cooldown:
+        config["cooldown"] = {"steps": args.cooldown, "until": args.stop_at}
 
     data = ImageFolder(args.data, args.crop, seed=args.seed)
     val = ImageFolder(args.val, args.crop, limit=args.val_images) if args.val and ctx.main else None
