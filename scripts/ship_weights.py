@@ -142,6 +142,8 @@ def main() -> None:
         hardware = f"{before['hardware']} for steps 1-{base} ({before['wall_seconds'] / 3600:.2f} h), {hardware} for the last {steps - base} ({own:.2f} h)"
     data = "; ".join(f"{', '.join(h['data'])} for steps {h['steps'][0]}-{h['steps'][1]}" for h in history) if len(history) > 1 else ", ".join(config["data"])
     origin = f" (steps 1-{base}: the run of `{init}` it started from; {steps - base} steps here)" if base else ""
+    if config.get("cooldown"):  # a cooled-down branch (scripts/continue_training.py --cooldown)
+        origin += f", the last {config['cooldown']['steps']} with the learning rate decaying linearly to 0"
     out = registry.weights_path(config["id"])
     name = out.stem
     old_hash = registry.load_model(str(out)).weights_hash() if out.is_file() else None
@@ -170,7 +172,7 @@ def main() -> None:
         "id": shipped.id,
         "architecture": {"model": config["name"], "preset": config["preset"], "N": config["N"], "M": config["M"], "flags": config["flags"]},
         "training": {"data": config["data"], "metric": config.get("metric", "mse"), "steps": config["steps"], "initialized_from": init if base else None,
-                     "steps_from_init": steps - base, "lambda": config["lambda"], "wall_hours": round(hours, 2),
+                     "steps_from_init": steps - base, "cooldown": config.get("cooldown"), "lambda": config["lambda"], "wall_hours": round(hours, 2),
                      "hardware": hardware, "data_history": history},
         "evaluation": {"images": str(args.eval), "count": len(files), "threads": args.threads, "load_average": round(load, 1),
                        **{k: v if k == "qualities" else round(v, 5) for k, v in mean.items()}},
