@@ -115,7 +115,7 @@ def branch(run: Path, folder: Path, steps: int) -> list[str]:
     """The cooldown options of the branch in ``folder`` of ``run``: forked from the run's newest checkpoint (and log)
     on the first call, leaving the run as it is; a later call resumes the branch towards the end step it recorded."""
     if not (folder / checkpoint.NAME).is_file():
-        if checkpoint.load(run, quiet=True) is None:
+        if not any((run / name).is_file() for name in (checkpoint.NAME, checkpoint.PREVIOUS)):
             raise SystemExit(f"continue_training: {run} has no checkpoint to branch a cooldown from")
         folder.mkdir(parents=True, exist_ok=True)
         for name in (checkpoint.NAME, checkpoint.PREVIOUS, "log.csv"):
