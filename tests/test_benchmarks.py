@@ -87,8 +87,7 @@ def test_vr_ceiling_bounds_every_quality_by_the_unquantized_round_trip(tmp_path)
     assert low["psnr"] < high["psnr"] and low["max_latent"] < high["max_latent"]
     # rounding finer latents approaches the round trip without quantization (g_s is trained on rounded
     # latents only, so the top quality may pass it by a little, as the script's docstring says)
-    for key in ("psnr", "ms_ssim_db"):
-        ceiling = row["ceiling" if key == "psnr" else "ceiling_ms_ssim_db"]
+    for key, ceiling in (("psnr", row["ceiling"]), ("ms_ssim_db", row["ceiling_ms_ssim_db"])):
         assert low[key] < high[key] and abs(high[key] - ceiling) < abs(low[key] - ceiling) / 2
     assert rows["b.png"]["gray_ceiling"] == pytest.approx(rows["b.png"]["ceiling"], abs=0.05)  # a gray image is its own luma
     small = subprocess.run(cmd[:4] + ["--crop", "64"], capture_output=True, text=True)
