@@ -1,6 +1,7 @@
 """Continue training the shipped variable-rate model in the background, within a time limit.
 
     python scripts/continue_training.py --minutes 150                 # CPU: nice, one thread
+    python scripts/continue_training.py --minutes 150 --preset medium --out runs/medium   # the wide model
     python scripts/continue_training.py --minutes 150 --out runs/continue --data-root ../shared/datasets
     python scripts/continue_training.py --minutes 150 --metric ms-ssim --out runs/continue-ms-ssim
 
@@ -9,10 +10,12 @@ candidate ``training/grm-small-vr.safetensors`` and the shipped ``grm/small/vr``
 it from other weights; fixed-rate ones are turned into a variable-rate model: ``models.convert``);
 every later call with the same OUT resumes its checkpoint exactly (``refcodec train --resume``: the
 same batches, noise and qualities as one uninterrupted run), so a session can stop and restart it
-at will. At the end, the weights are carried (float16, as they would ship) to ``--carry``, which the
+at will. ``--preset medium`` trains the wide model (issue 36) the same way: before a carried or shipped
+``grm/medium/vr`` exists, its run starts from the shipped ``grm/small/vr``, widened function-preservingly
+(``models.widen``: ``refcodec train --init`` of a narrower model). At the end, the weights are carried (float16, as they would ship) to ``--carry``, which the
 session commits: run folders are not kept between sessions, and a candidate the gate refuses would
 otherwise be lost with its compute. Where the shipped weights leave no room for it within the
-repository's 15 MB (``WEIGHTS_BUDGET``; both shipped models take 13.3 MB), the run says so instead, and
+repository's 40 MB (``WEIGHTS_BUDGET``; both shipped models take 13.3 MB), the run says so instead, and
 only the run folder, where the machine keeps it, carries the run. The optimizer's moments are not carried; Adam starts afresh
 with a short warm-up. The run trains on ``photos/train`` and BSDS500's train and test splits and validates
 on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
@@ -48,12 +51,12 @@ from refcodec.train import checkpoint, trainer
 SCHEDULE_STEPS = 1_000_000
 EMA = 0.999  # the weight average's decay per step: a window of about 1,000 steps (refcodec train --ema)
 CARRIED = Path(__file__).resolve().parent.parent / "training"  # tracked: the run's weights between sessions
-WEIGHTS_BUDGET = 15_000_000  # bytes: the repository's weights, shipped and carried together, at most 15 MB
+WEIGHTS_BUDGET = 40_000_000  # bytes: the repository's weights, shipped and carried together, at most 40 MB
 
 
-def carried_path(metric: str = "mse") -> Path:
-    """Where the run of the variable-rate model of ``metric`` is carried between sessions."""
-    return CARRIED / (registry.model_id("grm", "small", None, metric).replace("/", "-") + ".safetensors")
+def carried_path(metric: str = "mse", preset: str = "small") -> Path:
+    """Where the run of the variable-rate model of ``preset`` and ``metric`` is carried between sessions."""
+    return CARRIED / (registry.model_id("grm", preset, None, metric).replace("/", "-") + ".safetensors")
 
 
 def _steps(weights: str | Path) -> int:
@@ -61,17 +64,18 @@ def _steps(weights: str | Path) -> int:
     return registry.read_config(path).get("steps", 0)
 
 
-def initial_weights(metric: str = "mse", carried: Path | None = None) -> str:
-    """The most trained of the carried candidate and the shipped variable-rate model of the metric (a tie
-    goes to the shipped one); for MS-SSIM, before either exists, the MSE ones (section 5.1 fine-tunes
-    MS-SSIM models from MSE ones)."""
-    for m in dict.fromkeys([metric, "mse"]):
-        shipped = registry.model_id("grm", "small", None, m)
-        path = carried if carried is not None and m == metric else carried_path(m)
-        found = [shipped] * registry.weights_path(shipped).is_file() + [str(path)] * path.is_file()
-        if found:
-            return max(found, key=_steps)  # max keeps the first (shipped) of equals
-    raise SystemExit("continue_training: no shipped or carried variable-rate grm/small model: start from weights with --init")
+def initial_weights(metric: str = "mse", carried: Path | None = None, preset: str = "small") -> str:
+    """The most trained of the carried candidate and the shipped variable-rate model of the metric and preset
+    (a tie goes to the shipped one); for MS-SSIM, before either exists, the MSE ones (section 5.1 fine-tunes
+    MS-SSIM models from MSE ones); for a wider preset, before either exists, the small ones (widened)."""
+    for p in dict.fromkeys([preset, "small"]):
+        for m in dict.fromkeys([metric, "mse"]):
+            shipped = registry.model_id("grm", p, None, m)
+            path = carried if carried is not None and (p, m) == (preset, metric) else carried_path(m, p)
+            found = [shipped] * registry.weights_path(shipped).is_file() + [str(path)] * path.is_file()
+            if found:
+                return max(found, key=_steps)  # max keeps the first (shipped) of equals
+    raise SystemExit(f"continue_training: no shipped or carried variable-rate grm/{preset} model: start from weights with --init")
 
 
 def carry(run: Path, path: Path) -> None:
@@ -99,7 +103,7 @@ def train_args(args: argparse.Namespace) -> list[str]:
     data = [root / "photos" / "train", root / "bsds500" / "train", root / "bsds500" / "test"]
     out = args.branch if args.cooldown else args.out
     argv = ["--data", *map(str, data), "--val", str(root / "photos" / "val"), "--val-images", str(args.val_images),
-            "--out", out, "--model", "grm", "--preset", "small", "--variable-rate", "--steps", str(SCHEDULE_STEPS),
+            "--out", out, "--model", "grm", "--preset", args.preset, "--variable-rate", "--steps", str(SCHEDULE_STEPS),
             "--batch", str(args.batch), "--crop", str(args.crop), "--lr", str(args.lr), "--threads", str(args.threads),
             "--device", args.device, "--val-every", str(args.val_every), "--save-every", str(args.save_every),
             "--metric", args.metric, "--ema", str(args.ema)] + ["--compile"] * args.compile  # fmt: skip
@@ -108,7 +112,7 @@ def train_args(args: argparse.Namespace) -> list[str]:
     argv += ["--time-limit", str(args.minutes * 60)]
     if (Path(args.out) / "checkpoint.pt").is_file():
         return argv + ["--resume"]
-    return argv + ["--init", args.init or initial_weights(args.metric, args.carry)]
+    return argv + ["--init", args.init or initial_weights(args.metric, args.carry, args.preset)]
 
 
 def branch(run: Path, folder: Path, steps: int) -> list[str]:
@@ -135,12 +139,14 @@ def main(argv=None) -> None:
     p.add_argument("--branch", help="with --cooldown: the branch's run folder (default: OUT-cooldown)")
     p.add_argument("--data-root", default="../shared/datasets", help="folder holding photos/ and bsds500/")
     p.add_argument("--init", help="weights to start a new run from (default: the most trained of the carried and the "
-                   "shipped grm/small/vr)")
-    p.add_argument("--carry", type=Path, help="where the weights are carried at the end (default: training/grm-small-vr"
+                   "shipped grm/PRESET/vr; for medium, before either exists, grm/small/vr widened)")
+    p.add_argument("--carry", type=Path, help="where the weights are carried at the end (default: training/grm-PRESET-vr"
                    ".safetensors, or -ms-ssim; commit it)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="patch side (the paper's 512 in a final phase)")
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="ms-ssim: the MS-SSIM model (use its own --out)")
+    p.add_argument("--preset", default="small", choices=sorted(registry.PRESETS), help="the model's size: small (grm/small/vr) or "
+                   "medium (the wide grm/medium/vr, started from the widened small model; use its own --out)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--ema", type=float, default=EMA, help="decay of the weight average that is exported (0: none)")
     p.add_argument("--threads", type=int, default=1)
@@ -156,7 +162,7 @@ def main(argv=None) -> None:
         p.error("give either --minutes (continue the run) or --cooldown (train its cooled-down branch)")
     if args.cooldown is not None and args.cooldown <= 0:
         p.error(f"--cooldown must be a positive number of steps, got {args.cooldown}")
-    args.carry = args.carry or carried_path(args.metric)
+    args.carry = args.carry or carried_path(args.metric, args.preset)
     args.branch = args.branch or args.out.rstrip("/") + "-cooldown"
     os.nice(args.nice)
     command = train_args(args)

@@ -57,6 +57,24 @@ def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path)
     assert registry.read_config(carried)["steps"] == base + 3
 
 
+def test_the_wide_model_starts_from_the_widened_shipped_one(datasets, tmp_path):
+    """--preset medium: before a carried or shipped grm/medium/vr exists, the run widens grm/small/vr (issue 36)."""
+    script = load_script("continue_training")
+    carried = tmp_path / "training" / "grm-medium-vr.safetensors"
+    assert script.carried_path(preset="medium").name == carried.name
+    assert script.initial_weights(carried=carried, preset="medium") == "grm/small/vr"
+    out = tmp_path / "medium"
+    script.main(["--out", str(out), "--data-root", str(datasets), "--batch", "2", "--crop", "64", "--val-images", "1",
+                 "--save-every", "1", "--nice", "0", "--threads", "1", "--no-compile", "--preset", "medium",
+                 "--carry", str(carried), "--minutes", "0"])  # fmt: skip
+    base = registry.read_config(registry.weights_path("grm/small/vr"))["steps"]
+    model = registry.load_model(str(carried), 8)
+    assert (model.N, model.M) == (registry.PRESETS["medium"]["N"], registry.PRESETS["medium"]["M"])
+    assert model.id == "grm/medium/vr" and model.config["steps"] == base + 1
+    assert model.config["init"]["how"].startswith("widened from N=64, M=96")
+    assert script.initial_weights(carried=carried, preset="medium") == str(carried)  # the next session continues it
+
+
 def test_cooldown_branches_off_the_run_and_leaves_it_as_it_was(datasets, tmp_path):
     """--cooldown N trains a copy of the run N steps more, down to a learning rate of 0, and a later call resumes
     it towards the same end; the run itself, and its next session, go on at the peak rate."""

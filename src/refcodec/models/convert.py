@@ -51,6 +51,7 @@ from ..layers.masked_conv import causal_mask
 from . import registry
 from .base import CompressionModel
 from .grm import GRM
+from .widen import widen
 
 SCALE_TANGENT = 1.0  # s0 of the log-sigma linearization of mbt2018's scales
 FIT_STEPS = 400  # Adam steps of the density fit
@@ -137,12 +138,19 @@ def variable_from_fixed(model: CompressionModel, source: CompressionModel) -> No
 
 
 def _load_refcodec(model: CompressionModel, source: CompressionModel, label: str) -> str:
-    """Plain copy of the same architecture, the two-stage initialization from its GDN version, or a
-    variable-rate model from a fixed-rate one (:func:`variable_from_fixed`)."""
+    """Plain copy of the same architecture, the function-preserving widening of a narrower one (``widen``),
+    the two-stage initialization from its GDN version, or a variable-rate model from a fixed-rate one
+    (:func:`variable_from_fixed`)."""
     problem = _mismatch(model, source.state_dict())
     if problem is None:
         model.load_state_dict(source.state_dict())
         return f"weights of {label}"
+    if isinstance(model, GRM) and isinstance(source, GRM) and (model.N, model.M) != (source.N, source.M):
+        try:
+            widen(source, model)
+        except ValueError as e:
+            raise InitError(f"{label} does not fit this model: {e}") from None
+        return f"widened from N={source.N}, M={source.M} to N={model.N}, M={model.M} from the weights of {label} (function-preserving)"
     if model.levels and not source.levels:
         without_gains = {k: v for k, v in model.state_dict().items() if "_gain." not in k}
         problem = _mismatch(without_gains, source.state_dict())

@@ -35,6 +35,7 @@ MODELS = {
 PRESETS = {
     "paper": {"N": 192, "M": 384},  # Table 1
     "small": {"N": 64, "M": 96},  # trainable on a CPU
+    "medium": {"N": 128, "M": 192},  # high quality, grown from small (models.widen); the choice: its model card
     "mbt": {"N": 192, "M": 192},  # CompressAI's mbt2018 at qualities 1-4 (for --init from its checkpoints)
     "mbt-hq": {"N": 192, "M": 320},  # CompressAI's mbt2018 at qualities 5-8
 }

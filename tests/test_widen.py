@@ -1,0 +1,86 @@
+"""Function-preserving widening of the shipped model (models.widen): the grown model codes as the shipped
+one did, and its new units learn."""
+
+import pytest
+import torch
+
+from conftest import natural_image
+from refcodec import codec
+from refcodec.layers import gain
+from refcodec.models import convert, registry, widen
+from refcodec.models.grm import GRM
+from refcodec.train.trainer import rate_distortion
+
+
+@pytest.fixture(scope="module")
+def small():
+    return registry.load_model("grm/small/vr")
+
+
+@pytest.fixture(scope="module")
+def wide(small):
+    return widen.grown(small, "medium")
+
+
+def test_the_widened_model_codes_every_quality_as_the_shipped_one(small, wide):
+    """Issue 36: within 0.05 dB and 1% rate at every quality; in fact the same pixels (g_s of the same latents)."""
+    image = natural_image(256, 192)
+    for q in range(small.levels):
+        before, after = codec.compress(image, small, q), codec.compress(image, wide, q)
+        decoded_before, decoded_after = codec.decompress(before, small), codec.decompress(after, wide)
+        assert decoded_after.tobytes() == decoded_before.tobytes(), q
+        assert abs(codec.psnr(image, decoded_after) - codec.psnr(image, decoded_before)) <= 0.05
+        assert abs(len(after) - len(before)) <= 0.01 * len(before), (q, len(before), len(after))
+
+
+def test_old_units_compute_what_they_computed(small, wide):
+    """The training-time forward pass: the same reconstruction, and the old channels' rates at every stage
+    within what the confidence U of the new channels moves (module doc); the new channels cost almost nothing."""
+    x = codec.image_to_tensor(natural_image(128, 128, seed=1))
+    q = torch.tensor([4.0])
+    with torch.no_grad():
+        a, b = small(x, q), wide(x, q)
+    # float32 sums over more (zero) channels may round differently: the same up to float32's precision
+    torch.testing.assert_close(b["x_hat"], a["x_hat"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(b["likelihoods"]["z"][:, : small.N], a["likelihoods"]["z"], rtol=1e-5, atol=0)
+    new_z = -b["likelihoods"]["z"][:, small.N :].log2().sum()
+    assert new_z < 0.01 * -a["likelihoods"]["z"].log2().sum()
+    for stage, (la, lb) in enumerate(zip(a["likelihoods"]["y"], b["likelihoods"]["y"])):
+        old, new = -la.log2().sum(), -lb[:, : small.M].log2().sum()
+        assert abs(new - old) <= (1e-5 if stage == 0 else 0.01) * old, stage  # stage 1 comes before the reference
+        assert -lb[:, small.M :].log2().sum() < 0.001 * old
+
+
+def test_the_new_units_learn(small):
+    """After a few training steps, the new latent channels are written by g_a and read by g_s: the zero
+    blocks that made the start function-preserving do not trap the new units."""
+    model = widen.grown(small, "medium").train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 128)
+    q = torch.tensor([2.0, 7.0])
+    lambdas = gain.interpolate_log(list(registry.LAMBDAS.values()), q)
+    for _ in range(3):
+        loss = rate_distortion(model(x, q), x, lambdas, warm=False)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert model.g_a[-1].weight[small.M :].abs().max() > 0  # conv: (out, in, k, k)
+    assert model.g_s[-1].weight[small.N :].abs().max() > 0  # transposed conv: (in, out, k, k)
+    assert model.param_nets[0][-1].weight[small.M : model.M].abs().max() > 0  # the new channels' means
+
+
+def test_widening_keeps_the_architecture(small):
+    with pytest.raises(ValueError, match="keeps the architecture"):
+        widen.widen(small, GRM(N=128, M=192, levels=small.levels, reference=False, confidence=False))
+    with pytest.raises(ValueError, match="cannot widen"):
+        widen.widen(small, GRM(N=32, M=192, levels=small.levels))
+
+
+def test_training_from_a_narrower_model_widens_it(small):
+    """``refcodec train --preset medium --init grm/small/vr`` starts from the widened shipped model."""
+    torch.manual_seed(0)
+    model = registry.build("grm", "medium", levels=small.levels)
+    how = convert.initialize(model, "grm/small/vr")
+    assert how.startswith("widened from N=64, M=96 to N=128, M=192")
+    assert torch.equal(model.g_s[0].weight[: small.M, : small.N], small.g_s[0].weight)
