@@ -3,6 +3,8 @@
 Here (once per session, before the device call):
 
     python scripts/gpu_train.py prepare --init training/grm-small-vr.safetensors
+    python scripts/gpu_train.py prepare --init training/grm-medium-vr.safetensors     # the wide model (issue 36)
+    python scripts/gpu_train.py prepare --init grm/small/vr --preset medium          # its first start: widened
 
 copies the training photos into ``gpu_data/`` (``photos/train`` first, then BSDS500's train and
 test splits, as many as fit next to the working tree in the device's 64 MiB upload), the starting
@@ -20,7 +22,9 @@ TF32 matrix products (the losses stay finite; checked every step, a non-finite s
 until the time limit, and leaves ``weights.safetensors`` (float32) and ``log.csv`` in OUT. The
 weights go to ``scripts/ship_gate.py``, and the background CPU run continues from them
 (``scripts/continue_training.py --init``, in a new run folder). Both commands take ``--metric ms-ssim``
-for the MS-SSIM model (section 5.1; start it from the MSE weights, as the paper does).
+for the MS-SSIM model (section 5.1; start it from the MSE weights, as the paper does). The model's size is
+the starting weights' preset unless ``--preset`` names a wider one, which the training grows them to
+(``models.widen``).
 
 ``prepare --check FOLDER`` (e.g. ``--check ../shared/datasets/kodak --minutes 6.5``) also brings every
 ``--check-every``-th image of FOLDER into ``gpu_data/check/``, before the training photos, and the printed
@@ -114,6 +118,8 @@ def device_command(init: Path, args: argparse.Namespace) -> str:
     command = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && "
                "export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 && "
                f"python3 scripts/gpu_train.py train --init {init} --minutes {args.minutes} --metric {args.metric} --out $OUT")  # fmt: skip
+    if args.preset:
+        command += f" --preset {args.preset}"
     if args.check:
         command += ("; python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py > $OUT/test-gpu.txt 2>&1; "
                     f"python3 benchmarks/effort.py {DATA / 'check'} -q 1 3 5 8 --efforts default fast slow --device cuda "
@@ -124,13 +130,15 @@ def device_command(init: Path, args: argparse.Namespace) -> str:
 def train(args: argparse.Namespace) -> None:
     import torch
 
+    from refcodec.models import registry
     from refcodec.train import trainer
 
+    preset = args.preset or registry.read_config(registry.weights_path(args.init)).get("preset", "small")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True  # fixed crop size: cuDNN picks its fastest kernels once
     run = Path(args.run)
-    trainer.main(["--data", str(DATA / "train"), "--out", str(run), "--model", "grm", "--preset", "small", "--variable-rate",
+    trainer.main(["--data", str(DATA / "train"), "--out", str(run), "--model", "grm", "--preset", preset, "--variable-rate",
                   "--init", args.init, "--steps", "1000000", "--batch", str(args.batch),
                   "--crop", str(args.crop), "--lr", str(args.lr), "--device", args.device, "--workers", str(args.workers),
                   "--time-limit", str(args.minutes * 60), "--save-every", "500", "--val-every", "1000000",
@@ -150,6 +158,7 @@ def main(argv=None) -> None:
     a.add_argument("--limit", type=int, default=UPLOAD_LIMIT, help="bytes the upload may hold")
     a.add_argument("--minutes", type=float, default=8, help="training minutes of the printed device command")
     a.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="the distortion of the printed command")
+    a.add_argument("--preset", choices=["small", "medium"], help="the size of the printed command (default: the weights' own)")
     a.add_argument("--check", metavar="FOLDER", help="also the GPU check after the training, on images of FOLDER")
     a.add_argument("--check-every", type=int, default=12, help="take every k-th image of FOLDER (sorted by path)")
     a.add_argument("--no-wheels", action="store_true", help="skip the wheels (tests, or a device that has the packages)")
@@ -164,6 +173,8 @@ def main(argv=None) -> None:
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--ema", type=float, default=0.999, help="decay of the exported weight average (refcodec train --ema)")
     t.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="ms-ssim: the MS-SSIM model (refcodec train --metric)")
+    t.add_argument("--preset", choices=["small", "medium"], help="the model's size (default: the starting weights' own; a wider "
+                   "one widens them, models.widen)")  # fmt: skip
     t.add_argument("--workers", type=int, default=8, help="DataLoader workers (crops are cut on the CPU)")
     t.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     t.set_defaults(func=train)

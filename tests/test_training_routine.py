@@ -140,6 +140,9 @@ def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
     script.main(["train", "--minutes", "0", "--out", str(tmp_path / "ms"), "--run", str(tmp_path / "gpu-run-ms"), "--batch", "1",
                  "--crop", "192", "--workers", "0", "--device", "cpu", "--metric", "ms-ssim"])  # fmt: skip
     assert registry.read_config(tmp_path / "ms" / "weights.safetensors")["metric"] == "ms-ssim"
+    script.main(["train", "--minutes", "0", "--out", str(tmp_path / "wide"), "--run", str(tmp_path / "gpu-run-wide"), "--batch", "1",
+                 "--crop", "64", "--workers", "0", "--device", "cpu", "--preset", "medium"])  # fmt: skip
+    assert registry.read_config(tmp_path / "wide" / "weights.safetensors")["M"] == registry.PRESETS["medium"]["M"]
 
     # carried weights (tracked, uploaded with the tree) are not copied a second time
     shutil.copyfile(registry.weights_path("grm/small/vr"), repo / "carried.safetensors")
@@ -151,13 +154,15 @@ def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):
     check = ["prepare", "--init", "grm/small/vr", "--data-root", str(datasets), "--no-wheels", "--check", str(datasets / "bsds500/val")]
     script.main([*check, "--check-every", "2"])
     assert sorted(p.name for p in (repo / "gpu_data" / "check").iterdir()) == ["0.png", "2.png"]
-    args = argparse.Namespace(minutes=6.5, metric="mse", check="x")
+    args = argparse.Namespace(minutes=6.5, metric="mse", check="x", preset=None)
     command = script.device_command(repo / "gpu_data" / "init.safetensors", args)
     train, tests, effort = command.split("; ")
     assert "gpu_train.py train" in train and "--minutes 6.5" in train and train.startswith("python3 -m pip install")
     assert "tests/test_gpu.py" in tests and "$OUT/" in tests
     assert "effort.py gpu_data/check" in effort and "--device cuda --threads 2 --measure-only -o $OUT/effort-gpu" in effort
-    assert ";" not in script.device_command(repo / "x", argparse.Namespace(minutes=8, metric="mse", check=None))
+    assert ";" not in script.device_command(repo / "x", argparse.Namespace(minutes=8, metric="mse", check=None, preset=None))
+    wide = script.device_command(repo / "x", argparse.Namespace(minutes=8, metric="mse", check=None, preset="medium"))
+    assert wide.endswith("--out $OUT --preset medium")
 
 
 def test_ship_gate_judges_against_the_shipped_model(datasets, tmp_path, monkeypatch):

@@ -18,8 +18,9 @@ each block of a concatenation) and its weights; new units are added beside them:
 So the pixels are the same bits (g_s of the same old latents), and the rate changes only by the
 near-certain zeros of the new channels and by the one part of the entropy model that cannot be kept:
 the confidence U of the global reference (section 3) is the average of the stage-1 probabilities over
-all M channels, so the new channels' probabilities (about 1) raise it. :func:`widen` measures nothing;
-``tests/test_widen.py`` and ``benchmarks/widen_check.py`` measure what the widened model codes.
+all M channels, so the new channels' probabilities (about 1) raise it, and the transferred features with it.
+``tests/test_widen.py`` checks what the widened model codes; ``scripts/ship_gate.py`` on its weights measures
+it on the validation sets.
 """
 
 from __future__ import annotations
