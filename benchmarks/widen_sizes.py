@@ -111,16 +111,16 @@ def main() -> None:
     val_folder = ImageFolder(args.val, args.crop, limit=args.val_images)
     val = torch.stack([val_folder[i] for i in range(len(val_folder))])
     rows = {}
-    print(f"{'N x M':>8} {'params':>8} {'fp16 MB':>8} {'s/step':>7} {'vs ' + args.sizes[0]:>9} {'ceiling':>8} {'trained':>8}")
-    for size in args.sizes:
+    for size in args.sizes:  # every step time first, one short stretch of the machine's time
         n, m = map(int, size.split("x"))
-        model = widened(source, n, m)
-        params = sum(t.numel() for t in model.parameters())
-        row = {"N": n, "M": m, "parameters": params, "float16_mb": round(params * 2 / 1e6, 1),
-               "seconds_per_step": step_seconds(model, args.batch, args.crop, args.timed_steps)}  # fmt: skip
+        params = sum(t.numel() for t in widened(source, n, m).parameters())
+        rows[size] = {"N": n, "M": m, "parameters": params, "float16_mb": round(params * 2 / 1e6, 1),
+                      "seconds_per_step": step_seconds(widened(source, n, m), args.batch, args.crop, args.timed_steps)}  # fmt: skip
+    print(f"{'N x M':>8} {'params':>8} {'fp16 MB':>8} {'s/step':>7} {'vs ' + args.sizes[0]:>9} {'ceiling':>8} {'trained':>8}")
+    for size, row in rows.items():
+        params = row["parameters"]
         if args.ceiling_steps:
-            row["ceiling"] = ceiling(model, train, val, args.ceiling_steps, args.batch, args.ceiling_lr)
-        rows[size] = row
+            row["ceiling"] = ceiling(widened(source, row["N"], row["M"]), train, val, args.ceiling_steps, args.batch, args.ceiling_lr)
         ratio = row["seconds_per_step"] / rows[args.sizes[0]]["seconds_per_step"]
         c = row.get("ceiling", {"before": float("nan"), "after": float("nan")})
         print(f"{size:>8} {params / 1e6:7.1f}M {row['float16_mb']:8.1f} {row['seconds_per_step']:7.2f} {ratio:8.2f}x "

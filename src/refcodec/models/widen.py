@@ -5,12 +5,16 @@ so that no training is thrown away. Every old unit keeps its place (first in its
 each block of a concatenation) and its weights; new units are added beside them:
 
 - every layer's old outputs see only its old inputs (the weights from new inputs to old outputs are
-  zero), so the old units compute exactly what they computed, whatever the new units hold;
+  zero), so the old units compute exactly what they computed, whatever the new units hold; the one
+  exception is a layer that reads a latent (below);
 - new hidden units take the target model's own random initialization, so they have gradients from the
   first step; GSDN/IGSDN (eq. 5-6) give new channels zero cross-terms (gamma and tau start diagonal);
 - new latent channels of y and z start at exactly 0: the last layers of g_a and h_a give them zero
-  weights and biases. g_s, h_s and the context and reference convolutions read them with random weights
-  (0 times anything is 0), which is what carries the gradient to g_a's and h_a's new rows;
+  weights and biases. g_s, h_a, h_s and the context and reference convolutions read them, in every old and
+  new unit, with random weights (0 times anything is 0): that carries the gradient to g_a's and h_a's new rows
+  at once (zero weights on both sides would leave the new channels at a saddle, never trained). The old
+  units' weights from them are small (LATENT_READ), so that they do not change the scale that the exact
+  synthesis gives each output column (``synthesis``), nor the pixels when the new channels first turn on;
 - the entropy parameters of a new y channel start at mean 0 and the smallest scale (stage 1; later
   stages add 0), and a new channel of z gets a density peaked at 0 (:func:`_peaked_density`): zeros
   predicted with near certainty cost almost no bits.
@@ -38,6 +42,7 @@ from . import registry
 from .grm import GRM
 
 DENSITY_WIDTH = 0.02  # init_scale of a new z channel's density: about this wide around 0
+LATENT_READ = 0.01  # the old units' random weights from new latent channels, against the default initialization
 DENSITY_BIAS = 1e-3  # the new density's random biases, shrunk so that its centre stays within ~1e-4 of 0
 
 
@@ -57,34 +62,38 @@ def _stage_layout(model: GRM, stage: int) -> list[int]:
     return [2 * model.M] * kinds + ([model.M, model.M] if stage else [])
 
 
-def _chains(old: GRM, new: GRM) -> list[tuple[nn.Sequential, nn.Sequential, list[torch.Tensor | None], torch.Tensor | None]]:
+def _chains(old: GRM, new: GRM) -> list[tuple[nn.Sequential, nn.Sequential, list[torch.Tensor | None], torch.Tensor | None, bool]]:
     """For each network, (old net, new net, the position map of every activation between its layers
-    (None: the pixels, unchanged), the bias of its new outputs where they must be exact (else None))."""
+    (None: the pixels, unchanged), the bias of its new outputs where they must be exact (else None),
+    whether it reads a latent)."""
     n, m = old.N, old.M
-    out = [(old.g_a, new.g_a, [None, _first(n), _first(n), _first(n), _first(m)], torch.zeros(new.M - m)),
-           (old.g_s, new.g_s, [_first(m), _first(n), _first(n), _first(n), None], None)]  # fmt: skip
+    out = [(old.g_a, new.g_a, [None, _first(n), _first(n), _first(n), _first(m)], torch.zeros(new.M - m), False),
+           (old.g_s, new.g_s, [_first(m), _first(n), _first(n), _first(n), None], None, True)]  # fmt: skip
     if old.hyperprior:
-        out += [(old.h_a, new.h_a, [_first(m), _first(n), _first(n), _first(n)], torch.zeros(new.N - n)),
-                (old.h_s, new.h_s, [_first(n), _first(m), _first(m * 3 // 2), _first(2 * m)], None)]  # fmt: skip
+        out += [(old.h_a, new.h_a, [_first(m), _first(n), _first(n), _first(n)], torch.zeros(new.N - n), True),
+                (old.h_s, new.h_s, [_first(n), _first(m), _first(m * 3 // 2), _first(2 * m)], None, True)]  # fmt: skip
     for i, (a, b) in enumerate(zip(old.param_nets, new.param_nets)):
         mu_sigma = _blocks([m, m], [new.M, new.M])
         grow = new.M - m
         # stage 1 predicts a new channel's zeros at mean 0 and the smallest scale; later stages refine by 0
         bias = torch.cat([torch.zeros(grow), torch.full((grow,), math.log(SCALE_MIN) if i == 0 else 0.0)])
         layout = _blocks(_stage_layout(old, i), _stage_layout(new, i))
-        out.append((a, b, [layout, _first(m * 10 // 3), _first(m * 8 // 3), mu_sigma], bias))
+        out.append((a, b, [layout, _first(m * 10 // 3), _first(m * 8 // 3), mu_sigma], bias, False))
     return out
 
 
 @torch.no_grad()
-def _grow_conv(old: nn.Conv2d, new: nn.Conv2d, rows: torch.Tensor | None, cols: torch.Tensor | None, new_bias: torch.Tensor | None) -> None:
-    """Write ``old``'s weights into ``new`` at output positions ``rows``, input positions ``cols``; zero
-    the weights from new inputs to old outputs; with ``new_bias``, new outputs get zero weights and it."""
+def _grow_conv(old: nn.Conv2d, new: nn.Conv2d, rows: torch.Tensor | None, cols: torch.Tensor | None, new_bias: torch.Tensor | None,
+               reads_latent: bool = False) -> None:  # fmt: skip
+    """Write ``old``'s weights into ``new`` at output positions ``rows``, input positions ``cols``; zero the
+    weights from new inputs to old outputs, unless the inputs are a latent (``reads_latent``: its new channels
+    are 0), whose weights to old outputs are shrunk by LATENT_READ instead; with ``new_bias``, new outputs get zero
+    weights and it."""
     transposed = isinstance(new, nn.ConvTranspose2d)
     w = new.weight.transpose(0, 1) if transposed else new.weight  # (out, in, k, k): a view
     rows = torch.arange(w.shape[0]) if rows is None else rows
     cols = torch.arange(w.shape[1]) if cols is None else cols
-    w[rows] = 0
+    w[rows] *= LATENT_READ if reads_latent else 0
     w[rows.view(-1, 1), cols.view(1, -1)] = old.weight.transpose(0, 1) if transposed else old.weight
     new.bias[rows] = old.bias
     if new_bias is not None:
@@ -104,10 +113,11 @@ def _grow_normalization(old: _Normalization, new: _Normalization, units: torch.T
         new.tau[units.view(-1, 1), units.view(1, -1)] = old.tau
 
 
-def _grow_chain(old: nn.Sequential, new: nn.Sequential, maps: list[torch.Tensor | None], new_bias: torch.Tensor | None) -> None:
+def _grow_chain(old: nn.Sequential, new: nn.Sequential, maps: list[torch.Tensor | None], new_bias: torch.Tensor | None,
+                latent: bool) -> None:  # fmt: skip
     convs = [i for i, layer in enumerate(new) if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d)]
     for k, i in enumerate(convs):
-        _grow_conv(old[i], new[i], maps[k + 1], maps[k], new_bias if k == len(convs) - 1 else None)
+        _grow_conv(old[i], new[i], maps[k + 1], maps[k], new_bias if k == len(convs) - 1 else None, reads_latent=k == 0 and latent)
         if i + 1 < len(new) and isinstance(new[i + 1], _Normalization):
             _grow_normalization(old[i + 1], new[i + 1], maps[k + 1])
 
@@ -148,7 +158,7 @@ def widen(old: GRM, new: GRM) -> None:
         _grow_chain(*chain)
     features = _first(2 * old.M)
     for name in ["context"] + ["transfer"] * old.reference:
-        _grow_conv(getattr(old, name), getattr(new, name), features, m, None)
+        _grow_conv(getattr(old, name), getattr(new, name), features, m, None, reads_latent=True)
     if old.hyperprior:
         _peaked_density(old.density, new.density, n)
     if old.levels:
