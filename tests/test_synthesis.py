@@ -10,13 +10,18 @@ from refcodec.models import registry
 from refcodec.models.base import STRIDE, synthesis_transform
 from refcodec.synthesis import (
     ACTIVATION_DIGITS,
+    KERNEL_VARIABLE,
+    KERNELS,
     ExactDeconv,
     ExactIGSDN,
     ExactnessError,
     ExactSynthesis,
+    KernelError,
     digit_max,
     digits,
     exact_synthesis,
+    kernel_for,
+    probed,
 )
 from refcodec.tiling import halo_for, run_tiled
 
@@ -48,14 +53,64 @@ def test_every_formulation_of_a_transposed_convolution_gives_the_same_integers()
         top = digit_max(in_digits)
         x = torch.randint(-top, top + 1, (7, 9, layer.in_channels)).double()
         x[0, 0], x[1, 1] = top, -top  # the extremes
-        integer, float64 = exact(x, integer=True), exact(x, integer=False)
-        assert torch.equal(integer, float64) and integer.shape == (14, 18, layer.out_channels)
+        integer, float32, float64 = (exact(x, kernel) for kernel in KERNELS)
+        assert torch.equal(integer, float64) and torch.equal(float32, float64) and integer.shape == (14, 18, layer.out_channels)
         assert torch.equal(integer, torch.round(integer))
         if exact.taps is not None:  # the last layer, few outputs: summed into place by default
             assert torch.equal(exact(x), float64)
         reference = torch.nn.functional.conv_transpose2d(
             x.permute(2, 0, 1)[None] * 2.0**-in_bits, layer.weight.double(), layer.bias.double(), 2, 2, 1)
         assert (integer * 2.0**-15 - reference[0].permute(1, 2, 0)).abs().max() < 1e-3 * reference.abs().max()
+
+
+def test_every_kernel_gives_the_same_integers_at_the_bounds_of_wide_layers():
+    """Issue 37: the largest inputs and weights of a layer as wide as the medium preset's (9 taps x 192
+    channels in, 128 out), on the three kernels; float32 is exact there (1728 x 2**12 < 2**24)."""
+    torch.manual_seed(7)
+    layer = torch.nn.ConvTranspose2d(192, 128, 5, 2, 2, 1)
+    with torch.no_grad():
+        layer.weight.uniform_(-0.05, 0.05)
+        layer.weight[:, :, 2, 2] = 0.05  # every input at its largest weight in one column
+    for in_bits, in_digits in [(0, 2), (15, ACTIVATION_DIGITS)]:
+        exact = ExactDeconv(layer, in_bits, in_digits)
+        top = digit_max(in_digits)
+        x = torch.randint(-top, top + 1, (5, 6, 192)).double()
+        x[2] = top  # a row of the largest inputs
+        x[3] = -top
+        results = [exact(x, kernel) for kernel in KERNELS]
+        assert all(torch.equal(r, results[-1]) for r in results)
+
+
+def test_a_layer_too_long_for_exact_digit_sums_is_refused():
+    layer = torch.nn.ConvTranspose2d(512, 8, 5, 2, 2, 1)  # 9 taps x 512 channels: 4608 x 2**12 > 2**24 (and int32's bound)
+    with pytest.raises(ExactnessError, match="digit products"):
+        ExactDeconv(layer, 15, ACTIVATION_DIGITS)
+
+
+def test_the_kernel_is_probed_once_per_shape_or_forced(monkeypatch):
+    exact = ExactDeconv(random_synthesis(seed=8)[2], 15, ACTIVATION_DIGITS)
+    monkeypatch.delenv(KERNEL_VARIABLE, raising=False)
+    chosen = kernel_for(exact, torch.device("cpu"))
+    mine = [p for p in probed() if (p["inputs"], p["outputs"], p["input_digits"]) == exact.shape]
+    assert chosen in KERNELS and [p["kernel"] for p in mine] == [chosen] and set(mine[0]["seconds"]) == set(KERNELS)
+    assert kernel_for(exact, torch.device("cpu")) == chosen and len(probed()) == len(set(map(str, probed())))
+    for kernel in KERNELS:
+        monkeypatch.setenv(KERNEL_VARIABLE, kernel)
+        assert kernel_for(exact, torch.device("cpu")) == kernel
+    assert kernel_for(exact, torch.device("meta")) == "float64"  # off the CPU: float64 products
+    monkeypatch.setenv(KERNEL_VARIABLE, "int4")
+    with pytest.raises(KernelError, match="names no synthesis kernel; choose one of int8, float32, float64"):
+        kernel_for(exact, torch.device("cpu"))
+
+
+def test_every_kernel_decodes_a_file_to_the_same_pixels(monkeypatch):
+    model = registry.load_model("grm/small/vr", 5)
+    data = codec.compress(natural_image(130, 70, seed=3), model)
+    pixels = set()
+    for kernel in ["", *KERNELS]:  # "": the probe's choice
+        monkeypatch.setenv(KERNEL_VARIABLE, kernel)
+        pixels.add(codec.decompress(data, model).tobytes())
+    assert len(pixels) == 1
 
 
 def test_exact_synthesis_is_close_to_the_float_transform_of_a_shipped_model():

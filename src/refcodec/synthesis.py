@@ -25,12 +25,21 @@ the order of the additions, blocking, fused multiply-adds, thread count or devic
 ``benchmarks/exact_synthesis.py`` records them.
 
 How the integer sums are computed does not change them, so the fastest exact way is used on each
-device. On a CPU the transposed convolutions split their operands into signed 7-bit digits
-(x = x0 + 128 x1 + 128**2 x2, weights two digits) and multiply the digits as int8 matrices with
-int32 sums (``torch._int_mm``, oneDNN's s8s8s32 GEMM), which are exact: a column sums at most
-2 * 576 products below 2**12, far from 2**31, and 7-bit digits keep every pair of products below
-2**15, so even the AVX2 instruction that saturates 16-bit pair sums cannot saturate. Elsewhere (a
-GPU) they are float64 products of im2col rows, exact by the bound above. No convolution kernel of a
+machine. A transposed convolution's sums have three exact kernels (``KERNELS``):
+
+- ``int8``: the operands split into signed 7-bit digits (x = x0 + 128 x1 + 128**2 x2, weights two
+  digits), multiplied as int8 matrices with int32 sums (``torch._int_mm``, oneDNN's s8s8s32 GEMM): a
+  column sums at most 2 * 576 products below 2**12, far from 2**31, and 7-bit digits keep every pair of
+  products below 2**15, so even the AVX2 instruction that saturates 16-bit pair sums cannot saturate.
+  Fast where oneDNN has VNNI; elsewhere torch falls back to a generic int8 GEMM, many times slower;
+- ``float32``: the same digits multiplied as float32 matrices: each product is at most 2**12 and a column
+  sums fewer than 4096 of them (checked per layer when it is prepared, as the int8 bound is), so every
+  partial sum is an integer below 2**24, which float32 holds exactly in any order;
+- ``float64``: the integers themselves multiplied in float64, exact by the worst-case bound above.
+
+On a CPU a short timed probe of the three on each layer's shape, at its first use in a process, picks
+the fastest (:func:`kernel_for`; ``REFCODEC_SYNTHESIS_KERNEL`` forces one, for tests and bug reports);
+elsewhere (a GPU, whose float32 products may run in TF32) the float64 one. No convolution kernel of a
 library, and so no cuDNN algorithm, is on this path.
 
 Each layer rounds to units and the weights carry 13 significant bits, so the pixels are those of
@@ -42,11 +51,14 @@ with the float32 transform they were written for (``models.base.CompressionModel
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import RefcodecError
 from .fixedpoint import WEIGHT_BITS, cached, snap
 from .layers.gdn import IGSDN
 
@@ -58,6 +70,13 @@ ACTIVATION_DIGITS = 3  # later activations: |x| <= 1040319 units (31.7)
 EXACT = 2.0**53  # float64 holds every integer below this
 FEW_OUTPUTS = 8  # a transposed convolution with at most this many output channels sums its taps into place
 BLOCK = 1024  # positions per product on a CPU: a block's buffers stay in cache; elsewhere one block per layer
+KERNELS = ("int8", "float32", "float64")  # exact ways to compute a transposed convolution's integer sums
+KERNEL_VARIABLE = "REFCODEC_SYNTHESIS_KERNEL"  # names one of KERNELS to use on a CPU instead of the probe's choice
+FLOAT32_EXACT = 2.0**24  # float32 holds every integer below this
+PROBE_SIZE = (8, 16)  # the probe's first input, rows x columns of a layer's input: a millisecond a kernel on VNNI
+PROBE_GROW = 2  # the side of its second input, for the kernels within PROBE_KEEP of the fastest on the first
+PROBE_KEEP = 3.0
+_PROBED: dict[tuple, dict[str, float]] = {}  # (layer shape, threads) -> seconds of each kernel on the probe
 
 
 class ExactnessError(ValueError):
@@ -69,17 +88,18 @@ def digit_max(count: int) -> int:
     return 63 * sum(128**i for i in range(count))
 
 
-def digits(x: torch.Tensor, count: int) -> list[torch.Tensor]:
-    """Integers |x| <= digit_max(count) (float) as int8 digits d_i in [-64, 63], x = sum_i 128**i d_i.
+def digits(x: torch.Tensor, count: int, dtype: torch.dtype = torch.int8) -> list[torch.Tensor]:
+    """Integers |x| <= digit_max(count) (float) as digits d_i in [-64, 63], x = sum_i 128**i d_i, of ``dtype``
+    (int8, or float32 for the float32 kernel).
 
     In float32, which holds these integers and every step exactly (scaling by 1/128, adding 1/2, floor)."""
     v = x.float()
     out = []
     for _ in range(count - 1):
         high = v.mul(1 / 128).add_(0.5).floor_()
-        out.append(torch.add(v, high, alpha=-128).to(torch.int8))
+        out.append(torch.add(v, high, alpha=-128).to(dtype))
         v = high
-    return out + [v.to(torch.int8)]
+    return out + [v.to(dtype)]
 
 
 def _check(name: str, worst: torch.Tensor, limit: float = EXACT) -> float:
@@ -93,6 +113,39 @@ def _check(name: str, worst: torch.Tensor, limit: float = EXACT) -> float:
 
 def _block(x: torch.Tensor) -> int:
     return BLOCK if x.device.type == "cpu" else 1 << 62
+
+
+class KernelError(RefcodecError):
+    """REFCODEC_SYNTHESIS_KERNEL names no kernel."""
+
+
+def forced_kernel() -> str | None:
+    """The kernel REFCODEC_SYNTHESIS_KERNEL names, or None when it is unset or empty."""
+    name = os.environ.get(KERNEL_VARIABLE, "").strip()
+    if name and name not in KERNELS:
+        raise KernelError(f"{KERNEL_VARIABLE}={name!r} names no synthesis kernel; choose one of {', '.join(KERNELS)}")
+    return name or None
+
+
+def kernel_for(layer: ExactDeconv, device: torch.device) -> str:
+    """The kernel ``layer`` runs with on ``device``: the forced one, else on a CPU the fastest on the probe
+    (timed once per layer shape and thread count in a process), elsewhere float64."""
+    if device.type != "cpu":
+        return "float64"
+    forced = forced_kernel()
+    if forced:
+        return forced
+    key = (layer.shape, torch.get_num_threads())
+    if key not in _PROBED:
+        _PROBED[key] = layer.probe()
+    return min(_PROBED[key], key=_PROBED[key].get)
+
+
+def probed() -> list[dict]:
+    """What this process's probes measured: per layer shape and thread count, the seconds of every kernel
+    on the probe input and the kernel chosen (for ``refcodec demo`` and the benchmarks)."""
+    return [{"inputs": shape[0], "outputs": shape[1], "input_digits": shape[2], "threads": threads,
+             "seconds": times, "kernel": min(times, key=times.get)} for (shape, threads), times in _PROBED.items()]  # fmt: skip
 
 
 class ExactDeconv:
@@ -127,7 +180,12 @@ class ExactDeconv:
                 self.worst = max(self.worst, _check("transposed convolution", w.abs().sum(0) * in_max + b_int.abs()))
                 _check("int8 digit products", torch.tensor(64.0 * len(w) * (digit_max(WEIGHT_DIGITS) + 64)), 2.0**31)
                 offsets = [(e + self.lo, f + self.lo) for e, f in taps]
-                self.phases.append((a, b, offsets, w, torch.cat(digits(w, WEIGHT_DIGITS), 1), b_int, 2 ** (SYNTHESIS_BITS - in_bits - exponent)))
+                weight_digits = torch.cat(digits(w, WEIGHT_DIGITS), 1)
+                self.phases.append((a, b, offsets, w, {"int8": weight_digits, "float32": weight_digits.float()}, b_int,
+                                    2 ** (SYNTHESIS_BITS - in_bits - exponent)))  # fmt: skip
+        rows = max(len(w) for _, _, _, w, *_ in self.phases)  # the longest column: taps * C_in
+        _check("float32 digit products", torch.tensor(64.0 * 64.0 * rows), FLOAT32_EXACT)  # products below 2**12
+        self.shape = (rows, weight.shape[1], in_digits)
         self.stride, self.cout, self.kernel = s, weight.shape[1], k
         self.in_digits, self.in_max = in_digits, digit_max(in_digits)
         self.digit_weights = torch.tensor([128.0**i for i in range(in_digits)], dtype=torch.float64)
@@ -143,28 +201,32 @@ class ExactDeconv:
     def to(self, device: torch.device) -> ExactDeconv:
         self.taps = None if self.taps is None else self.taps.to(device)
         self.digit_weights = self.digit_weights.to(device)
-        self.phases = [(a, b, o, w.to(device), d, bias.to(device), scale.to(device)) for a, b, o, w, d, bias, scale in self.phases]
+        self.phases = [(a, b, o, w.to(device), {k: v.to(device) for k, v in d.items()}, bias.to(device), scale.to(device))
+                       for a, b, o, w, d, bias, scale in self.phases]  # fmt: skip
         return self
 
-    def __call__(self, x: torch.Tensor, integer: bool | None = None) -> torch.Tensor:
-        """Output units of input units ``x`` (H, W, C); ``integer``: int8 digit products (default on a CPU)
-        or float64 products (elsewhere), the same numbers."""
+    def __call__(self, x: torch.Tensor, kernel: str | None = None) -> torch.Tensor:
+        """Output units of input units ``x`` (H, W, C) with ``kernel`` (one of KERNELS; by default
+        :func:`kernel_for`, or for few outputs the products summed into place), the same numbers with any."""
         h, w, _ = x.shape
         s, cout = self.stride, self.cout
-        if self.taps is not None and integer is None:
+        if self.taps is not None and kernel is None:
             return self._scatter(x)
-        integer = x.device.type == "cpu" if integer is None else integer
+        kernel = kernel or kernel_for(self, x.device)
+        digit_type = {"int8": torch.int8, "float32": torch.float32}.get(kernel)
         pad = (0, 0, self.lo, self.hi, self.lo, self.hi)
-        planes = [F.pad(d, pad) for d in digits(x, self.in_digits)] if integer else [F.pad(x, pad)]
+        planes = [F.pad(d, pad) for d in digits(x, self.in_digits, digit_type)] if digit_type else [F.pad(x, pad)]
         out = x.new_empty(h, s, w, s, cout)
         rows = max(1, min(h, _block(x) // w))
         # Buffers reused by every block and phase: fresh memory for each product would cost more than the product.
         taps = max(len(offsets) for _, _, offsets, *_ in self.phases)
         columns = planes[0].new_empty(len(planes) * rows * w * taps * x.shape[2])
-        if integer:
+        if digit_type:
             size = rows * w * cout * len(planes)
-            buffers = (torch.empty(size * WEIGHT_DIGITS, dtype=torch.int32, device=x.device), torch.empty(size, dtype=torch.int32, device=x.device),
-                       x.new_empty(size))  # fmt: skip
+            products = torch.int32 if kernel == "int8" else torch.float32
+            sums = torch.int32 if kernel == "int8" else torch.float64  # float32 pairs sum past 2**24: in float64
+            buffers = (torch.empty(size * WEIGHT_DIGITS, dtype=products, device=x.device),
+                       torch.empty(size * (1 if kernel == "int8" else WEIGHT_DIGITS), dtype=sums, device=x.device), x.new_empty(size))  # fmt: skip
         acc = x.new_empty(rows * w, cout)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
@@ -173,8 +235,8 @@ class ExactDeconv:
                 cols = columns[: len(planes) * n * len(offsets) * x.shape[2]].view(len(planes), r1 - r0, w, -1)
                 for plane, col in zip(planes, cols):  # im2col: the taps of each position side by side
                     torch.cat([plane[r0 + i : r1 + i, j : j + w] for i, j in offsets], -1, out=col)
-                if integer:
-                    self._digit_products(cols.view(len(planes) * n, -1), weight_digits, buffers, acc[:n])
+                if digit_type:
+                    self._digit_products(cols.view(len(planes) * n, -1), weight_digits[kernel], buffers, acc[:n])
                 else:
                     torch.mm(cols[0].view(n, -1), weight, out=acc[:n])
                 out[r0:r1, a, :, b] = acc[:n].add_(bias).mul_(scale).round_().view(r1 - r0, w, cout)
@@ -196,16 +258,42 @@ class ExactDeconv:
         return acc.view(self.cout, h * s, w * s).permute(1, 2, 0)
 
     def _digit_products(self, columns: torch.Tensor, weight_digits: torch.Tensor, buffers: tuple[torch.Tensor, ...], acc: torch.Tensor) -> None:
-        """acc = sum_k x_k w_kc exactly, from the int8 digits of x (the column matrices of every digit, stacked,
-        lowest first) and of w: int32 sums per digit of x (below 2**31, checked), then float64 sums of them
+        """acc = sum_k x_k w_kc exactly, from the digits of x (the column matrices of every digit, stacked,
+        lowest first) and of w, int8 or float32: int32 (below 2**31, checked) or float32 (below 2**24, checked)
+        sums per pair of digits; the weight digits' pair summed in int32 or float64; then float64 sums of those
         times 128**i (integers below 2**53: exact in any order)."""
         products, sums, sums_float = buffers
         count, size = self.in_digits, acc.numel()
-        product = torch._int_mm(columns, weight_digits, out=products[: WEIGHT_DIGITS * count * size].view(len(columns), -1))
+        out = products[: WEIGHT_DIGITS * count * size].view(len(columns), -1)
+        product = torch._int_mm(columns, weight_digits, out=out) if columns.dtype == torch.int8 else torch.mm(columns, weight_digits, out=out)
         product = product.view(count, -1, WEIGHT_DIGITS, self.cout)
+        if product.dtype == torch.float32:
+            product = sums[: WEIGHT_DIGITS * count * size].view(product.shape).copy_(product)
+            sums = sums_float
         digit_sums = torch.add(product[:, :, 0], product[:, :, 1], alpha=128, out=sums[: count * size].view(count, -1, self.cout))
         digit_sums = sums_float[: count * size].view(count, -1).copy_(digit_sums.view(count, -1))
         torch.mv(digit_sums.T, self.digit_weights, out=acc.view(-1))
+
+    def probe(self) -> dict[str, float]:
+        """Seconds of each kernel on this layer's shape: one call each on a PROBE_SIZE input, then the best of two
+        calls on a PROBE_GROW times larger one for the kernels within PROBE_KEEP of the fastest, so that a kernel
+        many times slower on this machine (int8 without VNNI) costs one small call."""
+        c_in = self.phases[0][3].shape[0] // len(self.phases[0][2])
+        top = digit_max(self.in_digits)
+
+        def seconds(kernel: str, x: torch.Tensor, calls: int) -> float:
+            best = math.inf
+            for _ in range(calls):
+                start = time.perf_counter()
+                self(x, kernel)
+                best = min(best, time.perf_counter() - start)
+            return best
+
+        small = torch.randint(-top, top + 1, (*PROBE_SIZE, c_in)).double()
+        times = {kernel: seconds(kernel, small, 1) for kernel in KERNELS}
+        large = torch.randint(-top, top + 1, (PROBE_SIZE[0] * PROBE_GROW, PROBE_SIZE[1] * PROBE_GROW, c_in)).double()
+        fastest = min(times.values())
+        return times | {k: seconds(k, large, 2) for k, t in times.items() if t <= PROBE_KEEP * fastest}
 
 
 class ExactIGSDN:
