@@ -199,19 +199,24 @@ def test_train_precision_compares_bf16_convolutions_with_float32(tmp_path):
     assert first[0] != first[1] and first[0] == pytest.approx(first[1], rel=0.05)
 
 
-def test_exact_synthesis_times_both_syntheses_in_one_run(tmp_path):
+def test_exact_synthesis_times_every_kernel_under_both_dispatches_in_one_run(tmp_path):
     folder, out = tmp_path / "images", tmp_path / "exact.json"
     folder.mkdir()
     for i in range(2):
         sample_image(96 + 32 * i, 64).save(folder / f"{i}.png")
     cmd = [sys.executable, str(BENCHMARKS / "exact_synthesis.py"), str(folder), "--models", "grm/small/vr",
-           "--threads", "1", "-o", str(out)]  # fmt: skip
+           "--threads", "1", "--repeat", "1", "--dispatch", "native", "avx2", "-o", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
-    model = json.loads(out.read_text())["models"]["grm/small/vr"]
-    assert len(model["per_image"]) == 2 and model["seconds_exact"] > 0 and model["seconds_float32"] > 0
-    assert abs(model["psnr_exact"] - model["psnr_float32"]) < 0.01
-    assert [layer[0] for layer in model["worst_case_log2"]] == ["ExactDeconv", "ExactIGSDN"] * 3 + ["ExactDeconv"]
-    assert out.with_suffix(".md").read_text().count("grm/small/vr") == 1
+    report = json.loads(out.read_text())["dispatch"]
+    assert report["avx2"]["cpu_capability"] in ("AVX2", "DEFAULT") and not report["avx2"]["mkldnn"] and report["native"]["mkldnn"]
+    for dispatch in report.values():
+        model = dispatch["models"]["grm/small/vr"]
+        assert len(model["per_image"]) == 2 and set(model["seconds"]) == {"float", "probe", "int8", "float32", "float64"}
+        assert all(t > 0 for t in model["seconds"].values())
+        assert abs(model["psnr_exact"] - model["psnr_float32"]) < 0.01
+        assert [layer[0] for layer in model["worst_case_log2"]] == ["ExactDeconv", "ExactIGSDN"] * 3 + ["ExactDeconv"]
+        assert dispatch["probed"] and all(p["kernel"] in ("int8", "float32", "float64") for p in dispatch["probed"])
+    assert out.with_suffix(".md").read_text().count("grm/small/vr") == 2
 
 
 def test_vr_speed_times_the_variable_rate_model_against_a_fixed_rate_one(tmp_path):
