@@ -16,6 +16,7 @@ from refcodec.cli import main as cli
 from refcodec.fixedpoint import WEIGHT_BITS
 from refcodec.layers.gain import GainUnit, interpolate_log
 from refcodec.models import convert, registry
+from refcodec.models.base import CompressionModel
 from refcodec.train import trainer
 
 from conftest import load_script, natural_image, save_tiny, torch_threads
@@ -173,8 +174,16 @@ def test_rate_control_meets_targets(image):
     image = image.convert("L").convert("RGB")  # its random saturated colours cap the model at 19.6 dB from quality 3 up
     sizes = {q: 8 * len(codec.compress(image, model, quality=q)) / (128 * 96) for q in (2, 6)}
     target = (sizes[2] + sizes[6]) / 2
-    choice = ratecontrol.search(image, model, target_bpp=target)
-    assert choice.bpp <= target and 2 < choice.quality < 6
+    synthesized, synthesize = [], CompressionModel.synthesize
+
+    def counted(self, *args, **kwargs):
+        synthesized.append(1)
+        return synthesize(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:  # a rate target synthesizes only the file it returns (its decode)
+        patch.setattr(CompressionModel, "synthesize", counted)
+        choice = ratecontrol.search(image, model, target_bpp=target)
+    assert choice.bpp <= target and 2 < choice.quality < 6 and len(synthesized) == 1
     assert choice.encodes <= 2 + math.ceil(math.log2(len(options)))
     above = 8 * len(codec.compress(image, model, quality=choice.quality + 1 / ratecontrol.QUALITY_GRID)) / (128 * 96)
     assert above > target  # the next quality on the grid would be too large

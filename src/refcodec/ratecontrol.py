@@ -9,8 +9,9 @@ quality, so bisection needs about log2(candidates) encodes after the two ends. I
 next to one that misses it: the best file where the curve is monotone. PSNR may wobble between
 neighbouring grid qualities (by up to 0.07 dB on a 128x96 image near the top of the range), and
 there a lower quality elsewhere may meet a PSNR target too. Every candidate is a real encode (the file's
-exact size); its PSNR (or MS-SSIM) comes from the latents the file codes, synthesized as the decoder
-does, and the chosen file is decoded once to report what a user gets.
+exact size); for a PSNR or MS-SSIM target its distortion comes from the latents the file codes, synthesized
+as the decoder does (a bpp target synthesizes none), and the chosen file is decoded once to report what a
+user gets.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from . import codec, images, metrics
@@ -102,26 +104,34 @@ def search(
     score = metrics.ms_ssim if kind == "ms-ssim" else codec.psnr
     options = model if isinstance(model, list) else candidates(model, preset)
     pixels = rgb.width * rgb.height
-    tried: dict[int, tuple[bytes, float, float]] = {}
+    tried: dict[int, tuple[bytes, float, torch.Tensor]] = {}
+    scored: dict[int, float] = {}
 
-    def encode(i: int) -> tuple[bytes, float, float]:
-        """(file, bpp, PSNR or MS-SSIM) of candidate ``i``."""
+    def encode(i: int) -> tuple[bytes, float, torch.Tensor]:
+        """(file, bpp, quantized latents) of candidate ``i``."""
         if i not in tried:
             net, quality, _ = options[i]
             data, y_hat = codec.encode_rgb(rgb, mode, net, quality, effort)
-            with codec.at_quality(net, quality):
-                x_hat = net.synthesize(y_hat)
-            tried[i] = (data, 8 * len(data) / pixels, score(rgb, codec.tensor_to_image(x_hat[:, :, : rgb.height, : rgb.width])))
+            tried[i] = (data, 8 * len(data) / pixels, y_hat)
         return tried[i]
 
+    def distortion(i: int) -> float:
+        """PSNR or MS-SSIM of candidate ``i``, synthesized from its latents as the decoder does (only for a
+        distortion target: a rate target needs no synthesis but that of the file it returns)."""
+        if i not in scored:
+            net, quality, _ = options[i]
+            with codec.at_quality(net, quality):
+                x_hat = net.synthesize(encode(i)[2])
+            scored[i] = score(rgb, codec.tensor_to_image(x_hat[:, :, : rgb.height, : rgb.width]))
+        return scored[i]
+
     def meets(i: int) -> bool:  # monotone: true for low qualities (bpp), for high ones (PSNR, MS-SSIM)
-        _, bpp, distortion = encode(i)
-        return bpp <= target if kind == "bpp" else distortion >= target
+        return encode(i)[1] <= target if kind == "bpp" else distortion(i) >= target
 
     lo, hi = 0, len(options) - 1
     low, high = encode(lo), encode(hi)
-    span = {"bpp": lambda: _span(low[1], high[1], 4, "bpp"), "psnr": lambda: _span(low[2], high[2], 2, "dB"),
-            "ms-ssim": lambda: _span(low[2], high[2], 4, "MS-SSIM")}[kind]()  # fmt: skip
+    span = {"bpp": lambda: _span(low[1], high[1], 4, "bpp"), "psnr": lambda: _span(distortion(lo), distortion(hi), 2, "dB"),
+            "ms-ssim": lambda: _span(distortion(lo), distortion(hi), 4, "MS-SSIM")}[kind]()  # fmt: skip
     where = f"quality {options[lo][2]:g}-{options[hi][2]:g} gives {span} on this image"
     wanted = {"bpp": f"{target:g} bpp", "psnr": f"{target:g} dB", "ms-ssim": f"MS-SSIM {target:g}"}[kind]
     if kind == "bpp":
@@ -132,7 +142,7 @@ def search(
             lo, hi = (mid, hi) if meets(mid) else (lo, mid)
         best = hi if meets(hi) else lo
     else:
-        if not meets(hi) or meets(lo) and low[2] > target:
+        if not meets(hi) or meets(lo) and distortion(lo) > target:
             raise TargetError(f"target {wanted} is out of range: {where}")
         while hi - lo > 1:  # invariant: meets(hi)
             mid = (lo + hi) // 2
