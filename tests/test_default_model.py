@@ -1,6 +1,7 @@
 """The shipped default model: trained (not random), loadable by name, and its files match its rate estimate."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -50,6 +51,10 @@ def test_demo_command():
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["bpp"] > 0 and record["psnr"] > 24
+    assert {p["kernel"] for p in record["synthesis_kernels"]} <= {"int8", "float32", "float64"}  # what the probe chose
+    forced = subprocess.run([sys.executable, "-m", "refcodec.cli", "demo"], capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"REFCODEC_SYNTHESIS_KERNEL": "float32"})  # fmt: skip
+    assert forced.stdout.rstrip().endswith("(exact synthesis: float32)")
 
 
 SHIPPED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))

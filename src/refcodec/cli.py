@@ -237,7 +237,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from . import codec
+    from . import codec, synthesis
     from .models.registry import DEFAULT_QUALITY, load_model
     from .sample import sample_image
 
@@ -250,10 +250,12 @@ def cmd_demo(args) -> int:
     end = time.perf_counter()
     psnr = codec.psnr(image, back)
     bpp = 8 * len(data) / (image.width * image.height)
+    kernels = sorted({p["kernel"] for p in synthesis.probed()}) or [synthesis.forced_kernel() or "float64"]
     record = {"model": model.id, "width": image.width, "height": image.height, "bytes": len(data), "bpp": bpp,
-              "psnr": psnr, "encode_seconds": mid - start, "decode_seconds": end - mid}  # fmt: skip
+              "psnr": psnr, "encode_seconds": mid - start, "decode_seconds": end - mid,
+              "synthesis_kernels": synthesis.probed() or kernels}  # fmt: skip
     _emit(args, record, f"{model.id} on a {image.width}x{image.height} sample: {bpp:.4f} bpp, PSNR {psnr:.2f} dB, "
-                        f"encode {mid - start:.2f} s, decode {end - mid:.2f} s")  # fmt: skip
+                        f"encode {mid - start:.2f} s, decode {end - mid:.2f} s (exact synthesis: {', '.join(kernels)})")  # fmt: skip
     return 0
 
 
