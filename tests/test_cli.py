@@ -113,6 +113,17 @@ def test_subcommand_help(capsys, command):
     assert "usage" in capsys.readouterr().out.lower()
 
 
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["info", "FILE"], ["info", "missing.rfc"], ["compress"],
+                                  ["decompress", "FILE", "--bogus"], ["compress", "--help"]])  # fmt: skip
+def test_the_parser_help_version_info_and_usage_errors_do_not_import_torch(argv, files):
+    """Issue 38: an instant start. Importing torch takes seconds; none of these needs it."""
+    argv = [str(files["rfc"]) if a == "FILE" else a for a in argv]
+    code = ("import sys\nfrom refcodec import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "sys.stderr.write('torch imported' if 'torch' in sys.modules else 'no torch')")  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert p.stderr.endswith("no torch"), p.stderr
+
+
 def test_version_names_refcodec_and_torch(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])

@@ -261,9 +261,9 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the subcommands defined here (train, eval, compare, bench and viz parse their own)."""
+    from .efforts import EFFORTS
     from .images import MAX_PIXELS
-    from .refine import EFFORTS
-    from .models.registry import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
+    from .models.presets import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
     from .versions import describe
 
     p = argparse.ArgumentParser(

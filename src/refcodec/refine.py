@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
+from .efforts import EFFORTS
 from .errors import RefcodecError
 from .layers.gain import interpolate_log
 from .metrics import MS_SSIM_MIN_SIDE
@@ -52,7 +53,6 @@ from .models import registry
 from .models.base import ALIGNMENT, STRIDE, CompressionModel
 from .tiling import spans
 
-EFFORTS = {"default": 0, "fast": 40, "slow": 120}  # refinement steps of each effort (fast: see above)
 LEARNING_RATE = 5e-3  # Adam, on the latents (Yang et al. use 5e-3)
 TAU_START = 0.5  # SGA temperature at the start, annealed exponentially ...
 TAU_END = 0.05  # ... to this at the last step

@@ -28,7 +28,7 @@ from PIL import Image, features
 from ..errors import RefcodecError
 from ..images import find_images, read_rgb
 from ..models.registry import DEFAULT_MODEL
-from ..refine import EFFORTS
+from ..efforts import EFFORTS
 from . import bdrate, plot, visual
 from .evaluate import curve_name, distortion, evaluate, summarize
 

@@ -19,7 +19,7 @@ import torch
 
 from .. import codec, metrics
 from ..images import find_images, read_rgb, to_rgb
-from ..refine import EFFORTS
+from ..efforts import EFFORTS
 from ..models.registry import DEFAULT_MODEL, LAMBDAS, load_model
 from ..versions import versions
 

@@ -24,6 +24,7 @@ from ..errors import RefcodecError
 from .base import CompressionModel
 from .baselines import FactorizedPrior, MeanScaleHyperprior
 from .grm import GRM
+from .presets import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, LAMBDAS_MS_SSIM, PRESETS, VARIABLE  # noqa: F401
 
 MODELS = {
     "factorized": FactorizedPrior,
@@ -32,25 +33,7 @@ MODELS = {
     "grm": GRM,
 }
 
-PRESETS = {
-    "paper": {"N": 192, "M": 384},  # Table 1
-    "small": {"N": 64, "M": 96},  # trainable on a CPU
-    "medium": {"N": 128, "M": 192},  # high quality, grown from small (models.widen); the choice: its model card
-    "mbt": {"N": 192, "M": 192},  # CompressAI's mbt2018 at qualities 1-4 (for --init from its checkpoints)
-    "mbt-hq": {"N": 192, "M": 320},  # CompressAI's mbt2018 at qualities 5-8
-}
-
-# MSE lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * 255^2 * MSE), and a quality 0
-# at half of quality 1's lambda (CompressAI's levels are about a factor 2 apart) for rates below 0.2 bpp.
-LAMBDAS = {0: 0.0009, 1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
-# MS-SSIM lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * (1 - MS-SSIM)), and quality 0 likewise.
-LAMBDAS_MS_SSIM = {0: 1.20, 1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 115.37, 8: 220.00}
-VARIABLE = "vr"  # the quality part of a variable-rate model's id; its levels are the qualities above
-
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "grm"
-DEFAULT_PRESET = "small"
-DEFAULT_QUALITY = 3
 
 
 class ModelNotFoundError(RefcodecError):
