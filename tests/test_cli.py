@@ -15,6 +15,7 @@ from PIL import Image
 import refcodec
 from refcodec import cli, codec
 from refcodec.bitstream import read_header
+from refcodec.models import registry
 
 WIDTH, HEIGHT = 40, 30
 
@@ -315,6 +316,55 @@ def test_batch_needs_an_existing_folder(capsys, files, tiny_weights, tmp_path):
     rc, _, err = run_main(capsys, "compress", files["png"], files["png"], "-o", tmp_path / "nope", "--model", tiny_weights)
     assert rc == 1 and "refcodec: error:" in err
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_batch_whose_outputs_collide_is_refused_before_anything_is_written(capsys, files, tiny_weights, tmp_path):
+    """Issue 38: photo.png and photo.webp both map to out/photo.rfc; the second used to replace the first silently."""
+    files["image"].save(tmp_path / "photo.png")
+    files["image"].save(tmp_path / "photo.webp", lossless=True)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    rc, out, err = run_main(capsys, "compress", tmp_path / "photo.png", tmp_path / "photo.webp", "-o", out_dir, "--model", tiny_weights, "--force")
+    assert_one_line_error(rc, err)
+    assert "photo.png and" in err and "photo.webp would both be written to" in err and out == ""
+    assert list(out_dir.iterdir()) == []
+
+
+def test_batch_errors_name_the_input_once(capsys, files, tiny_weights, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    rc, _, err = run_main(capsys, "compress", files["png"], empty, "-o", tmp_path, "--model", tiny_weights)
+    assert rc == 1 and err.count(str(empty)) == 1
+
+
+@pytest.mark.parametrize("extension", sorted(cli.FORMATS))
+def test_decompress_writes_the_format_its_extension_names(capsys, files, tiny_weights, tmp_path, extension):
+    """Issue 38: x.jpg used to hold PNG bytes. Every format but JPEG keeps the decoded pixels exactly."""
+    out = tmp_path / f"x{extension}"
+    rc, printed, _ = run_main(capsys, "decompress", files["rfc"], "-o", out, "--model", tiny_weights, "--json")
+    kind = cli.FORMATS[extension][0]
+    assert rc == 0 and json.loads(printed)["format"] == kind
+    with Image.open(out) as written:
+        assert written.format == kind
+        pixels = np.asarray(written.convert("RGB"), dtype=np.int16)
+    decoded = np.asarray(codec.decompress(files["data"], registry.load_model(str(tiny_weights))).convert("RGB"), dtype=np.int16)
+    if kind == "JPEG":  # lossy: close to the decoded pixels
+        assert 10 * np.log10(255**2 / np.square(pixels - decoded).mean()) > 30
+    else:
+        assert np.array_equal(pixels, decoded)
+
+
+def test_decompress_refuses_an_unknown_extension_and_a_missing_folder_before_decoding(capsys, monkeypatch, files, tiny_weights, tmp_path):
+    """Issue 38: the missing folder was found only after the whole decode."""
+    monkeypatch.setattr(codec, "decompress", lambda *a, **k: pytest.fail("decoded before the output was checked"))
+    for out, words in ((tmp_path / "x.xyz", "cannot tell the image format from '.xyz'"),
+                       (tmp_path / "missing" / "x.png", "the folder"), (tmp_path, "cannot tell the image format")):  # fmt: skip
+        rc, _, err = run_main(capsys, "decompress", files["rfc"], "-o", out, "--model", tiny_weights)
+        assert_one_line_error(rc, err)
+        assert words in err
+    rc, _, err = run_main(capsys, "compress", files["png"], "-o", tmp_path / "missing" / "x.rfc", "--model", tiny_weights)
+    assert_one_line_error(rc, err)
+    assert "does not exist" in err and not (tmp_path / "missing").exists()
 
 
 # -- no partial outputs ------------------------------------------------------------------------

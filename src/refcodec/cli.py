@@ -100,13 +100,41 @@ def _emit(args, record: dict, line: str) -> None:
 
 
 def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[Path]:
+    """The output of every input: ``out`` itself for one input, else the input's name with ``suffix`` beside it or
+    in the folder ``out``. Refused, before anything is written, where two inputs would map to one output."""
     if len(inputs) == 1 and out and not Path(out).is_dir():
         return [Path(out)]
-    if out is None:
-        return [Path(i).with_suffix(suffix) for i in inputs]
-    if not Path(out).is_dir():
+    if out is not None and not Path(out).is_dir():
         raise CliError(f"{out}: with several inputs, -o must be an existing folder")
-    return [Path(out) / (Path(i).stem + suffix) for i in inputs]
+    outputs = [Path(i).with_suffix(suffix) if out is None else Path(out) / (Path(i).stem + suffix) for i in inputs]
+    seen: dict[Path, str] = {}
+    for src, dst in zip(inputs, outputs):
+        key = Path(os.path.abspath(dst))
+        if key in seen:
+            raise CliError(f"{seen[key]} and {src} would both be written to {dst}; compress them into separate folders "
+                           "or one at a time (nothing was written)")  # fmt: skip
+        seen[key] = src
+    return outputs
+
+
+def _check_output(path: Path, force: bool) -> None:
+    """Refuse, before any coding, an output that could not be written: an existing file without ``force``,
+    a folder, or a parent folder that is missing or not writable."""
+    if path.is_dir():
+        raise CliError(f"{path} is a directory")
+    if path.exists() and not force:
+        raise CliError(f"{path} exists (use --force to overwrite)")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CliError(f"cannot write {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"cannot write {path}: the folder {parent} is not writable")
+
+
+# What ``decompress`` writes for an output's extension: Pillow's format and options (every one lossless but JPEG).
+FORMATS = {".png": ("PNG", {}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}), ".bmp": ("BMP", {}), ".ppm": ("PPM", {}),
+           ".pgm": ("PPM", {}), ".pnm": ("PPM", {}), ".webp": ("WEBP", {"lossless": True, "quality": 100}),
+           ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}), ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0})}  # fmt: skip
 
 
 def cmd_compress(args) -> int:
@@ -126,8 +154,7 @@ def cmd_compress(args) -> int:
     failures = []
     for src, dst in zip(args.images, _outputs(args.images, args.output, ".rfc")):
         try:
-            if dst.exists() and not args.force:
-                raise CliError(f"{dst} exists (use --force to overwrite)")
+            _check_output(dst, args.force)
             start = time.perf_counter()
             image = images.load_image(src, args.max_pixels)
             if model is None:  # loaded once, after the first readable input
@@ -155,7 +182,7 @@ def cmd_compress(args) -> int:
         except (CliError, RefcodecError, OSError) as e:
             if len(args.images) == 1:
                 raise
-            failures.append(f"{src}: {e}")
+            failures.append(str(e) if str(src) in str(e) else f"{src}: {e}")  # the path once
     for f in failures:
         print(f"refcodec: error: {f}", file=sys.stderr)
     return EXIT_ERROR if failures else 0
@@ -193,8 +220,9 @@ def cmd_decompress(args) -> int:
         raise CliError("--device cuda: no CUDA device is available")
     src = Path(args.file)
     dst = Path(args.output) if args.output else src.with_suffix(".png")
-    if dst.exists() and not args.force:
-        raise CliError(f"{dst} exists (use --force to overwrite)")
+    if dst.suffix.lower() not in FORMATS:
+        raise CliError(f"{dst}: cannot tell the image format from {dst.suffix or 'no extension'!r}; use one of {', '.join(FORMATS)}")
+    _check_output(dst, args.force)
     data = _read(src)
     model = None
     if args.model:
@@ -208,10 +236,12 @@ def cmd_decompress(args) -> int:
     from io import BytesIO
 
     buf = BytesIO()
-    image.save(buf, format="PNG")
+    kind, options = FORMATS[dst.suffix.lower()]
+    image.save(buf, format=kind, **options)
     _write_atomic(dst, buf.getvalue(), args.force)
-    record = {"input": str(src), "output": str(dst), "width": image.width, "height": image.height, "seconds": seconds}
-    _emit(args, record, f"{src} -> {dst}: {image.width}x{image.height}, {seconds:.2f} s")
+    record = {"input": str(src), "output": str(dst), "format": kind, "width": image.width, "height": image.height, "seconds": seconds}
+    lossy = " (JPEG at quality 95, 4:4:4: lossy; PNG, TIFF, BMP, PPM and WebP keep the decoded pixels)" if kind == "JPEG" else ""
+    _emit(args, record, f"{src} -> {dst}: {image.width}x{image.height} {kind}{lossy}, {seconds:.2f} s")
     return 0
 
 
@@ -319,10 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(c, model=True, limit=True)
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", help="decompress a .rfc file into a PNG",
-                       description="Decompress a .rfc file into a PNG, with the model and weights named in its header.")  # fmt: skip
+    d = sub.add_parser("decompress", help="decompress a .rfc file into an image file",
+                       description="Decompress a .rfc file, with the model and weights named in its header, into the format "
+                       "the output's extension names: PNG, TIFF, BMP, PPM/PGM, WebP (lossless) or JPEG (lossy: quality 95, 4:4:4).")  # fmt: skip
     d.add_argument("file", help="a .rfc file written by refcodec compress")
-    d.add_argument("-o", "--output", help="output PNG (default: FILE with .png)")
+    d.add_argument("-o", "--output", help="output image, its format by its extension (default: FILE with .png)")
     d.add_argument("--force", action="store_true", help="overwrite an existing output")
     d.add_argument("--model", help="weights to decode with (default: the shipped model named in the file)")
     d.add_argument("--device", choices=["cpu", "cuda"], default="cpu",

@@ -63,7 +63,8 @@ def load_image(source: str | Path | Image.Image, max_pixels: int = MAX_PIXELS) -
     except Image.DecompressionBombError:  # Pillow refuses from twice its limit, before we see the size
         raise ImageInputError(f"{path}: image exceeds the limit of {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageInputError(f"{path}: not a readable image ({e})") from None
+        detail = str(e).replace(f"'{path}'", "").replace(str(path), "").strip(" :")  # the path is said once, first
+        raise ImageInputError(f"{path}: not a readable image ({detail})" if detail else f"{path}: not a readable image") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
 
