@@ -94,6 +94,9 @@ def test_the_kernel_is_probed_once_per_shape_or_forced(monkeypatch):
     mine = [p for p in probed() if (p["inputs"], p["outputs"], p["input_digits"]) == exact.shape]
     assert chosen in KERNELS and [p["kernel"] for p in mine] == [chosen] and set(mine[0]["seconds"]) == set(KERNELS)
     assert kernel_for(exact, torch.device("cpu")) == chosen and len(probed()) == len(set(map(str, probed())))
+    state = torch.get_rng_state()
+    exact.probe()
+    assert torch.equal(torch.get_rng_state(), state)  # a probe in a training run's validation moves none of its draws
     for kernel in KERNELS:
         monkeypatch.setenv(KERNEL_VARIABLE, kernel)
         assert kernel_for(exact, torch.device("cpu")) == kernel

@@ -1,6 +1,7 @@
 """One model for every rate: gain units, exact qualities in files, initialization, training and rate control."""
 
 import csv
+import json
 import math
 import struct
 import subprocess
@@ -195,9 +196,24 @@ def test_rate_control_meets_targets(image):
     assert codec.psnr(image, codec.decompress(below, model)) < choice.psnr  # the next quality down misses it
     assert api.compress(image, model, target_bpp=target) == choice.data
     with pytest.raises(ratecontrol.TargetError, match=r"target 0.0001 bpp is out of range: quality 0-8 gives"):
-        ratecontrol.search(image, model, target_bpp=0.0001)
+        ratecontrol.search(image, model, target_bpp=0.0001, strict=True)
     with pytest.raises(ratecontrol.TargetError, match="target 99 dB is out of range"):
-        ratecontrol.search(image, model, target_psnr=99)
+        ratecontrol.search(image, model, target_psnr=99, strict=True)
+
+
+@pytest.mark.parametrize("target, end", [({"target_bpp": 0.0001}, 0), ({"target_bpp": 50}, 8), ({"target_psnr": 99}, 8),
+                                         ({"target_psnr": 5}, 0)])  # fmt: skip
+def test_a_target_beyond_the_range_gives_the_nearest_end_with_a_note(image, target, end):
+    """Issue 38: easy targets (5 dB, 50 bpp) and impossible ones give the nearest end's file and say what it
+    reached, in the API (a TargetWarning) and in Pillow; strict=True keeps the refusal."""
+    model = registry.load_model("grm/small/vr")
+    choice = ratecontrol.search(image, model, **target)
+    assert choice.quality == end and choice.data == codec.compress(image, model, quality=end)
+    assert choice.note.startswith(f"target {list(target.values())[0]:g} ") and f"quality {end} gives" in choice.note
+    with pytest.warns(ratecontrol.TargetWarning, match="is out of range"):
+        assert api.compress(image, model, **target) == choice.data
+    with pytest.raises(ratecontrol.TargetError):
+        api.compress(image, model, **target, strict=True)
 
 
 def test_rate_control_to_an_ms_ssim_target(tmp_path, capsys):
@@ -213,7 +229,8 @@ def test_rate_control_to_an_ms_ssim_target(tmp_path, capsys):
     assert metrics.ms_ssim(image, decoded(choice.quality - 1 / ratecontrol.QUALITY_GRID)) < target
     assert api.compress(image, model, target_ms_ssim=target) == choice.data
     with pytest.raises(ratecontrol.TargetError, match="target MS-SSIM 0.99999 is out of range: quality 0-8 gives"):
-        ratecontrol.search(image, model, target_ms_ssim=0.99999)
+        ratecontrol.search(image, model, target_ms_ssim=0.99999, strict=True)
+    assert ratecontrol.search(image, model, target_ms_ssim=0.99999).quality == 8
     with pytest.raises(ratecontrol.TargetError, match="below 1"):
         ratecontrol.search(image, model, target_ms_ssim=1.5)
     src = tmp_path / "a.png"
@@ -232,7 +249,7 @@ def test_rate_control_states_the_range_rounded_inwards(image):
     model = registry.load_model("grm/small/vr")
     top = codec.psnr(image, codec.decompress(codec.compress(image, model, quality=8), model))
     with pytest.raises(ratecontrol.TargetError) as err:
-        ratecontrol.search(image, model, target_psnr=top + 1e-4)
+        ratecontrol.search(image, model, target_psnr=top + 1e-4, strict=True)
     shown = float(str(err.value).split(" gives ")[1].split("-")[1].split(" ")[0])
     assert shown <= top  # rounded down: never above the target
     assert ratecontrol._span(0.12341, 2.57358, 4, "bpp") == "0.1235-2.5735 bpp"
@@ -252,10 +269,13 @@ def test_rate_control_from_the_command_line(image, tmp_path, capsys):
     assert cli(["compress", str(src), "-o", str(tmp_path / "b.rfc"), "-q", "2.25"]) == 0
     assert "quality 2.25" in capsys.readouterr().out
     assert read_header((tmp_path / "b.rfc").read_bytes()).quality == 2.25
-    assert cli(["compress", str(src), "-o", str(tmp_path / "c.rfc"), "--target-psnr", "99"]) == 1
+    assert cli(["compress", str(src), "-o", str(tmp_path / "c.rfc"), "--target-psnr", "99", "--strict-target"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("refcodec: error: target 99 dB is out of range") and err.count("\n") == 1
     assert not (tmp_path / "c.rfc").exists()
+    assert cli(["compress", str(src), "-o", str(tmp_path / "c.rfc"), "--target-psnr", "99", "--json"]) == 0  # the nearest end
+    out, err = capsys.readouterr()
+    assert json.loads(out)["quality"] == 8 and json.loads(out)["note"] in err and err.startswith("refcodec: note: ")
     assert cli(["compress", str(src), "-o", str(tmp_path / "d.rfc"), "-q", "3", "--target-bpp", "0.3"]) == 1
     assert "not both" in capsys.readouterr().err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -19,6 +20,7 @@ def compress(
     max_pixels: int = images.MAX_PIXELS,
     effort: str = "default",
     target_ms_ssim: float | None = None,
+    strict: bool = False,
 ) -> bytes:
     """Compress an image into a refcodec bitstream.
 
@@ -26,9 +28,15 @@ def compress(
     models); ``target_bpp``, ``target_psnr`` or ``target_ms_ssim`` instead finds the quality by bisection on real
     encodes (``ratecontrol``; use ``ratecontrol.search`` to get the chosen quality as well).
     ``effort="fast"`` or ``"slow"`` refines each image's latents for smaller files (``refine``), decoder unchanged.
+    A target beyond the model's range on the image gives the nearest end's file and a ``TargetWarning`` saying
+    what it reached; ``strict=True`` raises ``ratecontrol.TargetError`` instead.
     """
     if target_bpp is None and target_psnr is None and target_ms_ssim is None:
         return codec.compress(image, model, quality, max_pixels, effort)
     if quality is not None:
         raise ValueError("give a quality or a target, not both")
-    return ratecontrol.search(image, model, target_bpp, target_psnr, max_pixels=max_pixels, effort=effort, target_ms_ssim=target_ms_ssim).data
+    choice = ratecontrol.search(image, model, target_bpp, target_psnr, max_pixels=max_pixels, effort=effort,
+                                target_ms_ssim=target_ms_ssim, strict=strict)  # fmt: skip
+    if choice.note:
+        warnings.warn(choice.note, ratecontrol.TargetWarning, stacklevel=2)
+    return choice.data

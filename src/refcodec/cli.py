@@ -162,8 +162,11 @@ def cmd_compress(args) -> int:
             record = {"input": src, "output": str(dst)}
             if target:
                 choice = ratecontrol.search(image, model, args.target_bpp, args.target_psnr, args.preset, args.max_pixels, args.effort,
-                                            args.target_ms_ssim)  # fmt: skip
+                                            args.target_ms_ssim, args.strict_target)  # fmt: skip
                 data = choice.data
+                if choice.note:
+                    record["note"] = choice.note
+                    print(f"refcodec: note: {src}: {choice.note}", file=sys.stderr)
                 record |= {"quality": choice.quality, "psnr": choice.psnr, "encodes": choice.encodes}
                 ms_ssim = "" if choice.ms_ssim is None else f", MS-SSIM {choice.ms_ssim:.4f}"
                 record |= {} if choice.ms_ssim is None else {"ms_ssim": choice.ms_ssim}
@@ -346,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-ms-ssim", type=float, metavar="M",
                         help="rate control: the lowest quality whose decoded image has at least MS-SSIM M (0-1; "
                         "with --metric ms-ssim, the model trained for it)")  # fmt: skip
+    c.add_argument("--strict-target", action="store_true",
+                   help="refuse a target beyond the model's range on an image (default: the nearest end's file, with a note)")  # fmt: skip
     common(c, model=True, limit=True)
     c.set_defaults(func=cmd_compress)
 

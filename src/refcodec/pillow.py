@@ -6,7 +6,7 @@ Importing this module registers the format ``REFCODEC`` (extension ``.rfc``, MIM
     import refcodec.pillow                                # or refcodec.register_pillow()
     im = Image.open("photo.rfc")                          # size and mode from the header
     im.load()                                             # decodes (refcodec.decompress)
-    im.save("photo.rfc", quality=3)                       # or target_bpp=, target_psnr=, target_ms_ssim=, effort=, model=
+    im.save("photo.rfc", quality=3)                       # or target_bpp=, target_psnr=, target_ms_ssim=, effort=, model=, strict=
     refcodec.register_pillow(models=["run/weights.safetensors"])  # also decode files of your own weights
 
 ``Image.open`` recognizes a file by its magic number and checks the whole container (header
@@ -28,7 +28,7 @@ from .errors import RefcodecError
 FORMAT = "REFCODEC"
 EXTENSION = ".rfc"
 MIME = "image/x-refcodec"
-SAVE_OPTIONS = ("model", "quality", "target_bpp", "target_psnr", "target_ms_ssim", "effort")  # the keywords of refcodec.compress
+SAVE_OPTIONS = ("model", "quality", "target_bpp", "target_psnr", "target_ms_ssim", "effort", "strict")  # the keywords of refcodec.compress
 _models: list = []  # weights files (loaded on first use) or models that decode files of weights not shipped
 
 

@@ -33,7 +33,11 @@ QUALITY_GRID = 64  # a variable-rate model's qualities are searched on steps of 
 
 
 class TargetError(RefcodecError):
-    """A target that no quality of the model meets on this image."""
+    """A target that no quality of the model meets on this image (with ``strict``), or that is not a number."""
+
+
+class TargetWarning(UserWarning):
+    """A target beyond the model's range on an image: the nearest end's file was given (``refcodec.compress``)."""
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Choice:
     psnr: float
     encodes: int
     ms_ssim: float | None = None  # with an MS-SSIM target
+    note: str | None = None  # where the target lies beyond the model's range on this image: the end given instead
 
 
 Candidates = list[tuple[CompressionModel, float | None, float]]  # (model, coding quality, nominal quality)
@@ -86,10 +91,12 @@ def search(
     max_pixels: int = images.MAX_PIXELS,
     effort: str = "default",
     target_ms_ssim: float | None = None,
+    strict: bool = False,
 ) -> Choice:
     """The file that meets ``target_bpp`` (largest at most that rate), ``target_psnr`` or ``target_ms_ssim``
-    (smallest of at least that PSNR or MS-SSIM), exactly one of them; raises TargetError when the target is
-    out of the model's range on this image, saying what the range is. ``model`` may also be the list of
+    (smallest of at least that PSNR or MS-SSIM), exactly one of them. A target beyond the model's range on
+    this image gets the file of the nearest end, with a one-line ``note`` saying what it reached; with
+    ``strict``, a TargetError that says what the range is. ``model`` may also be the list of
     :func:`candidates`, prepared once for many images. Every encode of the search runs at ``effort``."""
     given = {k: v for k, v in (("bpp", target_bpp), ("psnr", target_psnr), ("ms-ssim", target_ms_ssim)) if v is not None}
     if len(given) != 1:
@@ -134,16 +141,23 @@ def search(
             "ms-ssim": lambda: _span(distortion(lo), distortion(hi), 4, "MS-SSIM")}[kind]()  # fmt: skip
     where = f"quality {options[lo][2]:g}-{options[hi][2]:g} gives {span} on this image"
     wanted = {"bpp": f"{target:g} bpp", "psnr": f"{target:g} dB", "ms-ssim": f"MS-SSIM {target:g}"}[kind]
-    if kind == "bpp":
-        if not meets(lo) or meets(hi) and high[1] < target:
-            raise TargetError(f"target {wanted} is out of range: {where}")
+    value = (lambda i: encode(i)[1]) if kind == "bpp" else distortion
+    # beyond the range: below it (even the lowest quality passes a rate target, or exceeds a distortion one), above it
+    end = None
+    if kind == "bpp" and not meets(lo) or kind != "bpp" and meets(lo) and value(lo) > target:
+        end = lo
+    elif kind == "bpp" and value(hi) < target or kind != "bpp" and not meets(hi):
+        end = hi
+    if end is not None and strict:
+        raise TargetError(f"target {wanted} is out of range: {where}")
+    if end is not None:
+        best = end
+    elif kind == "bpp":
         while hi - lo > 1:  # invariant: meets(lo); the answer is below hi unless hi meets too
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if meets(mid) else (lo, mid)
         best = hi if meets(hi) else lo
     else:
-        if not meets(hi) or meets(lo) and distortion(lo) > target:
-            raise TargetError(f"target {wanted} is out of range: {where}")
         while hi - lo > 1:  # invariant: meets(hi)
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if meets(mid) else (mid, hi)
@@ -151,4 +165,8 @@ def search(
     data, bpp, _ = encode(best)
     decoded = codec.decompress(data, options[best][0], max_pixels=max_pixels).convert("RGB")
     ms_ssim = metrics.ms_ssim(rgb, decoded) if kind == "ms-ssim" else None
-    return Choice(data, options[best][2], bpp, codec.psnr(rgb, decoded), len(tried), ms_ssim)
+    note = None
+    if end is not None:
+        reached = f"{bpp:.4f} bpp" if kind == "bpp" else f"{codec.psnr(rgb, decoded):.2f} dB" if kind == "psnr" else f"MS-SSIM {ms_ssim:.4f}"
+        note = f"target {wanted} is out of range ({where}): quality {options[best][2]:g} gives {reached}"
+    return Choice(data, options[best][2], bpp, codec.psnr(rgb, decoded), len(tried), ms_ssim, note)

@@ -113,14 +113,9 @@ def refcodec_curve(args, out: Path) -> bdrate.Curve:
 
 def _at_target(rgb: Image.Image, options: ratecontrol.Candidates, target: float) -> Shot:
     """refcodec's file of at most ``target`` bpp, or the nearest end of the model's range, said in the note."""
-    try:
-        choice = ratecontrol.search(rgb, options, target_bpp=target)
-        data, index, note = choice.data, [o[2] for o in options].index(choice.quality), ""
-    except ratecontrol.TargetError as e:
-        low = codec.compress_rgb(rgb, "RGB", options[0][0], options[0][1])
-        index = 0 if 8 * len(low) / (rgb.width * rgb.height) > target else len(options) - 1
-        data = low if index == 0 else codec.compress_rgb(rgb, "RGB", options[-1][0], options[-1][1])
-        note = f"{e}: the {'lowest' if index == 0 else 'highest'} quality is shown"
+    choice = ratecontrol.search(rgb, options, target_bpp=target)
+    data, index = choice.data, [o[2] for o in options].index(choice.quality)
+    note = "" if choice.note is None else f"{choice.note}; the {'lowest' if index == 0 else 'highest'} quality is shown"
     net, _, nominal = options[index]
     out = codec.decompress(data, net).convert("RGB")
     setting = net.id if not net.levels else f"{net.id} q={nominal:.4g}"
