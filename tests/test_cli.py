@@ -337,6 +337,13 @@ def test_batch_errors_name_the_input_once(capsys, files, tiny_weights, tmp_path)
     assert rc == 1 and err.count(str(empty)) == 1
 
 
+def test_an_opaque_rgba_image_is_coded_with_a_note(capsys, files, tiny_weights, tmp_path):
+    files["image"].convert("RGBA").save(tmp_path / "shot.png")
+    rc, _, err = run_main(capsys, "compress", tmp_path / "shot.png", "-o", tmp_path / "shot.rfc", "--model", tiny_weights)
+    assert rc == 0 and err.count("refcodec: note:") == 1 and "opaque everywhere: dropped" in err
+    assert (tmp_path / "shot.rfc").read_bytes() == files["data"]  # the same file as the RGB image's
+
+
 @pytest.mark.parametrize("extension", sorted(cli.FORMATS))
 def test_decompress_writes_the_format_its_extension_names(capsys, files, tiny_weights, tmp_path, extension):
     """Issue 38: x.jpg used to hold PNG bytes. Every format but JPEG keeps the decoded pixels exactly."""

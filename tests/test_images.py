@@ -36,11 +36,34 @@ def test_our_pixel_limit_replaces_pillows(tmp_path, monkeypatch):
 def test_alpha_is_refused_for_coding_and_dropped_for_training(tmp_path):
     rgba = Image.fromarray(np.dstack([np.asarray(natural_image(64, 64)), np.full((64, 64), 7, np.uint8)]), "RGBA")
     rgba.save(tmp_path / "a.png")
-    with pytest.raises(RefcodecError, match="alpha channel"):
+    with pytest.raises(RefcodecError, match="transparency"):
         images.read_rgb(tmp_path / "a.png")
     rgb = images.read_rgb(tmp_path / "a.png", drop_alpha=True)
     assert rgb.mode == "RGB" and np.array_equal(np.asarray(rgb), np.asarray(rgba)[..., :3])
     assert np.array_equal(ImageFolder(tmp_path, crop=64)[0].permute(1, 2, 0).mul(255).round().byte().numpy(), np.asarray(rgb))
+
+
+def test_an_opaque_alpha_channel_is_dropped_with_a_note_and_a_real_one_refused_with_a_hint(tmp_path):
+    """Issue 38: fully opaque RGBA (most screenshots and exports) was refused."""
+    pixels = np.asarray(natural_image(32, 24))
+    for mode, alpha in (("RGBA", pixels), ("LA", pixels[..., :1])):
+        opaque = Image.fromarray(np.dstack([alpha, np.full((24, 32), 255, np.uint8)]).squeeze(), mode)
+        with pytest.warns(images.InputWarning, match="opaque everywhere: dropped"):
+            rgb, kept = images.to_rgb(opaque)
+        assert kept == ("L" if mode == "LA" else "RGB") and np.array_equal(np.asarray(rgb)[..., : alpha.shape[2]], alpha)
+    holed = np.dstack([pixels, np.full((24, 32), 255, np.uint8)])
+    holed[3, 4, 3] = 254  # one pixel not quite opaque
+    with pytest.raises(RefcodecError, match=r"transparency \(RGBA\) are not supported: flatten them onto a background first"):
+        images.to_rgb(Image.fromarray(holed, "RGBA"))
+
+
+def test_the_bit_depth_comes_from_the_mode_not_the_values(tmp_path):
+    """Issue 38: a 16-bit PNG whose values stay at or below 255 (near black) was read as 8-bit."""
+    dark = np.full((8, 8), 166, np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    with Image.open(tmp_path / "dark.png") as im:
+        rgb, mode = images.to_rgb(im)
+    assert mode == "L" and np.asarray(rgb).max() == round(166 / 65535 * 255) == 1
 
 
 def test_sixteen_bit_images_are_scaled_to_eight_bits_gray():

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from . import allocator
@@ -140,8 +141,7 @@ FORMATS = {".png": ("PNG", {}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}), ".b
 def cmd_compress(args) -> int:
     import torch
 
-    from . import codec, images, ratecontrol, refine
-    from .bitstream import read_header
+    from . import images
     from .models.registry import DEFAULT_QUALITY
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -150,6 +150,19 @@ def cmd_compress(args) -> int:
     if target and args.quality is not None:
         raise CliError("give --quality or a target (--target-bpp, --target-psnr, --target-ms-ssim), not both")
     quality = DEFAULT_QUALITY if args.quality is None else args.quality
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", images.InputWarning)  # each input's notes are said once, by _compress_each
+        failures = _compress_each(args, quality, target)
+    for f in failures:
+        print(f"refcodec: error: {f}", file=sys.stderr)
+    return EXIT_ERROR if failures else 0
+
+
+def _compress_each(args, quality: float, target: bool) -> list[str]:
+    """``compress``'s inputs, each coded and written, or its failure kept (a batch goes on; one input raises)."""
+    from . import codec, images, ratecontrol, refine
+    from .bitstream import read_header
+
     model = None
     failures = []
     for src, dst in zip(args.images, _outputs(args.images, args.output, ".rfc")):
@@ -157,6 +170,11 @@ def cmd_compress(args) -> int:
             _check_output(dst, args.force)
             start = time.perf_counter()
             image = images.load_image(src, args.max_pixels)
+            with warnings.catch_warnings(record=True) as caught:  # what is not coded (an opaque alpha): said once
+                warnings.simplefilter("always", images.InputWarning)
+                images.to_rgb(image)
+            for note in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, images.InputWarning)):
+                print(f"refcodec: note: {src}: {note}", file=sys.stderr)
             if model is None:  # loaded once, after the first readable input
                 model = _load_for_compress(args, quality, target)
             record = {"input": src, "output": str(dst)}
@@ -186,9 +204,7 @@ def cmd_compress(args) -> int:
             if len(args.images) == 1:
                 raise
             failures.append(str(e) if str(src) in str(e) else f"{src}: {e}")  # the path once
-    for f in failures:
-        print(f"refcodec: error: {f}", file=sys.stderr)
-    return EXIT_ERROR if failures else 0
+    return failures
 
 
 def _load_for_compress(args, quality: float, target: bool):

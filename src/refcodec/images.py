@@ -74,22 +74,33 @@ def _check_size(width: int, height: int, max_pixels: int, where: str = "") -> No
         raise ImageInputError(f"{where}image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
 
 
+class InputWarning(UserWarning):
+    """Something of an input that is not coded but carries nothing (an alpha channel that is opaque everywhere)."""
+
+
 def to_rgb(image: Image.Image, drop_alpha: bool = False) -> tuple[Image.Image, str]:
     """The RGB image to code and the mode to give back ("RGB" or "L").
 
-    An alpha channel is refused, or with ``drop_alpha`` (training data) dropped.
+    An alpha channel that is opaque everywhere (most screenshots and exports) is dropped with an
+    InputWarning; a real one is refused, or with ``drop_alpha`` (training data) dropped. The bit depth
+    comes from the mode: 16-bit gray ("I;16", and "I", which Pillow gives 16-bit PNGs) spans 0-65535,
+    whatever its values.
     """
     if image.mode in _ALPHA or "transparency" in image.info:
-        if not drop_alpha:
-            raise ImageInputError(f"images with an alpha channel ({image.mode}) are not supported: convert to RGB first")
-        return image.convert("RGB"), "RGB"
+        rgba = image.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] == 255:
+            warnings.warn(f"the alpha channel ({image.mode}) is opaque everywhere: dropped", InputWarning, stacklevel=2)
+        elif not drop_alpha:
+            raise ImageInputError(f"images with transparency ({image.mode}) are not supported: flatten them onto a background "
+                                  "first (Pillow: Image.alpha_composite(Image.new('RGBA', im.size, 'white'), im.convert('RGBA')))")  # fmt: skip
+        return rgba.convert("RGB"), "L" if image.mode in ("LA", "La") else "RGB"
     if image.mode == "RGB":
         return image, "RGB"
     if image.mode == "L":
         return image.convert("RGB"), "L"
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I") and arr.max() > 255 else 255.0
+        top = 255.0 if image.mode == "F" else 65535.0
         gray = Image.fromarray(np.clip(np.round(arr / top * 255), 0, 255).astype(np.uint8))
         return gray.convert("RGB"), "L"
     if image.mode in _CONVERTIBLE:
