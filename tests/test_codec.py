@@ -10,7 +10,7 @@ import torch
 from conftest import natural_image, save_tiny
 from PIL import Image
 
-from refcodec import codec
+from refcodec import api, codec
 from refcodec.bitstream import BitstreamError, pack, read_header, unpack
 from refcodec.errors import RefcodecError
 from refcodec.models import registry
@@ -100,16 +100,17 @@ def test_palette_is_coded_as_rgb(tiny_model):
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
-def test_alpha_is_refused(tiny_model, mode):
-    image = natural_image(8, 8).convert("RGBA").convert(mode)
-    with pytest.raises(RefcodecError, match="alpha"):
-        codec.compress(image, tiny_model)
+def test_transparency_is_refused(tiny_model, mode):
+    rgba = natural_image(8, 8).convert("RGBA")
+    rgba.putalpha(100)
+    with pytest.raises(RefcodecError, match="transparency"):
+        codec.compress(rgba.convert(mode), tiny_model)
 
 
 def test_palette_with_transparency_is_refused(tiny_model):
     image = natural_image(8, 8).convert("P")
-    image.info["transparency"] = 0
-    with pytest.raises(RefcodecError, match="alpha"):
+    image.info["transparency"] = int(np.asarray(image)[0, 0])  # a colour that is used: real transparency
+    with pytest.raises(RefcodecError, match="transparency"):
         codec.compress(image, tiny_model)
 
 
@@ -306,5 +307,38 @@ def test_every_registry_model_round_trips_odd_sizes_two_threads_then_one(name, t
 def test_decompress_on_a_device_loads_the_model_there_and_refuses_a_model_elsewhere(tiny_model):
     data = codec.compress(natural_image(70, 50, seed=9), tiny_model)
     assert codec.decompress(data, tiny_model, device="cpu").tobytes() == codec.decompress(data, tiny_model).tobytes()
-    with pytest.raises(ValueError, match="the model is on cpu, not cuda"):
-        codec.decompress(data, tiny_model, device="cuda")
+    with pytest.raises(codec.DeviceError, match="the model is on cpu, not meta"):
+        codec.decompress(data, tiny_model, device="meta")
+    if not torch.cuda.is_available():  # issue 38: a bare AssertionError from torch before
+        for call in (lambda: codec.decompress(data, device="cuda"), lambda: api.compress(natural_image(8, 8), device="cuda")):
+            with pytest.raises(codec.DeviceError, match="^device 'cuda': no CUDA device is available$"):
+                call()
+
+
+def test_decompress_takes_bytes_a_path_or_a_binary_file(tiny_model, tmp_path):
+    """Issue 38: decompress("file.rfc") raised TypeError: string argument without an encoding."""
+    data = codec.compress(natural_image(30, 20, seed=4), tiny_model)
+    (tmp_path / "a.rfc").write_bytes(data)
+    expected = codec.decompress(data, tiny_model).tobytes()
+    with open(tmp_path / "a.rfc", "rb") as f:
+        sources = [bytearray(data), memoryview(data), str(tmp_path / "a.rfc"), tmp_path / "a.rfc", f]
+        assert all(codec.decompress(s, tiny_model).tobytes() == expected for s in sources)
+    with pytest.raises(BitstreamError, match="no such file"):
+        codec.decompress(tmp_path / "missing.rfc", tiny_model)
+    with open(tmp_path / "a.rfc", "r", encoding="latin-1") as text, pytest.raises(BitstreamError, match="binary mode"):
+        codec.decompress(text, tiny_model)
+
+
+def test_a_file_decoded_with_another_model_names_both(small_file):
+    """Issue 38: decoding with --model grm/small/vr-ms-ssim said "other weights for 'grm/small/vr'"."""
+    other = registry.load_model("grm/small/vr-ms-ssim")
+    data = codec.compress(natural_image(30, 20, seed=6), registry.load_model("grm/small/vr"))
+    with pytest.raises(BitstreamError, match="^file was written by 'grm/small/vr', not by the given model 'grm/small/vr-ms-ssim'$"):
+        codec.decompress(data, other)
+
+
+def test_compress_on_a_device(tiny_model, tiny_weights):
+    image = natural_image(30, 20, seed=5)
+    assert api.compress(image, str(tiny_weights), device="cpu") == api.compress(image, str(tiny_weights))
+    with pytest.raises(codec.DeviceError, match="the model is on cpu, not meta"):
+        api.compress(image, tiny_model, device="meta")

@@ -21,6 +21,7 @@ def compress(
     effort: str = "default",
     target_ms_ssim: float | None = None,
     strict: bool = False,
+    device: str | None = None,
 ) -> bytes:
     """Compress an image into a refcodec bitstream.
 
@@ -29,12 +30,21 @@ def compress(
     encodes (``ratecontrol``; use ``ratecontrol.search`` to get the chosen quality as well).
     ``effort="fast"`` or ``"slow"`` refines each image's latents for smaller files (``refine``), decoder unchanged.
     A target beyond the model's range on the image gives the nearest end's file and a ``TargetWarning`` saying
-    what it reached; ``strict=True`` raises ``ratecontrol.TargetError`` instead.
+    what it reached; ``strict=True`` raises ``ratecontrol.TargetError`` instead. ``device`` (for example
+    ``"cuda"``) is where a model given by name encodes (the file decodes anywhere).
     """
     if target_bpp is None and target_psnr is None and target_ms_ssim is None:
-        return codec.compress(image, model, quality, max_pixels, effort)
+        return codec.compress(image, model, quality, max_pixels, effort, device)
     if quality is not None:
         raise ValueError("give a quality or a target, not both")
+    if device is not None:  # the candidates on the device: a given model must be there already
+        codec.check_device(device)
+        if isinstance(model, CompressionModel):
+            codec.resolve_model(model, None, device)
+        else:
+            model = ratecontrol.candidates(model)
+            for net in {id(net): net for net, _, _ in model}.values():
+                net.to(device)
     choice = ratecontrol.search(image, model, target_bpp, target_psnr, max_pixels=max_pixels, effort=effort,
                                 target_ms_ssim=target_ms_ssim, strict=strict)  # fmt: skip
     if choice.note:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -19,14 +20,25 @@ from PIL import Image
 from . import refine
 from .bitstream import BitstreamError, Header, pack, unpack
 from .entropy.coder import CodingError
+from .errors import RefcodecError
 from .images import MAX_PIXELS, load_image, to_rgb
 from .models.base import ALIGNMENT, CompressionModel
 from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model, retired_reason
 
-def _resolve_model(model: CompressionModel | str | None, quality: float | None) -> CompressionModel:
+
+class DeviceError(RefcodecError):
+    """A device this machine does not have, or another than the given model's."""
+
+
+def resolve_model(model: CompressionModel | str | None, quality: float | None, device: str | torch.device | None = None) -> CompressionModel:
+    """The model object, or the one loaded by name (on ``device``); a given model must be on ``device``."""
+    check_device(device)
     if isinstance(model, CompressionModel):
+        if device is not None and torch.device(device) != next(model.parameters()).device:
+            raise DeviceError(f"the model is on {next(model.parameters()).device}, not {device}: move it, or give a model name")
         return model
-    return load_model(model or DEFAULT_MODEL, DEFAULT_QUALITY if quality is None else quality, DEFAULT_PRESET)
+    net = load_model(model or DEFAULT_MODEL, DEFAULT_QUALITY if quality is None else quality, DEFAULT_PRESET)
+    return net if device is None else net.to(device)
 
 
 @contextmanager
@@ -65,15 +77,18 @@ def compress(
     quality: float | None = None,
     max_pixels: int = MAX_PIXELS,
     effort: str = "default",
+    device: str | torch.device | None = None,
 ) -> bytes:
     """Compress an image (path or PIL image) of at most ``max_pixels`` into a refcodec bitstream.
 
     ``quality`` picks the shipped model of that quality, or, for a variable-rate model, any float
     in its range (recorded exactly in the file). A fixed-rate model object takes no quality.
     ``effort`` (``refine.EFFORTS``) spends encode time for smaller files; decoding is unchanged.
+    ``device`` (for example ``"cuda"``) is where a model given by name encodes; a given model encodes where it is.
     """
+    net = resolve_model(model, quality, device)
     rgb, mode = to_rgb(load_image(image, max_pixels))
-    return compress_rgb(rgb, mode, _resolve_model(model, quality), quality, effort)
+    return compress_rgb(rgb, mode, net, quality, effort)
 
 
 def compress_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None, effort: str = "default") -> bytes:
@@ -141,6 +156,9 @@ def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int =
         except ModelNotFoundError as e:
             raise BitstreamError(f"file needs model {header.model!r}, which is not available ({e})") from None
     if model.weights_hash() != header.weights_hash:
+        given = getattr(model, "id", None)
+        if given is not None and given != header.model:
+            raise BitstreamError(f"file was written by {header.model!r}, not by the given model {given!r}")
         raise BitstreamError(f"file was written with other weights for {header.model!r} (weights hash mismatch)")
     if len(streams) != model.stream_count():
         raise BitstreamError(f"file has {len(streams)} streams, model {header.model!r} needs {model.stream_count()}")
@@ -168,17 +186,49 @@ def to_image(header: Header, x_hat: torch.Tensor) -> Image.Image:
     return image.convert("L") if header.mode == "L" else image
 
 
-def decompress(data: bytes, model: CompressionModel | None = None, progress: bool = False, max_pixels: int = MAX_PIXELS,
-               device: str | torch.device | None = None) -> Image.Image:  # fmt: skip
-    """Decode a refcodec bitstream into a PIL image (mode as it was given to the encoder).
+def check_device(device: str | torch.device | None) -> None:
+    """Refuse, in one line, a device this machine does not have (``cuda`` without a GPU)."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"device {device!r}: {e}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r}: no CUDA device is available")
+
+
+def read_bytes(source: bytes | bytearray | memoryview | str | Path | BinaryIO) -> bytes:
+    """The bytes of a file given as bytes, a path or a file object opened for reading in binary."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise BitstreamError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+        return path.read_bytes()
+    if hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, bytes):
+            raise BitstreamError("the file object gives text, not bytes: open it in binary mode ('rb')")
+        return data
+    raise BitstreamError(f"cannot decode a {type(source).__name__}: give bytes, a path or a binary file object")
+
+
+def decompress(data: bytes | str | Path | BinaryIO, model: CompressionModel | None = None, progress: bool = False,
+               max_pixels: int = MAX_PIXELS, device: str | torch.device | None = None) -> Image.Image:  # fmt: skip
+    """Decode a refcodec bitstream (bytes, a path or a binary file object) into a PIL image (mode as it was
+    given to the encoder).
 
     Files of more than ``max_pixels`` are refused from their header, before anything is allocated.
     ``device`` (for example ``"cuda"``) is where the model named in the file decodes: the exact entropy
     model and synthesis run there, the range decoder on the CPU, and the pixels are the CPU's. A given
     ``model`` decodes where it is.
     """
+    check_device(device)
+    data = read_bytes(data)
     if device is not None and model is not None and torch.device(device) != next(model.parameters()).device:
-        raise ValueError(f"the model is on {next(model.parameters()).device}, not {device}: move it, or give no model")
+        raise DeviceError(f"the model is on {next(model.parameters()).device}, not {device}: move it, or give no model")
     with opened(data, model, max_pixels, device) as (header, streams, model):
         x_hat = model.decompress(streams, *header.padded_size, progress, header.exact_synthesis)
     return to_image(header, x_hat)
