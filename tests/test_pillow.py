@@ -54,11 +54,25 @@ def test_open_and_save_with_file_objects(registered, saved, variable_weights, im
     with Image.open(io.BytesIO(saved.read_bytes())) as im:
         assert im.size == image.size and np.asarray(im).shape == (56, 72, 3)
     buf = io.BytesIO()
-    image.save(buf, format="REFCODEC", model=str(variable_weights), quality=2.5)
+    image.save(buf, format="REFCODEC", model=str(variable_weights), rfc_quality=2.5)
     assert buf.getvalue() == refcodec.compress(image, model=str(variable_weights), quality=2.5)
     with Image.open(io.BytesIO(buf.getvalue())) as im:
         assert im.info["refcodec"]["quality"] == 2.5
         im.load()
+
+
+def test_quality_follows_pillows_0_to_100(registered, variable_weights, image, tmp_path):
+    """Issue 38: quality=90, as for JPEG, WebP or AVIF, failed (refcodec's 0-8). 0-100 maps onto 0-8."""
+    for pillow, own in ((0, 0), (75, 6), (90, 7.2), (100, 8)):
+        buf = io.BytesIO()
+        image.save(buf, format="REFCODEC", model=str(variable_weights), quality=pillow)
+        assert buf.getvalue() == refcodec.compress(image, model=str(variable_weights), quality=own)
+    for bad in (101, -1, "high"):
+        with pytest.raises(OSError, match="^refcodec: quality is Pillow's 0-100"):
+            image.save(tmp_path / "a.rfc", model=str(variable_weights), quality=bad)
+    with pytest.raises(OSError, match="not both"):
+        image.save(tmp_path / "a.rfc", model=str(variable_weights), quality=50, rfc_quality=4)
+    assert not (tmp_path / "a.rfc").exists()
 
 
 def test_rate_control_keywords_are_those_of_compress(registered, variable_weights, image):

@@ -6,8 +6,14 @@ Importing this module registers the format ``REFCODEC`` (extension ``.rfc``, MIM
     import refcodec.pillow                                # or refcodec.register_pillow()
     im = Image.open("photo.rfc")                          # size and mode from the header
     im.load()                                             # decodes (refcodec.decompress)
-    im.save("photo.rfc", quality=3)                       # or target_bpp=, target_psnr=, target_ms_ssim=, effort=, model=, strict=
+    im.save("photo.rfc", quality=75)                      # Pillow's 0-100; or rfc_quality=6 (the model's 0-8),
+                                                          # target_bpp=, target_psnr=, target_ms_ssim=, effort=, model=, strict=
     refcodec.register_pillow(models=["run/weights.safetensors"])  # also decode files of your own weights
+
+``quality`` follows Pillow's convention (JPEG, WebP, AVIF and pillow-heif all take 0-100): it maps linearly
+onto the model's quality range, 0 to 0 and 100 to the top (8), so ``quality=75`` codes at refcodec quality 6;
+``rfc_quality`` takes the model's own scale (any number in 0-8 for a variable-rate model, exactly as
+``refcodec.compress``'s ``quality``).
 
 ``Image.open`` recognizes a file by its magic number and checks the whole container (header
 and checksum) from the bytes alone, without torch; the pixels are decoded on ``load()``. A
@@ -28,7 +34,9 @@ from .errors import RefcodecError
 FORMAT = "REFCODEC"
 EXTENSION = ".rfc"
 MIME = "image/x-refcodec"
-SAVE_OPTIONS = ("model", "quality", "target_bpp", "target_psnr", "target_ms_ssim", "effort", "strict")  # the keywords of refcodec.compress
+SAVE_OPTIONS = ("model", "target_bpp", "target_psnr", "target_ms_ssim", "effort", "strict")  # keywords of refcodec.compress as they are
+PILLOW_QUALITY = 100  # Pillow's top quality, mapped onto the model's top (QUALITY_TOP)
+QUALITY_TOP = 8  # the top quality of the shipped models (registry.LAMBDAS), without importing torch
 _models: list = []  # weights files (loaded on first use) or models that decode files of weights not shipped
 
 
@@ -87,6 +95,16 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from .api import compress
 
     options = {k: im.encoderinfo[k] for k in SAVE_OPTIONS if im.encoderinfo.get(k) is not None}
+    given = {k: im.encoderinfo[k] for k in ("quality", "rfc_quality") if im.encoderinfo.get(k) is not None}
+    if len(given) == 2:
+        raise OSError("refcodec: give quality (Pillow's 0-100) or rfc_quality (the model's 0-8), not both")
+    if "quality" in given:
+        q = given["quality"]
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= PILLOW_QUALITY:
+            raise OSError(f"refcodec: quality is Pillow's 0-{PILLOW_QUALITY}, got {q!r} (rfc_quality takes the model's 0-{QUALITY_TOP})")
+        options["quality"] = q / PILLOW_QUALITY * QUALITY_TOP
+    elif "rfc_quality" in given:
+        options["quality"] = given["rfc_quality"]
     try:
         data = compress(im, **options)
     except RefcodecError as e:
