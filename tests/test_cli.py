@@ -337,6 +337,20 @@ def test_batch_errors_name_the_input_once(capsys, files, tiny_weights, tmp_path)
     assert rc == 1 and err.count(str(empty)) == 1
 
 
+def test_every_command_that_computes_takes_threads(capsys, files, tiny_weights, tmp_path):
+    """Issue 38: only eval, compare and bench took --threads."""
+    before = torch.get_num_threads()
+    try:
+        assert run_main(capsys, "compress", files["png"], "-o", tmp_path / "t.rfc", "--model", tiny_weights, "--threads", "1")[0] == 0
+        assert torch.get_num_threads() == 1 and (tmp_path / "t.rfc").read_bytes() == files["data"]
+        assert run_main(capsys, "decompress", tmp_path / "t.rfc", "--model", tiny_weights, "--threads", "2")[0] == 0
+        assert torch.get_num_threads() == 2
+        rc, _, err = run_main(capsys, "decompress", tmp_path / "t.rfc", "--model", tiny_weights, "--threads", "0", "--force")
+        assert_one_line_error(rc, err)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_an_opaque_rgba_image_is_coded_with_a_note(capsys, files, tiny_weights, tmp_path):
     files["image"].convert("RGBA").save(tmp_path / "shot.png")
     rc, _, err = run_main(capsys, "compress", tmp_path / "shot.png", "-o", tmp_path / "shot.rfc", "--model", tiny_weights)

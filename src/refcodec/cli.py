@@ -323,15 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
         "  refcodec decompress photo.rfc -o photo.png\n"
         "  refcodec eval IMAGES --model grm -q 1 2 3 4 -o grm.json\n"
         "  refcodec viz bits photo.rfc -o bits.png\n"
-        "Expected failures print one line 'refcodec: error: ...' and exit with status 1.",
+        "Expected failures print one line 'refcodec: error: ...' and exit with status 1; usage errors exit with 2.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=describe(),
                    help="print the versions of refcodec, torch, numpy, Pillow and Python, and exit")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, model=False, limit=False):
+    def common(sp, model=False, limit=False, threads=False):
         sp.add_argument("--json", action="store_true", help="print one JSON object per result")
+        if threads:
+            sp.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's, about one per core)")
         if limit:
             sp.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
                             help=f"refuse images of more than N pixels (default {MAX_PIXELS})")  # fmt: skip
@@ -367,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --metric ms-ssim, the model trained for it)")  # fmt: skip
     c.add_argument("--strict-target", action="store_true",
                    help="refuse a target beyond the model's range on an image (default: the nearest end's file, with a note)")  # fmt: skip
-    common(c, model=True, limit=True)
+    common(c, model=True, limit=True, threads=True)
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help="decompress a .rfc file into an image file",
@@ -380,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where the exact entropy model and synthesis run (default cpu; the range decoder runs on the "
                    "CPU); the same pixels on either")  # fmt: skip
-    common(d, limit=True)
+    common(d, limit=True, threads=True)
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("info", help="print the header of a .rfc file",
@@ -392,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="compress and decompress a generated sample image; print bpp and PSNR",
                        description="Compress and decompress a generated 384x256 sample image; print bpp, PSNR and times.")  # fmt: skip
-    common(m, model=True)
+    common(m, model=True, threads=True)
     m.set_defaults(func=cmd_demo)
 
     sub.add_parser("train", help="train a model (see refcodec train --help)", add_help=False)
@@ -437,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
             bench_main(argv[1:])
             return 0
         args = build_parser().parse_args(argv)
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise CliError(f"--threads must be at least 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return args.func(args)
     except KeyboardInterrupt:
         print("refcodec: interrupted", file=sys.stderr)

@@ -111,8 +111,9 @@ def run(args, size: tuple[int, int] | None, schedule: str, workdir: Path) -> dic
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="refcodec bench", description="Time and memory of every coding stage, per image size.")
     p.add_argument("--model", default="grm", choices=sorted(registry.MODELS), help="architecture (default grm)")
-    p.add_argument("--preset", default="paper", choices=sorted(registry.PRESETS),
-                   help="model size (default paper); shipped weights if any, else seeded random ones")  # fmt: skip
+    p.add_argument("--preset", default=registry.DEFAULT_PRESET, choices=sorted(registry.PRESETS),
+                   help=f"model size (default {registry.DEFAULT_PRESET}, as everywhere); shipped weights if any, else seeded "
+                   "random ones (the output says which)")  # fmt: skip
     p.add_argument("--quality", type=float, default=3, help="quality of the shipped weights to use (default 3)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[SIZES["kodak"]], help=f"WxH or {', '.join(SIZES)}")
     p.add_argument("--image", type=Path, help="an image file instead of generated ones")
