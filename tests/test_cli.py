@@ -351,6 +351,19 @@ def test_every_command_that_computes_takes_threads(capsys, files, tiny_weights, 
         torch.set_num_threads(before)
 
 
+def test_the_training_objective_is_objective_and_metric_is_the_tables_axis(capsys, files, tmp_path):
+    """Issue 38: --metric meant the objective in compress and the table axis in compare; compress now says
+    --objective (the old spelling still works, unlisted)."""
+    with pytest.raises(SystemExit):
+        cli.main(["compress", "--help"])
+    shown = capsys.readouterr().out
+    assert "--objective" in shown and "--metric" not in shown
+    for spelling in ("--objective", "--metric"):
+        out = tmp_path / f"{spelling[2:]}.rfc"
+        assert run_main(capsys, "compress", files["png"], "-o", out, spelling, "ms-ssim", "-q", "2")[0] == 0
+        assert read_header(out.read_bytes()).model == "grm/small/vr-ms-ssim"
+
+
 def test_an_opaque_rgba_image_is_coded_with_a_note(capsys, files, tiny_weights, tmp_path):
     files["image"].convert("RGBA").save(tmp_path / "shot.png")
     rc, _, err = run_main(capsys, "compress", tmp_path / "shot.png", "-o", tmp_path / "shot.rfc", "--model", tiny_weights)

@@ -345,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(0-{max(LAMBDAS)}), an integer for a fixed-rate one (default {DEFAULT_QUALITY})")  # fmt: skip
             sp.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                             help=f"model size with --model NAME (default {DEFAULT_PRESET}; paper: N=192, M=384)")  # fmt: skip
-            sp.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"],
+            sp.add_argument("--objective", dest="metric", default="mse", choices=["mse", "ms-ssim"],
                             help="with --model NAME: the model trained for this distortion (default mse)")  # fmt: skip
+            sp.add_argument("--metric", dest="metric", choices=["mse", "ms-ssim"], help=argparse.SUPPRESS)  # the old name
 
     c = sub.add_parser("compress", help="compress images into .rfc files",
                        description="Compress images into .rfc files; with several inputs, code them all and list the failures.")  # fmt: skip
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rate control: the lowest quality whose decoded image has at least P dB PSNR")  # fmt: skip
     target.add_argument("--target-ms-ssim", type=float, metavar="M",
                         help="rate control: the lowest quality whose decoded image has at least MS-SSIM M (0-1; "
-                        "with --metric ms-ssim, the model trained for it)")  # fmt: skip
+                        "with --objective ms-ssim, the model trained for it)")  # fmt: skip
     c.add_argument("--strict-target", action="store_true",
                    help="refuse a target beyond the model's range on an image (default: the nearest end's file, with a note)")  # fmt: skip
     common(c, model=True, limit=True, threads=True)

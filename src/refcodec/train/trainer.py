@@ -193,7 +193,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--balance", default="lambda", choices=["lambda", "none"],
                    help="variable-rate: lambda divides each image's loss by its lambda (in units of the middle level's), so that "
                    "every quality pulls the shared weights equally; none: the plain mean of R + lambda D")  # fmt: skip
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="distortion: lambda*255^2*MSE or lambda*(1 - MS-SSIM)")
+    p.add_argument("--objective", "--metric", dest="metric", default="mse", choices=["mse", "ms-ssim"],
+                   help="the distortion trained for: lambda*255^2*MSE or lambda*(1 - MS-SSIM)")  # fmt: skip
     p.add_argument("--lmbda", type=float, help="override the quality's lambda")
     p.add_argument("--flags", default="{}", help='model flags as JSON, e.g. \'{"reference": false}\'')
     p.add_argument("--steps", type=int, default=100_000, help="length of the schedule (learning rate, rate weights)")
