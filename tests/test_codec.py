@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import natural_image, save_tiny
 from PIL import Image
+from tqdm import tqdm
 
 from refcodec import api, codec
 from refcodec.bitstream import BitstreamError, pack, read_header, unpack
@@ -342,3 +343,15 @@ def test_compress_on_a_device(tiny_model, tiny_weights):
     assert api.compress(image, str(tiny_weights), device="cpu") == api.compress(image, str(tiny_weights))
     with pytest.raises(codec.DeviceError, match="the model is on cpu, not meta"):
         api.compress(image, tiny_model, device="meta")
+
+
+def test_one_progress_bar_covers_the_entropy_decoding_and_the_synthesis(tiny_model):
+    """Issue 38: the bar covered the entropy decoding only, then sat silent through the synthesis."""
+    data = codec.compress(natural_image(200, 130, seed=7), tiny_model)
+    with codec.opened(data, tiny_model) as (header, streams, model), torch.no_grad():
+        steps = model.decode_steps(*header.padded_size)
+        with tqdm(total=steps, file=io.StringIO()) as bar:
+            y_hat = model.decode(streams, *header.padded_size, bar)
+            assert bar.n == bar.total == steps > 1  # one per wavefront
+            model.synthesize(y_hat, True, bar)
+        assert bar.n == bar.total > steps  # and one per synthesis tile

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 ANALYSIS_TILE = 1024  # pixels: g_a's activations for a 1024 x 1024 tile of the paper preset take ~1 GB
 SYNTHESIS_TILE = 64  # latents (1024 pixels): the same for g_s, in float32
@@ -72,10 +73,11 @@ def grid(height: int, width: int, tile: int, align: int, share: bool = True) -> 
 
 
 def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, halo: int, scale: float, align: int = 1,
-              exact: bool = False) -> torch.Tensor:  # fmt: skip
+              exact: bool = False, progress: tqdm | None = None) -> torch.Tensor:  # fmt: skip
     """``fn(x)`` computed tile by tile, each tile on one thread, as many tiles at a time as torch
     has threads; ``fn`` maps an input of H x W to one of H*scale x W*scale. ``exact``: ``fn`` gives
-    the same bits for any thread count, so on one thread one tile is not split.
+    the same bits for any thread count, so on one thread one tile is not split. ``progress`` (a bar)
+    grows by the tiles and advances as each is placed.
 
     ``tile`` and ``halo`` are in input units; ``align * scale`` and ``halo * scale`` must be
     whole numbers (for a downsampling fn, ``align`` and ``halo`` multiples of its stride), as
@@ -85,6 +87,9 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
     threads = torch.get_num_threads()
     rows, cols = grid(h, w, tile, align, share=not exact or threads > 1)
     tiles = [(r, c) for r in spans(h, rows, halo, align) for c in spans(w, cols, halo, align)]
+    if progress is not None:
+        progress.total += len(tiles)
+        progress.refresh()
 
     def out_(v: int) -> int:
         return round(v * scale)
@@ -102,6 +107,8 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
                 if out is None:
                     out = y.new_empty(y.shape[0], y.shape[1], out_(h), out_(w))
                 out[:, :, out_(r0) : out_(r1), out_(c0) : out_(c1)] = y
+                if progress is not None:
+                    progress.update(1)
     finally:
         torch.set_num_threads(threads)
     return out

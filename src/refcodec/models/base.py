@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .. import profiling
 from ..entropy.coder import Decoder, Encoder
@@ -131,9 +132,14 @@ class CompressionModel(nn.Module):
         """Streams and quantized latents y_hat of a padded image batch of one."""
         raise NotImplementedError
 
-    def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
-        """Quantized latents y_hat of a padded image of the given size, from the streams."""
+    def decode(self, streams: list[bytes], height: int, width: int, progress: tqdm | None = None) -> torch.Tensor:
+        """Quantized latents y_hat of a padded image of the given size, from the streams; ``progress`` (a bar)
+        counts the decode steps (:meth:`decode_steps`)."""
         raise NotImplementedError
+
+    def decode_steps(self, height: int, width: int) -> int:
+        """The steps of :meth:`decode` for a padded image of the given size (a model without a context model: one)."""
+        return 1
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor) -> list[bytes]:
@@ -147,16 +153,18 @@ class CompressionModel(nn.Module):
             return run_tiled(_channels_last(self.g_a), x, ANALYSIS_TILE, halo_for(self.g_a, STRIDE), 1 / STRIDE, align=STRIDE)
 
     @torch.no_grad()
-    def synthesize(self, y_hat: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    def synthesize(self, y_hat: torch.Tensor, exact: bool = True, progress: tqdm | None = None) -> torch.Tensor:
         """g_s for coding, in tiles (``tiling``, bounded memory): exact (``synthesis``: the same pixels on every
         machine, in float64), or the float32 transform of files before format version 3 (the same pixels
-        for any thread count, which a tile per thread keeps, but not on every machine)."""
+        for any thread count, which a tile per thread keeps, but not on every machine). ``progress`` (a bar)
+        counts the tiles."""
         with profiling.stage("synthesis"):
             gain = self.synthesis_gain()
             if exact:
-                return run_tiled(exact_synthesis(self.g_s, gain), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE, exact=True)
+                return run_tiled(exact_synthesis(self.g_s, gain), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE, exact=True,
+                                 progress=progress)  # fmt: skip
             y_hat = y_hat if gain is None else y_hat * gain.to(y_hat)
-            return run_tiled(_channels_last(self.g_s), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE)
+            return run_tiled(_channels_last(self.g_s), y_hat, SYNTHESIS_TILE, halo_for(self.g_s, 1), STRIDE, progress=progress)
 
     def synthesis_gain(self) -> torch.Tensor | None:
         """What the quantized latents are multiplied by before g_s at the coding quality (1, M, 1, 1); None: nothing."""
@@ -166,8 +174,10 @@ class CompressionModel(nn.Module):
     def decompress(self, streams: list[bytes], height: int, width: int, progress: bool = False, exact: bool = True) -> torch.Tensor:
         """Reconstruction (1, 3, height, width), unclamped, of a padded image (``exact``: see :meth:`synthesize`),
         on the model's device: a model on a GPU runs the exact entropy model and synthesis there, the range
-        decoder on the CPU, and gives the CPU's latents and pixels."""
-        return self.synthesize(self.decode(streams, height, width, progress), exact)
+        decoder on the CPU, and gives the CPU's latents and pixels. ``progress`` shows one bar for the whole
+        decode: the entropy decoding's steps, then the synthesis's tiles."""
+        with tqdm(total=self.decode_steps(height, width), desc="decode", unit="step", disable=not progress, leave=False) as bar:
+            return self.synthesize(self.decode(streams, height, width, bar), exact, bar)
 
     def update(self) -> None:
         """Tabulate every factorized density for coding (call after training)."""

@@ -7,6 +7,7 @@ reference off and a single parameter network (see ``models.grm``).
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from .. import profiling
 from ..entropy.coder import SYMBOL_MAX, Decoder, Encoder
@@ -52,9 +53,12 @@ class FactorizedPrior(CompressionModel):
             return [encode_factorized(self.density, y_hat)], y_hat
 
     @torch.no_grad()
-    def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
+    def decode(self, streams: list[bytes], height: int, width: int, progress: tqdm | None = None) -> torch.Tensor:
         with profiling.stage("coder"):
-            return decode_factorized(self.density, streams[0], height // STRIDE, width // STRIDE)
+            y_hat = decode_factorized(self.density, streams[0], height // STRIDE, width // STRIDE)
+        if progress is not None:
+            progress.update(1)
+        return y_hat
 
 
 class MeanScaleHyperprior(CompressionModel):
@@ -96,10 +100,12 @@ class MeanScaleHyperprior(CompressionModel):
             return [z_stream, enc.finish()], y_hat
 
     @torch.no_grad()
-    def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
+    def decode(self, streams: list[bytes], height: int, width: int, progress: tqdm | None = None) -> torch.Tensor:
         with profiling.stage("hyper"):
             z_hat = decode_factorized(self.density, streams[0], height // 64, width // 64)
             mean, log_scale = ExactNet(self.h_s)(z_hat).chunk(2, 1)
         with profiling.stage("coder"):
             symbols = Decoder(streams[1]).gaussian(mean, coding_scale(log_scale))
+        if progress is not None:
+            progress.update(1)
         return torch.from_numpy(symbols).float().view(mean.shape).to(mean.device)

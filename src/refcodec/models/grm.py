@@ -376,8 +376,12 @@ class GRM(CompressionModel):
         return out
 
     @torch.no_grad()
-    def decode(self, streams: list[bytes], height: int, width: int, progress: bool = False) -> torch.Tensor:
+    def decode(self, streams: list[bytes], height: int, width: int, progress: tqdm | None = None) -> torch.Tensor:
         return self.decode_latents(streams, self.decode_hyper(streams, height, width), height, width, progress)
+
+    def decode_steps(self, height: int, width: int) -> int:
+        """The steps of the decode schedule (wavefronts, or positions in raster order) of a padded image."""
+        return len(self.schedule.order(height // STRIDE, width // STRIDE))
 
     @torch.no_grad()
     def decode_hyper(self, streams: list[bytes], height: int, width: int) -> torch.Tensor | None:
@@ -388,8 +392,10 @@ class GRM(CompressionModel):
             return self._hyper_rows(decode_factorized(self.density, streams[0], height // STRIDE // 4, width // STRIDE // 4))
 
     @torch.no_grad()
-    def decode_latents(self, streams: list[bytes], hyper: torch.Tensor | None, height: int, width: int, progress: bool = False) -> torch.Tensor:
-        """y_hat from the latent stream, given the hyperprior rows of :meth:`decode_hyper`."""
+    def decode_latents(self, streams: list[bytes], hyper: torch.Tensor | None, height: int, width: int,
+                       progress: tqdm | None = None) -> torch.Tensor:  # fmt: skip
+        """y_hat from the latent stream, given the hyperprior rows of :meth:`decode_hyper`; ``progress`` (a bar)
+        advances by one per step of the decode schedule."""
         h, w, m = height // STRIDE, width // STRIDE, self.M
         device = self.context.weight.device  # a model on a GPU decodes there; the range decoder runs on the CPU
         dec = Decoder(streams[-1])
@@ -403,7 +409,7 @@ class GRM(CompressionModel):
             feats = torch.zeros(h * w, 2 * m, dtype=torch.float64, device=device)
             conf = torch.zeros(h * w, dtype=torch.float64, device=device)
 
-        for positions in tqdm(self.schedule.order(h, w), desc="decode", unit="step", disable=not progress, leave=False):
+        for positions in self.schedule.order(h, w):
             positions = positions.to(device)
             rows, cols = positions // w, positions % w
             stage1 = {}
@@ -427,4 +433,6 @@ class GRM(CompressionModel):
                 with profiling.stage("reference"):
                     feats[positions] = transfer_at(rows, cols)
                     conf[positions] = self._confidence(y_new, *stage1["pred"])
+            if progress is not None:
+                progress.update(1)
         return latent.inner.unsqueeze(0).float()
