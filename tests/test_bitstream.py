@@ -83,11 +83,15 @@ def test_layout_offsets() -> None:
     assert data[9:25] == HASH
     assert struct.unpack_from("<HHHH", data, 25) == (0x0102, 0x0304, 7, 9)
     assert math.isnan(struct.unpack_from("<d", data, 33)[0])  # a fixed-rate file: no quality
-    assert data[41:43] == b"m1"
-    assert struct.unpack_from("<II", data, 43) == (2, 3)
-    assert data[51:56] == b"ABCDE"
-    assert struct.unpack_from("<I", data, 56)[0] == zlib.crc32(data[:56])
-    assert len(data) == 60
+    assert struct.unpack_from("<I", data, 41)[0] == 0  # no ICC profile
+    assert data[45:47] == b"m1"
+    assert struct.unpack_from("<II", data, 47) == (2, 3)
+    assert data[55:60] == b"ABCDE"
+    assert struct.unpack_from("<I", data, 60)[0] == zlib.crc32(data[:60])
+    assert len(data) == 64
+    with_profile = pack(dataclasses.replace(header, icc_profile=b"ICCP"), streams)
+    assert struct.unpack_from("<I", with_profile, 41)[0] == 4 and with_profile[45:51] == b"m1ICCP"
+    assert read_header(with_profile).icc_profile == b"ICCP" and read_header(with_profile).to_dict()["icc_profile_bytes"] == 4
 
 
 @pytest.mark.parametrize("quality", [0.0, 2.5, 3.0, 7.999999999999999, 1 / 3])
@@ -99,26 +103,33 @@ def test_quality_is_recorded_exactly(quality: float) -> None:
     assert header.to_dict()["quality"] == quality
 
 
+def older(data: bytes, version: int) -> bytes:
+    """A version 4 file without an ICC profile written as ``version`` 1, 2 or 3: version 3 has no ICC field,
+    version 2 is version 3's layout, version 1 has no quality either."""
+    body = data[:4] + bytes([version]) + (data[5:33] if version == 1 else data[5:41]) + data[45:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
 def test_version_1_files_still_read() -> None:
     """A file of format version 1 (before variable-rate models): the same layout without the quality."""
     header, streams = make([b"AB", b"CDE"], model="m1")
-    v3 = pack(header, streams)
-    body = v3[:4] + b"\x01" + v3[5:33] + v3[41:-4]
-    v1 = body + struct.pack("<I", zlib.crc32(body))
+    v1 = older(pack(header, streams), 1)
     assert unpack(v1) == (dataclasses.replace(header, version=1), streams)
     assert read_header(v1).quality is None and not read_header(v1).exact_synthesis
 
 
-def test_version_2_files_are_read_as_float_synthesis() -> None:
-    """Version 2 has version 3's layout; only version 3 and later are synthesized exactly."""
+def test_version_2_files_are_read_as_float_synthesis_and_version_3_without_a_profile() -> None:
+    """Version 2 has version 3's layout; only version 3 and later are synthesized exactly; version 4 adds the ICC profile."""
     header, streams = make([b"AB", b"CDE"], model="m1", quality=2.5)
-    v3 = pack(header, streams)
-    body = v3[:4] + b"\x02" + v3[5:-4]
-    v2 = read_header(body + struct.pack("<I", zlib.crc32(body)))
+    v4 = pack(header, streams)
+    v2, v3 = read_header(older(v4, 2)), read_header(older(v4, 3))
     assert v2 == dataclasses.replace(header, version=2) and not v2.exact_synthesis
-    assert read_header(v3).exact_synthesis and read_header(v3).to_dict()["format_version"] == 3
-    with pytest.raises(ValueError, match="writes format version 3 only"):
+    assert v3 == dataclasses.replace(header, version=3) and v3.exact_synthesis and v3.icc_profile is None
+    assert read_header(v4).exact_synthesis and read_header(v4).to_dict()["format_version"] == 4
+    with pytest.raises(ValueError, match="writes format version 4 only"):
         pack(v2, streams)
+    with pytest.raises(ValueError, match="format version 3 holds no ICC profile"):
+        dataclasses.replace(header, version=3, icc_profile=b"ICCP")
 
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf])
@@ -147,20 +158,22 @@ def test_to_dict_is_json() -> None:
         (b"PNG\x00" + SMALL[4:], "bad magic"),
         (b"\x89PNG", "bad magic"),
         (SMALL[:4] + b"\x07" + SMALL[5:], "unsupported format version 7"),
-        (SMALL[:20], "truncated file: header needs 41 bytes, found 20"),
+        (SMALL[:20], "truncated file: header needs 45 bytes, found 20"),
         (SMALL[:8] + b"\x11" + SMALL[9:], "bad stream count 17"),
         (SMALL[:8] + b"\x00" + SMALL[9:], "bad stream count 0"),
         (SMALL[:-1], "truncated file: header says 5 payload bytes"),
         (SMALL + b"\x00", "trailing garbage: 1 bytes"),
         (SMALL[:-1] + bytes([SMALL[-1] ^ 1]), "checksum mismatch"),
-        (SMALL[:54] + b"?" + SMALL[55:], "checksum mismatch"),  # a payload byte
+        (SMALL[:58] + b"?" + SMALL[59:], "checksum mismatch"),  # a payload byte
         (patched(SMALL, 5, b"\x02"), "unknown schedule code 2"),
         (patched(SMALL, 6, b"\x09"), "unknown image mode code 9"),
-        (patched(SMALL, 41, b"\xff"), "model id is not valid UTF-8"),
+        (patched(SMALL, 45, b"\xff"), "model id is not valid UTF-8"),
+        (patched(SMALL, 41, b"\xff\xff\xff\x7f"), "implausible ICC profile of 2147483647 bytes"),
+        (patched(SMALL, 41, b"\x02\x00\x00\x00"), "truncated file"),  # a profile the file does not hold
         (patched(SMALL, 25, b"\x00\x00"), "invalid header: width must be in 1..65535, got 0"),
         (patched(SMALL, 27, b"\x00\x00"), "invalid header: height must be in 1..65535, got 0"),
         (
-            recrc(SMALL[:7] + b"\x00" + SMALL[8:41] + SMALL[42:]),  # drop the 1-byte model id
+            recrc(SMALL[:7] + b"\x00" + SMALL[8:45] + SMALL[46:]),  # drop the 1-byte model id
             "invalid header: model id must be 1..255",
         ),
     ],
@@ -175,7 +188,7 @@ def test_rejects(data: bytes, message: str) -> None:
 def test_huge_claimed_lengths_fail_fast() -> None:
     header, streams = make([b"a"] * 16)
     data = bytearray(pack(header, streams))
-    lengths_at = 41 + len(header.model)
+    lengths_at = 45 + len(header.model)
     data[lengths_at : lengths_at + 64] = b"\xff" * 64
     with pytest.raises(BitstreamError, match="truncated file"):
         unpack(bytes(data))

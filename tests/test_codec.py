@@ -355,3 +355,29 @@ def test_one_progress_bar_covers_the_entropy_decoding_and_the_synthesis(tiny_mod
             assert bar.n == bar.total == steps > 1  # one per wavefront
             model.synthesize(y_hat, True, bar)
         assert bar.n == bar.total > steps  # and one per synthesis tile
+
+
+def test_the_icc_profile_is_kept(tiny_model, tiny_weights, tmp_path):
+    """Issue 38: a Display P3 or Adobe RGB profile was dropped, so colour-managed viewers showed other colours.
+    The file carries it (format version 4) and every way of decoding gives it back."""
+    from PIL import ImageCms
+
+    from refcodec import cli, pillow  # noqa: F401  (registers the plugin)
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # any real profile's bytes
+    image = natural_image(40, 30, seed=8)
+    image.save(tmp_path / "p.png", icc_profile=profile)
+    data = codec.compress(tmp_path / "p.png", tiny_model)
+    assert read_header(data).icc_profile == profile and read_header(data).version == 4
+    assert codec.decompress(data, tiny_model).info["icc_profile"] == profile
+    plain = codec.compress(image, tiny_model)
+    assert read_header(plain).icc_profile is None and len(data) == len(plain) + len(profile)  # the same streams
+    (tmp_path / "p.rfc").write_bytes(data)
+    pillow.register(models=[str(tiny_weights)])
+    with Image.open(tmp_path / "p.rfc") as im:
+        assert im.info["icc_profile"] == profile
+    for extension in (".png", ".tif", ".jpg", ".webp"):
+        out = tmp_path / f"back{extension}"
+        assert cli.main(["decompress", str(tmp_path / "p.rfc"), "-o", str(out), "--model", str(tiny_weights)]) == 0
+        with Image.open(out) as im:
+            assert im.info.get("icc_profile") == profile, extension

@@ -5,11 +5,11 @@ Stdlib only (no torch, no numpy), so the parser can be fuzzed on its own.
 Versioning rule: ``FORMAT_VERSION`` is bumped whenever the byte layout or the
 meaning of any field changes. A reader refuses every version it does not know.
 
-Byte layout of version 3 (all integers little-endian, unsigned)::
+Byte layout of version 4 (all integers little-endian, unsigned)::
 
     offset          size  field
     0               4     magic b"RFCD"
-    4               1     format version (3)
+    4               1     format version (4)
     5               1     schedule code (0 = raster, 1 = wavefront)
     6               1     mode code (0 = RGB, 1 = L)
     7               1     n: byte length of the model id (1..255)
@@ -20,17 +20,19 @@ Byte layout of version 3 (all integers little-endian, unsigned)::
     29              2     pad_right (0..65535)
     31              2     pad_bottom (0..65535)
     33              8     quality, IEEE float64 (a variable-rate model's exact quality; NaN: a fixed-rate model)
-    41              n     model id, UTF-8
-    41+n            4*k   byte length of each stream (u32 each)
-    41+n+4k         P     the k streams, concatenated (P = sum of the lengths)
-    41+n+4k+P       4     CRC32 (zlib.crc32) of every byte before it
+    41              4     m: byte length of the ICC colour profile (0: none)
+    45              n     model id, UTF-8
+    45+n            m     the input image's ICC profile, as it was (opaque bytes: the pixels are coded as they are)
+    45+n+m          4*k   byte length of each stream (u32 each)
+    45+n+m+4k       P     the k streams, concatenated (P = sum of the lengths)
+    45+n+m+4k+P     4     CRC32 (zlib.crc32) of every byte before it
 
-A file ends exactly after the CRC; anything longer or shorter is rejected. Version 3 means that
+A file ends exactly after the CRC; anything longer or shorter is rejected. Version 3 and later mean that
 the decoder synthesizes the image with the exact fixed-point g_s (``synthesis``), the same pixels on
 every machine; versions 1 and 2 are decoded with the float32 g_s they were written for, whose
-pixels may differ by a level between machines. Version 2 has the layout of version 3. Version 1,
-written by releases before variable-rate models, is the same without the quality field; it is
-still read (as a fixed-rate file).
+pixels may differ by a level between machines. Version 3 is version 4 without the ICC profile (no
+field m, no profile); version 2 has the layout of version 3. Version 1, written by releases before
+variable-rate models, is the same without the quality field; it is still read (as a fixed-rate file).
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ from typing import Any
 from .errors import RefcodecError
 
 MAGIC = b"RFCD"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+ICC_FROM = 4  # files of this version and later carry an ICC profile field
 EXACT_SYNTHESIS_FROM = 3  # files of this version and later are synthesized exactly (``synthesis``)
 
 MAX_STREAMS = 16
 HASH_SIZE = 16
+MAX_ICC = 1 << 24  # bytes of an ICC profile (real ones take a few kB to a few hundred kB)
 
 _SCHEDULES = ("raster", "wavefront")  # index = byte code
 _MODES = ("RGB", "L")  # index = byte code
@@ -57,7 +61,9 @@ _MODES = ("RGB", "L")  # index = byte code
 _PREAMBLE = struct.Struct("<4sB")  # magic, version
 _FIXED = struct.Struct(f"<BBBB{HASH_SIZE}sHHHH")  # offsets 5..32
 _QUALITY = struct.Struct("<d")  # version 2 and later
-_HEADER_FIXED_SIZE = {1: _PREAMBLE.size + _FIXED.size, 2: _PREAMBLE.size + _FIXED.size + _QUALITY.size, 3: _PREAMBLE.size + _FIXED.size + _QUALITY.size}  # 33, 41, 41
+_ICC_LENGTH = struct.Struct("<I")  # version 4 and later
+_WITH_QUALITY = _PREAMBLE.size + _FIXED.size + _QUALITY.size
+_HEADER_FIXED_SIZE = {1: _PREAMBLE.size + _FIXED.size, 2: _WITH_QUALITY, 3: _WITH_QUALITY, 4: _WITH_QUALITY + _ICC_LENGTH.size}  # 33, 41, 41, 45
 _STREAM_LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 
@@ -92,6 +98,7 @@ class Header:
     stream_lengths: tuple[int, ...]
     quality: float | None = None  # a variable-rate model's coding quality; None for a fixed-rate model
     version: int = FORMAT_VERSION  # the format version a file was read from (``pack`` writes FORMAT_VERSION only)
+    icc_profile: bytes | None = None  # the input's ICC colour profile (version 4 and later), or None
 
     def __post_init__(self) -> None:
         """Validate every field against what the format can store."""
@@ -124,6 +131,11 @@ class Header:
             object.__setattr__(self, "quality", float(self.quality))
         if self.version not in READABLE_VERSIONS:
             raise ValueError(f"version must be one of {READABLE_VERSIONS}, got {self.version!r}")
+        if self.icc_profile is not None:
+            if not isinstance(self.icc_profile, bytes) or not 1 <= len(self.icc_profile) <= MAX_ICC:
+                raise ValueError(f"icc_profile must be 1..{MAX_ICC} bytes or None")
+            if self.version < ICC_FROM:
+                raise ValueError(f"format version {self.version} holds no ICC profile")
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -149,6 +161,7 @@ class Header:
             "stream_lengths": list(self.stream_lengths),
             "quality": self.quality,
             "format_version": self.version,
+            "icc_profile_bytes": len(self.icc_profile or b""),
         }
 
 
@@ -178,7 +191,9 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
             header.pad_bottom,
         ),
         _QUALITY.pack(math.nan if header.quality is None else header.quality),
+        _ICC_LENGTH.pack(len(header.icc_profile or b"")),
         model,
+        header.icc_profile or b"",
         *(_STREAM_LENGTH.pack(length) for length in header.stream_lengths),
         *streams,
     ]
@@ -209,11 +224,15 @@ def _parse(data: bytes) -> tuple[Header, int]:
         data, _PREAMBLE.size
     )
     quality = math.nan if version == 1 else _QUALITY.unpack_from(data, _PREAMBLE.size + _FIXED.size)[0]
+    icc_size = _ICC_LENGTH.unpack_from(data, _WITH_QUALITY)[0] if version >= ICC_FROM else 0
     if not 1 <= n_streams <= MAX_STREAMS:
         raise BitstreamError(f"bad stream count {n_streams} (must be 1..{MAX_STREAMS})")
+    if icc_size > MAX_ICC:
+        raise BitstreamError(f"implausible ICC profile of {icc_size} bytes (at most {MAX_ICC})")
 
     # Framing: every size is known before any payload byte is touched.
-    lengths_at = fixed_size + model_size
+    icc_at = fixed_size + model_size
+    lengths_at = icc_at + icc_size
     payload_at = lengths_at + _STREAM_LENGTH.size * n_streams
     _require_size(data, payload_at)
     stream_lengths = tuple(
@@ -243,7 +262,7 @@ def _parse(data: bytes) -> tuple[Header, int]:
     if mode_code >= len(_MODES):
         raise BitstreamError(f"unknown image mode code {mode_code}")
     try:
-        model = data[fixed_size:lengths_at].decode("utf-8")
+        model = data[fixed_size:icc_at].decode("utf-8")
     except UnicodeDecodeError:
         raise BitstreamError("model id is not valid UTF-8") from None
     width, height, pad_right, pad_bottom = sizes
@@ -260,6 +279,7 @@ def _parse(data: bytes) -> tuple[Header, int]:
             stream_lengths=stream_lengths,
             quality=None if math.isnan(quality) else quality,
             version=version,
+            icc_profile=bytes(data[icc_at:lengths_at]) or None,
         )
     except ValueError as e:
         raise BitstreamError(f"invalid header: {e}") from None

@@ -256,7 +256,8 @@ def cmd_decompress(args) -> int:
 
     buf = BytesIO()
     kind, options = FORMATS[dst.suffix.lower()]
-    image.save(buf, format=kind, **options)
+    profile = {"icc_profile": image.info["icc_profile"]} if image.info.get("icc_profile") and kind != "BMP" else {}
+    image.save(buf, format=kind, **options, **profile)  # the input's colour profile, where the format holds one
     _write_atomic(dst, buf.getvalue(), args.force)
     record = {"input": str(src), "output": str(dst), "format": kind, "width": image.width, "height": image.height, "seconds": seconds}
     lossy = " (JPEG at quality 95, 4:4:4: lossy; PNG, TIFF, BMP, PPM and WebP keep the decoded pixels)" if kind == "JPEG" else ""

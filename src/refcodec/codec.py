@@ -122,6 +122,7 @@ def encode_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: floa
         pad_bottom=x.shape[2] - height,
         stream_lengths=tuple(len(s) for s in streams),
         quality=coded_quality,
+        icc_profile=rgb.info.get("icc_profile") or None,  # kept as it was: the decoded image gives it back
     )
     return pack(header, streams), y_hat
 
@@ -181,9 +182,13 @@ def opened(data: bytes, model: CompressionModel | None = None, max_pixels: int =
 
 
 def to_image(header: Header, x_hat: torch.Tensor) -> Image.Image:
-    """The decoded image of a file from the reconstruction of its padded image."""
+    """The decoded image of a file from the reconstruction of its padded image, with the input's ICC
+    profile in ``info["icc_profile"]`` where the file carries one."""
     image = tensor_to_image(x_hat[:, :, : header.height, : header.width])
-    return image.convert("L") if header.mode == "L" else image
+    image = image.convert("L") if header.mode == "L" else image
+    if header.icc_profile:
+        image.info["icc_profile"] = header.icc_profile
+    return image
 
 
 def check_device(device: str | torch.device | None) -> None:

@@ -79,13 +79,24 @@ class InputWarning(UserWarning):
 
 
 def to_rgb(image: Image.Image, drop_alpha: bool = False) -> tuple[Image.Image, str]:
-    """The RGB image to code and the mode to give back ("RGB" or "L").
+    """The RGB image to code and the mode to give back ("RGB" or "L"), with the input's ICC profile
+    (``info["icc_profile"]``), which the file keeps.
 
     An alpha channel that is opaque everywhere (most screenshots and exports) is dropped with an
     InputWarning; a real one is refused, or with ``drop_alpha`` (training data) dropped. The bit depth
     comes from the mode: 16-bit gray ("I;16", and "I", which Pillow gives 16-bit PNGs) spans 0-65535,
     whatever its values.
     """
+    rgb, mode = _rgb(image, drop_alpha)
+    profile = image.info.get("icc_profile")
+    if profile and rgb.info.get("icc_profile") != profile:
+        rgb = rgb.copy() if rgb is image else rgb
+        rgb.info["icc_profile"] = profile
+    return rgb, mode
+
+
+def _rgb(image: Image.Image, drop_alpha: bool) -> tuple[Image.Image, str]:
+    """:func:`to_rgb`'s pixels and mode."""
     if image.mode in _ALPHA or "transparency" in image.info:
         rgba = image.convert("RGBA")
         if rgba.getchannel("A").getextrema()[0] == 255:

@@ -59,6 +59,8 @@ class RefcodecImageFile(ImageFile.ImageFile):
         self._mode = header.mode
         self._size = (header.width, header.height)
         self.info["refcodec"] = header.to_dict()
+        if header.icc_profile:
+            self.info["icc_profile"] = header.icc_profile
         self.tile = [ImageFile._Tile(FORMAT, (0, 0) + self.size, 0, (data,))]
 
 
