@@ -169,3 +169,9 @@ def test_bad_input_is_a_one_line_error(folder, tmp_path, capsys, args, message):
     paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folder": folder}
     rc, _, err = run(capsys, *[a.format(**paths) for a in args], "-o", tmp_path / "out")
     assert rc == 1 and err.count("\n") == 1 and err.startswith("refcodec: error:") and message in err, err
+
+
+def test_one_option_names_every_sweep_the_models_included():
+    """Issue 38: compare had --qualities for the classical codecs and --model-qualities for refcodec's."""
+    chosen = compare._qualities(["50,90", "webp=10,20", "refcodec=1,4.5"], ["jpeg", "webp"])
+    assert chosen == {"jpeg": (50, 90), "webp": (10, 20), "refcodec": (1, 4.5)}

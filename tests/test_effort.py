@@ -159,7 +159,7 @@ def test_compare_measures_each_effort(tmp_path, capsys):
     natural_image(96, 64, seed=8).save(folder / "a.png")
     out = tmp_path / "out"
     assert cli(["compare", str(folder), "-o", str(out), "--codecs", "webp", "--qualities", "20,60,90", "--anchor", "webp",
-                "--effort", "default", "fast", "--model-qualities", "1", "4"]) == 0  # fmt: skip
+                "--effort", "default", "fast", "--qualities", "refcodec=1,4"]) == 0  # fmt: skip
     fast = json.loads((out / "refcodec-fast.json").read_text())
     default = json.loads((out / "refcodec-default.json").read_text())
     assert fast["name"] == "refcodec-grm-fast" and "fast effort" in fast["description"] and len(fast["results"]["bpp"]) == 2

@@ -206,13 +206,17 @@ def sweep(c: Codec, images: dict[str, Image.Image], qualities, conditions: str =
     }
 
 
+MODEL = "refcodec"  # the name --qualities gives the --model's qualities (of --effort)
+
+
 def _qualities(specs: list[str] | None, names: list[str]) -> dict[str, tuple]:
-    """Parse ``Q,Q,...`` (every codec) and ``CODEC=Q,Q,...`` (one codec) into {codec: qualities}."""
+    """Parse ``Q,Q,...`` (every classical codec) and ``CODEC=Q,Q,...`` (one codec, or ``refcodec=`` for the
+    --model's qualities) into {codec: qualities}."""
     chosen = {}
     for spec in specs or []:
         target, _, values = spec.rpartition("=")
-        if target and target not in names:
-            raise RefcodecError(f"--qualities {spec}: {target} is not among the codecs ({', '.join(names)})")
+        if target and target not in names + [MODEL]:
+            raise RefcodecError(f"--qualities {spec}: {target} is not among the codecs ({', '.join(names + [MODEL])})")
         try:
             qs = tuple(int(v) if v.is_integer() else v for v in map(float, values.split(",")))
         except ValueError:
@@ -316,7 +320,9 @@ def main(argv=None) -> int:
     p.add_argument("folder", nargs="?", help="folder of images, searched recursively (not needed with --codecs none)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     p.add_argument("--codecs", default=",".join(CODECS), help=f"comma-separated, from {','.join(CODECS)}; or none")
-    p.add_argument("--qualities", nargs="+", metavar="[CODEC=]Q,Q", help="quality sweep for every codec, or for one")
+    p.add_argument("--qualities", nargs="+", metavar="[CODEC=]Q,Q",
+                   help=f"quality sweep for every classical codec, or for one; {MODEL}=Q,Q: the qualities of --model "
+                   f"measured with --effort (default {MODEL}=1,2,3,4)")  # fmt: skip
     p.add_argument("--anchor", help="comma-separated anchors of the BD tables, codecs or curve names; the first is the "
                                     "reference of rate-savings.png (default: hevc if run, else the first curve)")  # fmt: skip
     p.add_argument("--curves", nargs="+", action="extend", default=[], metavar="JSON",
@@ -324,8 +330,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="threads for x265, libde265, libavif, libjxl and refcodec (default 1)")
     p.add_argument("--effort", nargs="+", default=[], choices=list(EFFORTS),
                    help="also measure refcodec --model at each of these encoder efforts (refcodec compress --effort)")  # fmt: skip
-    p.add_argument("--model-qualities", type=float, nargs="+", default=[1, 2, 3, 4], metavar="Q",
-                   help="the qualities of --model measured with --effort (default 1 2 3 4)")  # fmt: skip
+    p.add_argument("--model-qualities", type=float, nargs="+", help=argparse.SUPPRESS)  # the old spelling of refcodec=Q,Q
     p.add_argument("--metric", default="psnr", choices=list(bdrate.METRICS),
                    help="quality axis of the BD tables and the rate-savings plot: PSNR, or MS-SSIM in dB as the paper's "
                    "Figure 6 (writes bdrate-ms-ssim.json/.md and rate-savings-ms-ssim.png)")  # fmt: skip
@@ -355,7 +360,8 @@ def main(argv=None) -> int:
     curves, skipped = run_codecs(names, qualities, args.folder, args.threads, out)
     if args.visual:
         extra.append(visual.refcodec_curve(args, out))
-    curves += run_efforts(args.effort, args.model, args.model_qualities, args.folder, args.threads, out)
+    model_qualities = qualities.pop(MODEL, None) or args.model_qualities or (1, 2, 3, 4)
+    curves += run_efforts(args.effort, args.model, list(model_qualities), args.folder, args.threads, out)
     report(curves + extra, anchors, skipped, out, Path(args.folder).name if args.folder else "", args.metric)
     if args.visual:
         print(f"wrote {visual.write(args, {n: CODECS[n](args.threads) for n in names if n not in skipped}, skipped, out)}")
