@@ -115,10 +115,12 @@ def test_subcommand_help(capsys, command):
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["info", "FILE"], ["info", "missing.rfc"], ["compress"],
-                                  ["decompress", "FILE", "--bogus"], ["compress", "--help"]])  # fmt: skip
+                                  ["decompress", "FILE", "--bogus"], ["compress", "--help"], ["compress", "missing.png"],
+                                  ["compress", "PNG", "-o", "nowhere/x.rfc"], ["decompress", "missing.rfc"],
+                                  ["decompress", "FILE", "-o", "x.xyz"], ["decompress", "PNG"]])  # fmt: skip
 def test_the_parser_help_version_info_and_usage_errors_do_not_import_torch(argv, files):
-    """Issue 38: an instant start. Importing torch takes seconds; none of these needs it."""
-    argv = [str(files["rfc"]) if a == "FILE" else a for a in argv]
+    """Issue 38: an instant start. Importing torch takes seconds; none of these needs it, nor any input or output error."""
+    argv = [{"FILE": str(files["rfc"]), "PNG": str(files["png"])}.get(a, a) for a in argv]
     code = ("import sys\nfrom refcodec import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "sys.stderr.write('torch imported' if 'torch' in sys.modules else 'no torch')")  # fmt: skip
     p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)

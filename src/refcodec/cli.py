@@ -139,33 +139,37 @@ FORMATS = {".png": ("PNG", {}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}), ".b
 
 
 def cmd_compress(args) -> int:
-    import torch
-
     from . import images
-    from .models.registry import DEFAULT_QUALITY
+    from .models.presets import DEFAULT_QUALITY
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda: no CUDA device is available")
     target = any(t is not None for t in (args.target_bpp, args.target_psnr, args.target_ms_ssim))
     if target and args.quality is not None:
         raise CliError("give --quality or a target (--target-bpp, --target-psnr, --target-ms-ssim), not both")
+    outputs = _outputs(args.images, args.output, ".rfc")
+    if len(args.images) == 1:  # its input and output are refused before torch loads (seconds)
+        _check_output(outputs[0], args.force)
+        images.load_image(args.images[0], args.max_pixels).close()
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
     quality = DEFAULT_QUALITY if args.quality is None else args.quality
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", images.InputWarning)  # each input's notes are said once, by _compress_each
-        failures = _compress_each(args, quality, target)
+        failures = _compress_each(args, quality, target, outputs)
     for f in failures:
         print(f"refcodec: error: {f}", file=sys.stderr)
     return EXIT_ERROR if failures else 0
 
 
-def _compress_each(args, quality: float, target: bool) -> list[str]:
+def _compress_each(args, quality: float, target: bool, outputs: list[Path]) -> list[str]:
     """``compress``'s inputs, each coded and written, or its failure kept (a batch goes on; one input raises)."""
     from . import codec, images, ratecontrol, refine
     from .bitstream import read_header
 
     model = None
     failures = []
-    for src, dst in zip(args.images, _outputs(args.images, args.output, ".rfc")):
+    for src, dst in zip(args.images, outputs):
         try:
             _check_output(dst, args.force)
             start = time.perf_counter()
@@ -231,18 +235,21 @@ def _prepare(net, args):
 
 
 def cmd_decompress(args) -> int:
-    import torch
+    from .bitstream import read_header
 
-    from . import codec
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda: no CUDA device is available")
     src = Path(args.file)
     dst = Path(args.output) if args.output else src.with_suffix(".png")
     if dst.suffix.lower() not in FORMATS:
         raise CliError(f"{dst}: cannot tell the image format from {dst.suffix or 'no extension'!r}; use one of {', '.join(FORMATS)}")
     _check_output(dst, args.force)
     data = _read(src)
+    read_header(data)  # a damaged or foreign file is refused before torch loads (seconds)
+    import torch
+
+    from . import codec
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
     model = None
     if args.model:
         from .models.registry import load_model
