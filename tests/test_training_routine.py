@@ -7,10 +7,12 @@ import math
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from refcodec.eval import bdrate
 from refcodec.models import registry
 
 from conftest import load_script, natural_image
@@ -180,11 +182,36 @@ def test_ship_gate_judges_against_the_shipped_model(datasets, tmp_path, monkeypa
     for s in verdict["sets"].values():
         assert all(s["candidate"][k] == s["shipped"][k] for k in ("bpp", "psnr-rgb", "ms-ssim-rgb"))
         assert len(s["candidate"]["bpp"]) == 5 and s["candidate_vs_shipped"]["bd_rate"] == 0
+        assert s["top"]["candidate"] == s["top"]["shipped"] and s["candidate_vs_shipped_below_top"] == pytest.approx(0, abs=1e-9)
         assert {"candidate_vs_shipped", "candidate_vs_webp", "candidate_vs_hevc", "shipped_vs_webp"} <= set(s)
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "results/gate/cache").iterdir())
     assert cached == ["hevc", "hevc", "shipped", "shipped", "webp", "webp"]
     with pytest.raises(SystemExit):
         gate.main([str(candidate), "--qualities", "1", "2", "3"])  # fewer than five qualities
+
+
+def test_the_gate_sees_the_whole_curve():
+    """Issue 36: a candidate that gains at the top but loses more than 1% below the shipped model's top is
+    refused, and so is one whose top is lower; BD-rate below the top is that of the range below it."""
+    gate = load_script("ship_gate")
+    psnr = [28.0, 30.0, 32.0, 33.0, 33.5]
+    shipped = bdrate.Curve("shipped", np.array([0.2, 0.35, 0.6, 0.85, 1.05]), np.array(psnr), np.ones(5))
+    cheaper = bdrate.Curve("c", shipped.bpp * 0.9, np.array(psnr), np.ones(5))
+    assert bdrate.bd_rate_below(shipped, cheaper, 33.0) == pytest.approx(-10, abs=0.01)
+    wide = bdrate.Curve("w", np.array([0.21, 0.37, 0.63, 0.89, 1.0, 1.3]), np.array(psnr + [36.0]), np.ones(6))  # +5% below, far higher top
+    assert bdrate.bd_rate_below(shipped, wide, 33.0) == pytest.approx(5, abs=0.5)
+
+    def judged(test):
+        d = bdrate.delta(shipped, test)
+        return {"candidate_vs_shipped": d, "candidate_vs_shipped_below_top": bdrate.bd_rate_below(shipped, test, 33.0),
+                "top": {"candidate": float(test.psnr.max()), "shipped": 33.5}}  # fmt: skip
+
+    assert gate.accepted([judged(cheaper)])
+    lower_top = bdrate.Curve("l", cheaper.bpp[:4], np.array(psnr[:4]), np.ones(4))
+    assert not gate.accepted([judged(lower_top)])  # cheaper where it reaches, but it stops below the shipped top
+    verdict = judged(wide)
+    verdict["candidate_vs_shipped"] = dict(verdict["candidate_vs_shipped"], bd_rate=-1.0)  # even if the whole range gained
+    assert not gate.accepted([verdict])
 
 
 def test_ship_gate_judges_an_ms_ssim_candidate_on_ms_ssim_against_the_mse_model(tmp_path, monkeypatch):

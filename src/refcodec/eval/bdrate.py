@@ -133,6 +133,17 @@ def delta(anchor: Curve, test: Curve) -> dict:
     }
 
 
+def bd_rate_below(anchor: Curve, test: Curve, top: float, points: int = 100) -> float:
+    """BD-rate (%) of ``test`` against ``anchor`` over their common PSNR range cut at ``top``: the mean of the
+    log-rate difference there, as BD-rate is over the whole common range (NaN where nothing is left)."""
+    psnr, savings = rate_savings(anchor, test, points)
+    below = psnr <= top
+    if below.sum() < 2:
+        return math.nan
+    log_ratio = np.log10(1 - savings[below] / 100)  # per PSNR: log10(test rate / anchor rate)
+    return float(100 * (10 ** log_ratio.mean() - 1))
+
+
 def rate_savings(anchor: Curve, test: Curve, points: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Rate saving in % (positive: fewer bits) against PSNR, over the common PSNR range (empty if none)."""
     ra, pa = rd_points(anchor)
