@@ -146,9 +146,10 @@ def cmd_compress(args) -> int:
     if target and args.quality is not None:
         raise CliError("give --quality or a target (--target-bpp, --target-psnr, --target-ms-ssim), not both")
     outputs = _outputs(args.images, args.output, ".rfc")
+    loaded = {}
     if len(args.images) == 1:  # its input and output are refused before torch loads (seconds)
         _check_output(outputs[0], args.force)
-        images.load_image(args.images[0], args.max_pixels).close()
+        loaded[args.images[0]] = images.load_image(args.images[0], args.max_pixels)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -156,14 +157,15 @@ def cmd_compress(args) -> int:
     quality = DEFAULT_QUALITY if args.quality is None else args.quality
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", images.InputWarning)  # each input's notes are said once, by _compress_each
-        failures = _compress_each(args, quality, target, outputs)
+        failures = _compress_each(args, quality, target, outputs, loaded)
     for f in failures:
         print(f"refcodec: error: {f}", file=sys.stderr)
     return EXIT_ERROR if failures else 0
 
 
-def _compress_each(args, quality: float, target: bool, outputs: list[Path]) -> list[str]:
-    """``compress``'s inputs, each coded and written, or its failure kept (a batch goes on; one input raises)."""
+def _compress_each(args, quality: float, target: bool, outputs: list[Path], loaded: dict) -> list[str]:
+    """``compress``'s inputs, each coded and written, or its failure kept (a batch goes on; one input raises);
+    ``loaded``: inputs already read, by path."""
     from . import codec, images, ratecontrol, refine
     from .bitstream import read_header
 
@@ -173,7 +175,7 @@ def _compress_each(args, quality: float, target: bool, outputs: list[Path]) -> l
         try:
             _check_output(dst, args.force)
             start = time.perf_counter()
-            image = images.load_image(src, args.max_pixels)
+            image = loaded.pop(src, None) or images.load_image(src, args.max_pixels)
             with warnings.catch_warnings(record=True) as caught:  # what is not coded (an opaque alpha): said once
                 warnings.simplefilter("always", images.InputWarning)
                 images.to_rgb(image)

@@ -30,13 +30,14 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .bitstream import MAGIC, read_header
 from .errors import RefcodecError
+from .models.presets import LAMBDAS
 
 FORMAT = "REFCODEC"
 EXTENSION = ".rfc"
 MIME = "image/x-refcodec"
 SAVE_OPTIONS = ("model", "target_bpp", "target_psnr", "target_ms_ssim", "effort", "strict")  # keywords of refcodec.compress as they are
 PILLOW_QUALITY = 100  # Pillow's top quality, mapped onto the model's top (QUALITY_TOP)
-QUALITY_TOP = 8  # the top quality of the shipped models (registry.LAMBDAS), without importing torch
+QUALITY_TOP = max(LAMBDAS)  # the top quality of the shipped models
 _models: list = []  # weights files (loaded on first use) or models that decode files of weights not shipped
 
 
