@@ -61,7 +61,7 @@ def rate_vs_anchor(bpp: list[float], psnr: list[float], anchor) -> list[float]:
     return [float(v) for v in 100 * (np.asarray(bpp) / np.exp(at) - 1)]
 
 
-KODAK_POINT = re.compile(r"kodak-grm-small-(\d+)\.json$")  # a shipped MSE model's Kodak curve at a number of steps
+KODAK_POINT = re.compile(r"kodak-grm-(small|medium)-(\d+)\.json$")  # a shipped MSE model's Kodak curve at a number of steps
 LOW_QUALITIES = (1, 4)  # where the variable-rate model is below its transforms' ceiling, and the per-quality models were
 
 
@@ -84,15 +84,16 @@ def bd_rates(anchor, report: dict, source: str, metric: str = "psnr") -> tuple[f
 
 
 def kodak_points(points: Path, anchors: Path) -> list[dict]:
-    """BD-rate of every ``points/kodak-grm-small-<steps>.json`` against ``anchors``' WebP and HEVC curves, over
-    the curve's whole range and over ``LOW_QUALITIES`` (``within``), by steps."""
+    """BD-rate of every ``points/kodak-grm-<preset>-<steps>.json`` (small, or the wide medium grown from it, whose
+    steps go on from small's) against ``anchors``' WebP and HEVC curves, over the curve's whole range and over
+    ``LOW_QUALITIES`` (``within``), by steps."""
     refs = {name: load_curve(anchors / f"{name}.json") for name in ("webp", "hevc")}
     rows = []
-    for path in sorted(points.glob("kodak-grm-small-*.json")):
+    for path in sorted(points.glob("kodak-grm-*.json")):
         if not (m := KODAK_POINT.search(path.name)):
             continue
         report = json.loads(path.read_text())
-        row = {"steps": int(m.group(1)), "file": path.name, "qualities": report.get("qualities"),
+        row = {"preset": m.group(1), "steps": int(m.group(2)), "file": path.name, "qualities": report.get("qualities"),
                "variable_rate": all(isinstance(q, (int, float)) for q in report.get("qualities") or ["?"])}  # fmt: skip
         for name, ref in refs.items():
             row[f"vs_{name}"], low = bd_rates(ref, report, str(path))
@@ -109,15 +110,18 @@ def kodak_plot(rows: list[dict], out: Path) -> None:
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     steps = [r["steps"] for r in rows]
-    for name, color in (("webp", "tab:blue"), ("hevc", "tab:red")):
-        ax.plot(steps, [r[f"vs_{name}"] for r in rows], marker="o", color=color, label=f"vs {name.upper() if name == 'hevc' else 'WebP'}, whole range")
-        ax.plot(steps, [r.get(f"vs_{name}_q1_4", np.nan) for r in rows], marker=".", ls="--", color=color, label="qualities 1-4")
+    for preset, marker in (("small", "o"), ("medium", "s")):
+        mine = [r for r in rows if r["preset"] == preset]
+        for name, color in (("webp", "tab:blue"), ("hevc", "tab:red")) if mine else ():
+            x, anchor = [r["steps"] for r in mine], name.upper() if name == "hevc" else "WebP"
+            ax.plot(x, [r[f"vs_{name}"] for r in mine], marker=marker, color=color, label=f"grm/{preset}/vr vs {anchor}, whole range")
+            ax.plot(x, [r.get(f"vs_{name}_q1_4", np.nan) for r in mine], marker=".", ls="--", color=color, label="qualities 1-4")
     ax.axhline(0, color="gray", lw=0.8)
     first = next((i for i, r in enumerate(rows) if r["variable_rate"]), 0)
     if first:  # the per-quality models before it, one variable-rate model from it on
         ax.axvline((steps[first - 1] + steps[first]) / 2, color="gray", lw=0.8, ls=":")
         ax.text((steps[first - 1] + steps[first]) / 2, ax.get_ylim()[1], " one variable-rate model ->", va="top", fontsize=8, color="gray")
-    ax.set_xlabel("training steps of the shipped grm/small model")
+    ax.set_xlabel("training steps (the wide grm/medium/vr goes on from the grm/small/vr it was grown from)")
     ax.set_ylabel("Kodak BD-rate (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -4,10 +4,11 @@
     python scripts/release.py        # then update the README from what it prints, and commit
 
 The release is the shipped model whose weights differ from HEAD's (the commit of the release they
-replace, ``ship_weights.release_commit``). Run again, it redoes the same steps and changes nothing more:
+replace, ``ship_weights.release_commit``), or a model HEAD did not ship (a new one, such as the wide
+``grm/medium/vr`` grown from ``grm/small/vr``). Run again, it redoes the same steps and changes nothing more:
 
 1. keeps the replaced release's Kodak curve, HEAD's ``results/kodak/<name>-<preset>.json``, as
-   ``<model id>-<version>.json`` named "refcodec <model id> (<version>)";
+   ``<model id>-<version>.json`` named "refcodec <model id> (<version>)" (a new model replaces none);
 2. bumps the minor version (``src/refcodec/__init__.py``), unless HEAD's was already bumped;
 3. writes the new weights' conformance files (``scripts/conformance.py``);
 4. keeps the new curve as a learning-curve point, ``results/learning-curve/kodak-<name>-<preset>-<steps>.json``,
@@ -15,7 +16,9 @@ replace, ``ship_weights.release_commit``). Run again, it redoes the same steps a
 5. remakes the Kodak BD tables and plots in PSNR and in MS-SSIM (``refcodec compare --codecs none``) over
    every curve of ``results/kodak``, anchored on HEVC, WebP, JPEG, the shipped MSE model, the retired
    per-quality models and the newest kept release of the MSE model;
-6. prints what the README takes: the model card's table, the BD-rates of the new and the replaced
+6. draws the README's figure and table, ``results/kodak/current/``: the shipped models and the classical codecs only
+   (past releases are in the learning curve of step 4);
+7. prints what the README takes: the model card's table, the BD-rates of the new and the replaced
    weights over their whole range and over qualities 1-4 (``learning_curve.within``), the steps added.
 """
 
@@ -42,7 +45,10 @@ INIT = Path("src/refcodec/__init__.py")
 KODAK = Path("results/kodak")
 LEARNING_CURVE = Path("results/learning-curve")
 CLASSICAL = ("jpeg", "webp", "jpeg2000", "avif", "hevc", "jpegxl")  # refcodec compare's curves, in its order
-ANCHORS = ("hevc", "webp", "jpeg", "refcodec grm/small/vr", "refcodec grm/small/q1-q4 (0.2.0)")
+CURRENT = KODAK / "current"  # the README's figure: the shipped models against the classical codecs
+CURRENT_CLASSICAL = ("jpeg", "webp", "avif", "hevc", "jpegxl")
+ANCHORS = ("hevc", "webp", "jpeg")  # then every shipped MSE variable-rate model, the retired per-quality ones and the newest kept release
+RETIRED_ANCHOR = "refcodec grm/small/q1-q4 (0.2.0)"
 KEPT = re.compile(r"-(\d+)\.(\d+)\.(\d+)\.json$")  # a kept release's curve: <model id>-<version>.json
 
 
@@ -57,12 +63,18 @@ def at_head(path: Path) -> str | None:
 
 
 def shipped_release() -> str:
-    """The id of the shipped model whose weights the working tree changed (what ``ship_gate.py --ship`` wrote)."""
-    changed = [i for i in registry.shipped_ids() if git("diff", "--quiet", "HEAD", "--", str(registry.weights_path(i))).returncode]
+    """The id of the shipped model whose weights the working tree changed or added (what ``ship_gate.py --ship`` wrote)."""
+    changed = [i for i in registry.shipped_ids() if at_head(weights_file(i)) is None
+               or git("diff", "--quiet", "HEAD", "--", str(registry.weights_path(i))).returncode]  # fmt: skip
     if len(changed) != 1:
         raise SystemExit("release: " + (f"{', '.join(changed)} all changed; release one model at a time" if changed else
                                         "no shipped weights differ from HEAD's; ship first (scripts/ship_gate.py --ship)"))  # fmt: skip
     return changed[0]
+
+
+def weights_file(model_id: str) -> Path:
+    """A shipped model's weights, relative to the repository (as git names them)."""
+    return registry.weights_path(model_id).relative_to(ROOT)
 
 
 def version_of(init_text: str) -> str:
@@ -109,9 +121,20 @@ def compare_curves(folder: Path = KODAK) -> list[Path]:
 
 
 def anchors(curves: list[Path]) -> list[str]:
-    """``ANCHORS`` and the newest kept release of the MSE model, where there is one."""
+    """``ANCHORS``, every shipped MSE variable-rate model, the retired per-quality models (where their curve is
+    kept) and the newest kept release of the MSE model, where there is one."""
+    names = [json.loads(p.read_text())["name"] for p in curves]
+    shipped = [f"refcodec {i}" for i in registry.shipped_ids() if i.endswith(f"/{registry.VARIABLE}")]
     mse = [p for p in curves if re.fullmatch(r"grm-small-vr-\d+\.\d+\.\d+\.json", p.name)]
-    return list(ANCHORS) + ([json.loads(mse[0].read_text())["name"]] if mse else [])
+    return list(ANCHORS) + shipped + [RETIRED_ANCHOR] * (RETIRED_ANCHOR in names) + ([json.loads(mse[0].read_text())["name"]] if mse else [])
+
+
+def current_figure() -> None:
+    """Step 6: the README's RD plots and BD table (``refcodec compare``), the shipped models and the classical codecs."""
+    shipped = [p for p in map(curve_file, registry.shipped_ids()) if p.is_file()]
+    curves = [KODAK / f"{c}.json" for c in CURRENT_CLASSICAL if (KODAK / f"{c}.json").is_file()] + shipped
+    with contextlib.redirect_stdout(io.StringIO()):
+        compare.main(["--codecs", "none", "-o", str(CURRENT), "--anchor", "hevc,webp", "--curves", *map(str, curves)])
 
 
 def bd_rows(curves: list[Path], targets: list[Path], metric: str = "psnr", against: tuple[str, ...] = ("jpeg", "webp", "hevc")) -> list[str]:
@@ -143,17 +166,24 @@ def main(argv=None) -> int:
     os.chdir(ROOT)  # the paths above are the repository's
     model_id = shipped_release()
     card_path = registry.weights_path(model_id).with_suffix(".json")
-    old_card, new_card = json.loads(at_head(card_path.relative_to(ROOT))), json.loads(card_path.read_text())
-    old_steps, steps = old_card["training"]["steps"], new_card["training"]["steps"]
+    new_card, old_text = json.loads(card_path.read_text()), at_head(card_path.relative_to(ROOT))
+    steps = new_card["training"]["steps"]
     released = version_of(at_head(INIT))
-    kept = keep_replaced(model_id, released, old_steps)
+    if old_text is None:  # a new model: the one it was grown from stays shipped, and is what it is measured against
+        grown_from = new_card["training"]["initialized_from"]
+        old_steps, before = steps - new_card["training"]["steps_from_init"], curve_file(grown_from)
+        replaced = f"{grown_from}'s {old_steps:,}, which it was grown from"
+    else:
+        old_steps = json.loads(old_text)["training"]["steps"]
+        before = keep_replaced(model_id, released, old_steps)
+        replaced = f"{released}'s {old_steps:,}"
     text = INIT.read_text()
     if version_of(text) == released:
         INIT.write_text(text.replace(f'__version__ = "{released}"', f'__version__ = "{bumped(released)}"'))
     version = version_of(INIT.read_text())
     if not args.skip_conformance:
         if subprocess.run([sys.executable, str(ROOT / "scripts" / "conformance.py")]).returncode:
-            raise SystemExit("release: scripts/conformance.py refused (above): steps 3-6 not done")
+            raise SystemExit("release: scripts/conformance.py refused (above): steps 3-7 not done")
     point = LEARNING_CURVE / f"kodak-{curve_file(model_id).stem}-{steps}.json"
     point.write_text(curve_file(model_id).read_text())
     kodak_plot(kodak_points(LEARNING_CURVE, KODAK), LEARNING_CURVE)
@@ -162,11 +192,13 @@ def main(argv=None) -> int:
     for metric in ("psnr", "ms-ssim"):
         with contextlib.redirect_stdout(io.StringIO()):  # the tables go to bdrate*.md
             compare.main(command + ["--metric", metric])
-    print(f"\nrelease {version}: {model_id} at {steps:,} steps ({steps - old_steps:,} more than {released}'s {old_steps:,})")
-    print(f"kept {kept}, wrote {point} and {LEARNING_CURVE}/kodak.png; BD tables in {KODAK}/bdrate.md and bdrate-ms-ssim.md")
+    current_figure()
+    print(f"\nrelease {version}: {model_id} at {steps:,} steps ({steps - old_steps:,} more than {replaced})")
+    print(f"{'kept ' + str(before) if old_text else 'new model'}, wrote {point} and {LEARNING_CURVE}/kodak.png; BD tables in "
+          f"{KODAK}/bdrate.md and bdrate-ms-ssim.md; the README's figure and table in {CURRENT}/")  # fmt: skip
     print("\nmodel card (README):\n" + "\n".join(card_rows(new_card)))
     metric = "ms-ssim" if new_card["training"]["metric"] == "ms-ssim" else "psnr"
-    print(f"\nBD-rate in {bdrate.METRICS[metric]} (Akima, common range):\n" + "\n".join(bd_rows(curves, [curve_file(model_id), kept], metric)))
+    print(f"\nBD-rate in {bdrate.METRICS[metric]} (Akima, common range):\n" + "\n".join(bd_rows(curves, [curve_file(model_id), before], metric)))
     print("\nthe README's compare commands take these curves and anchors:")
     print("C=" + " ".join(str(c) for c in curves) + f"\nA='{','.join(anchors(curves))}'")
     return 0

@@ -6,8 +6,8 @@
 The candidate is judged as it would ship (float16, ``registry.save``) with real bitstreams
 (``refcodec eval``'s ``evaluate_image``) at ``--qualities`` (at least five, spanning 1-8) on the
 first ``--limit`` images of each validation set (``photos/val`` and ``bsds500/val``; never
-Kodak). The shipped model is measured the same way: the shipped variable-rate ``grm/small/vr``,
-or before one exists the fixed-rate ``grm/small/q1``-``q4``. BD-rate (``eval.bdrate``: Akima,
+Kodak). The shipped model is measured the same way: the shipped variable-rate model of the candidate's
+preset (``grm/medium/vr``; before it ships, ``grm/small/vr``, which it is grown from), or before one exists the fixed-rate ``grm/small/q1``-``q4``. BD-rate (``eval.bdrate``: Akima,
 over the common PSNR range) of the candidate against the shipped model must be below 0 on every
 set. The whole curve counts too (a wider model, issue 36): the candidate's top quality must reach at least
 the shipped model's top PSNR, and over the common range below the shipped model's top quality it may lose
@@ -60,13 +60,15 @@ DEFAULT_QUALITIES = [1.0, 2.75, 4.5, 6.25, 8.0]
 BELOW_TOP_LIMIT = 1.0  # %: a candidate may not lose more BD-rate than this below the shipped model's top quality
 
 
-def shipped_models(metric: str = "mse") -> list:
-    """The models a candidate must beat: the shipped variable-rate model of its metric; before one exists,
+def shipped_models(metric: str = "mse", preset: str = "small") -> list:
+    """The models a candidate must beat: the shipped variable-rate model of its metric and preset, or before
+    one exists the small one it was grown from (issue 36); before a variable-rate model of its metric exists,
     for MS-SSIM the MSE model it is fine-tuned from (section 5.1), for MSE the fixed-rate grm/small ones."""
     for m in dict.fromkeys([metric, "mse"]):
-        variable = registry.model_id("grm", "small", None, m)
-        if variable in registry.shipped_ids():
-            return [variable]
+        for p in dict.fromkeys([preset, "small"]):
+            variable = registry.model_id("grm", p, None, m)
+            if variable in registry.shipped_ids():
+                return [variable]
     return [i for i in registry.shipped_ids() if i.startswith("grm/small/q") and i[len("grm/small/q"):].isdigit()]
 
 
@@ -117,7 +119,7 @@ def judge(candidate: Path, sets: list[Path], qualities: list[float], limit: int,
         half = Path(tmp) / "candidate.safetensors"  # what would ship
         registry.save(model, half, model.config, dtype=torch.float16)
         as_shipped = registry.load_model(str(half))
-        shipped = shipped_models(metric)
+        shipped = shipped_models(metric, model.config.get("preset", "small"))
         verdict = {"candidate": str(candidate), "candidate_hash": as_shipped.weights_hash().hex(),
                    "candidate_steps": model.config.get("steps"), "metric": metric, "shipped": shipped, "qualities": qualities,
                    "limit": limit, "sets": {}}  # fmt: skip

@@ -236,3 +236,17 @@ def test_vr_speed_times_the_variable_rate_model_against_a_fixed_rate_one(tmp_pat
     cmd[4] = "grm/small/vr"  # the baseline must be a fixed-rate model
     refused = subprocess.run(cmd, capture_output=True, text=True)
     assert refused.returncode != 0 and "fixed-rate" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_rate_control_benchmark_counts_encodes_against_a_plain_encode_and_decode(tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "rate-control.json"
+    folder.mkdir()
+    sample_image(96, 80, seed=1).save(folder / "a.png")
+    cmd = [sys.executable, str(BENCHMARKS / "rate_control.py"), str(folder), "--model", "grm/small/vr", "--targets", "0.3", "50",
+           "--threads", "1", "--repeat", "1", "-o", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    inside, beyond = report["rows"]
+    assert inside["bpp"] <= 0.3 and not inside["out_of_range"] and beyond["out_of_range"] and beyond["quality"] == 8
+    assert report["summary"]["in_range"] == 1 and report["summary"]["mean_encodes"] == inside["encodes"] >= 2
+    assert inside["in_encodes"] == pytest.approx((inside["seconds"] - inside["decode_s"]) / inside["encode_s"])

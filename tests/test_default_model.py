@@ -12,18 +12,34 @@ from pytorch_msssim import ms_ssim
 import refcodec
 from refcodec import codec
 from refcodec.bitstream import read_header
-from refcodec.models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, VARIABLE, WEIGHTS_DIR
+from refcodec.models import registry
+from refcodec.models.registry import DEFAULT_MODEL, DEFAULT_PRESETS, DEFAULT_QUALITY, VARIABLE, WEIGHTS_DIR
 from refcodec.sample import sample_image
 
 
 def test_default_model_is_shipped_with_a_model_card():
     model = refcodec.load_model()
-    assert model.id == f"{DEFAULT_MODEL}/small/{VARIABLE}" and model.quality == DEFAULT_QUALITY
-    stem = f"{DEFAULT_MODEL}-small-{VARIABLE}"
+    preset = registry.default_preset()
+    assert preset == next(p for p in DEFAULT_PRESETS if f"{DEFAULT_MODEL}/{p}/{VARIABLE}" in registry.shipped_ids())
+    assert model.id == f"{DEFAULT_MODEL}/{preset}/{VARIABLE}" and model.quality == DEFAULT_QUALITY
+    stem = f"{DEFAULT_MODEL}-{preset}-{VARIABLE}"
     assert (WEIGHTS_DIR / f"{stem}.md").is_file()
     card = json.loads((WEIGHTS_DIR / f"{stem}.json").read_text())
     assert card["training"]["steps"] > 0 and card["evaluation"]["count"] == 24
     assert [p["quality"] for p in card["evaluation"]["qualities"]] == list(range(model.levels))
+
+
+def test_default_preset_is_the_wide_model_where_one_is_shipped_for_the_objective(tmp_path, monkeypatch):
+    """A name without --preset codes with grm/medium/vr; MS-SSIM with the small model until a wide one ships."""
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    for stem in ("grm-small-vr", "grm-small-vr-ms-ssim", "grm-medium-vr"):
+        (tmp_path / f"{stem}.safetensors").touch()
+    assert registry.default_preset() == "medium" and registry.resolve_id("grm", 3) == "grm/medium/vr"
+    assert registry.default_preset("grm", "ms-ssim") == "small"
+    assert registry.resolve_id("grm", 3, "small") == "grm/small/vr"  # the fast model, asked for
+    (tmp_path / "grm-medium-vr.safetensors").unlink()
+    assert registry.default_preset() == "small" and registry.resolve_id("grm", 3) == "grm/small/vr"
+    assert registry.default_preset("joint") == "small"  # no variable-rate model: its fixed-rate ones are small
 
 
 def test_default_model_round_trip_is_a_real_codec():

@@ -214,6 +214,17 @@ def test_the_gate_sees_the_whole_curve():
     assert not gate.accepted([verdict])
 
 
+def test_ship_gate_judges_a_wide_candidate_against_the_shipped_model_of_its_preset(monkeypatch):
+    """A grm/medium/vr candidate must beat grm/small/vr until a wide model ships, then the shipped wide one."""
+    gate = load_script("ship_gate")
+    monkeypatch.setattr(registry, "shipped_ids", lambda: ["grm/small/vr", "grm/small/vr-ms-ssim"])
+    assert gate.shipped_models("mse", "medium") == ["grm/small/vr"]
+    monkeypatch.setattr(registry, "shipped_ids", lambda: ["grm/medium/vr", "grm/small/vr", "grm/small/vr-ms-ssim"])
+    assert gate.shipped_models("mse", "medium") == ["grm/medium/vr"]
+    assert gate.shipped_models("mse", "small") == ["grm/small/vr"]  # the fast model is judged against itself
+    assert gate.shipped_models("ms-ssim", "small") == ["grm/small/vr-ms-ssim"]
+
+
 def test_ship_gate_judges_an_ms_ssim_candidate_on_ms_ssim_against_the_mse_model(tmp_path, monkeypatch):
     """Before an MS-SSIM model ships, its candidate must beat the MSE model it is fine-tuned from, in MS-SSIM."""
     gate = load_script("ship_gate")
@@ -305,12 +316,23 @@ def test_release_keeps_the_replaced_curve_and_remakes_the_tables_over_every_curv
     curves = release.compare_curves()
     assert [p.stem for p in curves] == ["jpeg", "webp", "hevc", "grm-small", "grm-small-ms-ssim", "grm-small-vr-0.10.0",
                                         "grm-small-vr-0.9.0", "grm-small-q1-q4"]  # fmt: skip
-    assert release.anchors(curves) == [*release.ANCHORS, "refcodec grm/small/vr (0.10.0)"]
+    assert release.anchors(curves) == [*release.ANCHORS, "refcodec grm/small/vr", release.RETIRED_ANCHOR, "refcodec grm/small/vr (0.10.0)"]
     assert release.bumped("0.10.0") == "0.11.0" and release.version_of('x = 1\n__version__ = "0.10.0"\n') == "0.10.0"
     assert release.within(json.loads(shipped))["results"]["bpp"] == [b / 2 for b in anchor[1:5]]
     rows = release.bd_rows(curves, [release.curve_file("grm/small/vr"), kept], against=("webp",))
     assert rows == ["- refcodec grm/small/vr (26.0-32.0 dB): webp -50.0% (q1-4: -50.0%)",
                     "- refcodec grm/small/vr (0.10.0) (26.0-32.0 dB): webp -50.0% (q1-4: -50.0%)"]  # fmt: skip
+
+    # a new model (the wide one) beside the small one: an anchor too, and with it in the README's figure, not the releases
+    (kodak / "grm-medium.json").write_text(write("refcodec grm/medium/vr", [b / 4 for b in anchor], qualities=qualities))
+    monkeypatch.setattr(registry, "shipped_ids", lambda: ["grm/medium/vr", "grm/small/vr", "grm/small/vr-ms-ssim"])
+    curves = release.compare_curves()
+    assert [p.stem for p in curves][3:6] == ["grm-medium", "grm-small", "grm-small-ms-ssim"]
+    assert release.anchors(curves)[3:5] == ["refcodec grm/medium/vr", "refcodec grm/small/vr"]
+    release.current_figure()
+    table = json.loads((release.CURRENT / "bdrate.json").read_text())["anchors"]
+    assert set(table) == {"HEVC", "WebP"} and table["WebP"]["refcodec grm/medium/vr"]["bd_rate"] == pytest.approx(-75)
+    assert not any("(0.10.0)" in name for name in table["WebP"]) and (release.CURRENT / "rd-psnr.png").is_file()
 
 
 def test_kodak_learning_curve_gives_each_kept_release_its_bd_rates(tmp_path):
@@ -332,8 +354,9 @@ def test_kodak_learning_curve_gives_each_kept_release_its_bd_rates(tmp_path):
     write(points / "kodak-grm-small-43001.json", "refcodec grm/small/vr", webp, [0, 1, 2, 3, 4, 8])
     write(points / "kodak-grm-small-9000.json", "refcodec grm/small", webp[1:5], [f"grm/small/q{q}" for q in (1, 2, 3, 4)], psnr[1:5])
     write(points / "kodak-grm-small-ms-ssim-40851.json", "refcodec grm/small/vr-ms-ssim", webp, [0, 1, 2, 3, 4, 8])  # not this curve
+    write(points / "kodak-grm-medium-96000.json", "refcodec grm/medium/vr", webp, [0, 1, 2, 3, 4, 8])  # the wide model goes on
     rows = lc.kodak_points(points, anchors)
-    assert [(r["steps"], r["variable_rate"]) for r in rows] == [(9000, False), (43001, True)]
+    assert [(r["preset"], r["steps"], r["variable_rate"]) for r in rows] == [("small", 9000, False), ("small", 43001, True), ("medium", 96000, True)]
     for r in rows:
         assert r["vs_webp"] == pytest.approx(0, abs=1e-6) and r["vs_hevc"] == pytest.approx(100)
         assert r["vs_webp_q1_4"] == pytest.approx(0, abs=1e-6) and r["vs_hevc_q1_4"] == pytest.approx(100)

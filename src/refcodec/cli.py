@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of the subcommands defined here (train, eval, compare, bench and viz parse their own)."""
     from .efforts import EFFORTS
     from .images import MAX_PIXELS
-    from .models.presets import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, PRESETS
+    from .models.presets import DEFAULT_MODEL, DEFAULT_PRESETS, DEFAULT_QUALITY, LAMBDAS, PRESETS
     from .versions import describe
 
     p = argparse.ArgumentParser(
@@ -353,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--quality", "-q", type=float, default=None,
                             help=f"quality, higher is better and larger: any number in a variable-rate model's range "
                             f"(0-{max(LAMBDAS)}), an integer for a fixed-rate one (default {DEFAULT_QUALITY})")  # fmt: skip
-            sp.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                            help=f"model size with --model NAME (default {DEFAULT_PRESET}; paper: N=192, M=384)")  # fmt: skip
+            sp.add_argument("--preset", choices=sorted(PRESETS),
+                            help=f"model size with --model NAME (default: the first of {', '.join(DEFAULT_PRESETS)} shipped for the "
+                            "objective; small is the fast one; paper: N=192, M=384)")  # fmt: skip
             sp.add_argument("--objective", dest="metric", default="mse", choices=["mse", "ms-ssim"],
                             help="with --model NAME: the model trained for this distortion (default mse)")  # fmt: skip
             sp.add_argument("--metric", dest="metric", choices=["mse", "ms-ssim"], help=argparse.SUPPRESS)  # the old name

@@ -23,7 +23,7 @@ from .entropy.coder import CodingError
 from .errors import RefcodecError
 from .images import MAX_PIXELS, load_image, to_rgb
 from .models.base import ALIGNMENT, CompressionModel
-from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, DEFAULT_PRESET, ModelNotFoundError, load_model, retired_reason
+from .models.registry import DEFAULT_MODEL, DEFAULT_QUALITY, ModelNotFoundError, load_model, retired_reason
 
 
 class DeviceError(RefcodecError):
@@ -37,7 +37,7 @@ def resolve_model(model: CompressionModel | str | None, quality: float | None, d
         if device is not None and torch.device(device) != next(model.parameters()).device:
             raise DeviceError(f"the model is on {next(model.parameters()).device}, not {device}: move it, or give a model name")
         return model
-    net = load_model(model or DEFAULT_MODEL, DEFAULT_QUALITY if quality is None else quality, DEFAULT_PRESET)
+    net = load_model(model or DEFAULT_MODEL, DEFAULT_QUALITY if quality is None else quality)
     return net if device is None else net.to(device)
 
 
@@ -97,10 +97,11 @@ def compress_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: fl
 
 
 def encode_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: float | None = None, effort: str = "default",
-               progress: bool = False) -> tuple[bytes, torch.Tensor]:  # fmt: skip
+               progress: bool = False, ungained: torch.Tensor | None = None) -> tuple[bytes, torch.Tensor]:  # fmt: skip
     """:func:`compress_rgb` and the quantized latents y_hat it coded (the decoder gets exactly these).
 
     ``effort`` above ``default`` refines the image's latents first (``refine``); the file is the same format.
+    ``ungained``: a variable-rate model's analysis of this image before the gain (``GRM.latents``), reused.
     """
     width, height = rgb.size
     x = padded_tensor(rgb).to(next(net.parameters()).device)  # a model on a GPU encodes there
@@ -108,6 +109,8 @@ def encode_rgb(rgb: Image.Image, mode: str, net: CompressionModel, quality: floa
     with at_quality(net, quality if net.levels else None):
         if steps:
             streams, y_hat, _ = refine.encode(net, x, steps, height, width, progress)
+        elif ungained is not None:
+            streams, y_hat = net.encode_latents(*net.latents(x, ungained))
         else:
             streams, y_hat = net.encode(x)
         coded_quality = net.quality

@@ -111,8 +111,8 @@ def run(args, size: tuple[int, int] | None, schedule: str, workdir: Path) -> dic
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="refcodec bench", description="Time and memory of every coding stage, per image size.")
     p.add_argument("--model", default="grm", choices=sorted(registry.MODELS), help="architecture (default grm)")
-    p.add_argument("--preset", default=registry.DEFAULT_PRESET, choices=sorted(registry.PRESETS),
-                   help=f"model size (default {registry.DEFAULT_PRESET}, as everywhere); shipped weights if any, else seeded "
+    p.add_argument("--preset", choices=sorted(registry.PRESETS),
+                   help="model size (default: the shipped default's, as everywhere, registry.default_preset); shipped weights if any, else seeded "
                    "random ones (the output says which)")  # fmt: skip
     p.add_argument("--quality", type=float, default=3, help="quality of the shipped weights to use (default 3)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[SIZES["kodak"]], help=f"WxH or {', '.join(SIZES)}")
@@ -126,6 +126,7 @@ def main(argv=None) -> None:
     p.add_argument("--schedule", default="wavefront", help=argparse.SUPPRESS)
     p.add_argument("--file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.preset = args.preset or registry.default_preset(args.model)
     if args.child:
         print(json.dumps(child(args)))
         return

@@ -329,9 +329,11 @@ class GRM(CompressionModel):
         return self.encode_latents(*self.latents(x))
 
     @torch.no_grad()
-    def latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The unquantized latents y and z (None without a hyperprior) that the encoder rounds and codes."""
-        y = self.analysis(x)
+    def latents(self, x: torch.Tensor, ungained: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unquantized latents y and z (None without a hyperprior) that the encoder rounds and codes;
+        ``ungained``: g_a(x) before the quality's gain, from an earlier ``CompressionModel.analysis`` of x (rate
+        control codes one image at many qualities with one analysis: the same y, bit for bit)."""
+        y = self.analysis(x) if ungained is None else ungained * self.coding_gains()[0].to(ungained)
         if not self.hyperprior:
             return y, None
         with profiling.stage("hyper"):

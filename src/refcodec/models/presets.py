@@ -17,5 +17,7 @@ LAMBDAS_MS_SSIM = {0: 1.20, 1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60
 VARIABLE = "vr"  # the quality part of a variable-rate model's id; its levels are the qualities above
 
 DEFAULT_MODEL = "grm"
-DEFAULT_PRESET = "small"
+# A model name codes with the first of these presets that has a shipped variable-rate model of the objective
+# (``registry.default_preset``): the wide grm/medium/vr, or grm/small/vr (the fast model, and MS-SSIM's until a wide one ships).
+DEFAULT_PRESETS = ("medium", "small")
 DEFAULT_QUALITY = 3

@@ -24,7 +24,7 @@ from ..errors import RefcodecError
 from .base import CompressionModel
 from .baselines import FactorizedPrior, MeanScaleHyperprior
 from .grm import GRM
-from .presets import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_QUALITY, LAMBDAS, LAMBDAS_MS_SSIM, PRESETS, VARIABLE  # noqa: F401
+from .presets import DEFAULT_MODEL, DEFAULT_PRESETS, DEFAULT_QUALITY, LAMBDAS, LAMBDAS_MS_SSIM, PRESETS, VARIABLE  # noqa: F401
 
 MODELS = {
     "factorized": FactorizedPrior,
@@ -97,7 +97,7 @@ def retired_reason(model_id: str, weights_hash: bytes | None = None) -> str | No
             f"or with --model and its weights (git show {commit}:{file})")  # fmt: skip
 
 
-def build(name: str, preset: str = DEFAULT_PRESET, **flags) -> CompressionModel:
+def build(name: str, preset: str, **flags) -> CompressionModel:
     """A freshly initialized model of the registry."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -147,11 +147,20 @@ def read_config(path: str | Path) -> dict:
         return json.loads(f.metadata()["config"])
 
 
-def resolve_id(name: str, quality: float, preset: str = DEFAULT_PRESET, metric: str = "mse") -> str:
+def default_preset(name: str = DEFAULT_MODEL, metric: str = "mse") -> str:
+    """The preset a model name codes with when none is given: the first of ``DEFAULT_PRESETS`` (the wide
+    model first) with a shipped variable-rate model of ``name`` and ``metric``, else the last (the small one)."""
+    shipped = [p for p in DEFAULT_PRESETS if weights_path(model_id(name, p, None, metric)).is_file()]
+    return (shipped or DEFAULT_PRESETS[-1:])[0]
+
+
+def resolve_id(name: str, quality: float, preset: str | None = None, metric: str = "mse") -> str:
     """The model id (or path) that serves ``name`` at ``quality``: the shipped variable-rate model
-    of that name and preset if there is one, else the fixed-rate model of that integer quality."""
+    of that name and preset (default: :func:`default_preset`) if there is one, else the fixed-rate model of
+    that integer quality."""
     if "/" in name or name.endswith(".safetensors"):
         return name
+    preset = preset or default_preset(name, metric)
     variable = model_id(name, preset, None, metric)
     if weights_path(variable).is_file():
         return variable
@@ -161,12 +170,12 @@ def resolve_id(name: str, quality: float, preset: str = DEFAULT_PRESET, metric: 
     return model_id(name, preset, int(quality), metric)
 
 
-def load_model(name: str = DEFAULT_MODEL, quality: float = DEFAULT_QUALITY, preset: str = DEFAULT_PRESET, metric: str = "mse") -> CompressionModel:
+def load_model(name: str = DEFAULT_MODEL, quality: float = DEFAULT_QUALITY, preset: str | None = None, metric: str = "mse") -> CompressionModel:
     """Load shipped weights by name (or a model id, or a .safetensors path), ready for coding.
 
     A variable-rate model is set to code at ``quality`` (any float in its range); a fixed-rate
     model found by name is the one of that quality; ``metric`` picks a name's model trained for
-    ``mse`` or ``ms-ssim``. The returned model carries ``model.id``
+    ``mse`` or ``ms-ssim``; ``preset`` None is :func:`default_preset`'s. The returned model carries ``model.id``
     (stored in bitstreams) and ``model.config``.
     """
     ref = resolve_id(name, quality, preset, metric)
