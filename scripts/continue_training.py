@@ -112,6 +112,8 @@ def train_args(args: argparse.Namespace) -> list[str]:
     argv += ["--time-limit", str(args.minutes * 60)]
     if (Path(args.out) / "checkpoint.pt").is_file():
         return argv + ["--resume"]
+    if args.grow_warmup:  # a new ramp; one that the initial weights record goes on by itself
+        argv += ["--grow-warmup", str(args.grow_warmup)] + (["--grown-from", args.grown_from] if args.grown_from else [])
     return argv + ["--init", args.init or initial_weights(args.metric, args.carry, args.preset)]
 
 
@@ -147,6 +149,10 @@ def main(argv=None) -> None:
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="ms-ssim: the MS-SSIM model (use its own --out)")
     p.add_argument("--preset", default="small", choices=sorted(registry.PRESETS), help="the model's size: small (grm/small/vr) or "
                    "medium (the wide grm/medium/vr, started from the widened small model; use its own --out)")  # fmt: skip
+    p.add_argument("--grow-warmup", type=int, default=0, metavar="STEPS",
+                   help="a new run of the wide model: ramp the rate's pull on its grown latent channels from 0 to 1 over STEPS "
+                   "(refcodec train --grow-warmup; without it they stay at 0)")  # fmt: skip
+    p.add_argument("--grown-from", metavar="NxM", help="with --grow-warmup from already widened weights: the size they grew from")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--ema", type=float, default=EMA, help="decay of the weight average that is exported (0: none)")
     p.add_argument("--threads", type=int, default=1)

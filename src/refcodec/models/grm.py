@@ -65,6 +65,11 @@ def parameter_network(cin: int, m: int) -> nn.Sequential:
     )  # fmt: skip
 
 
+def _pulled(t: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, whose gradient is multiplied by ``factor`` (per channel): ``GRM.pull_new_channels``."""
+    return t * factor + (t * (1 - factor)).detach()
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N*H*W, C)."""
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
@@ -162,6 +167,9 @@ class GRM(CompressionModel):
             self.y_gain = GainUnit(M, levels)
             if hyperprior:
                 self.z_gain = GainUnit(N, levels)
+        # training only: each channel's factor on the rate's gradient to the encoder (``pull_new_channels``)
+        self.register_buffer("rate_pull", torch.ones(1, M, 1, 1), persistent=False)
+        self.register_buffer("z_rate_pull", torch.ones(1, N, 1, 1), persistent=False)
         self.param_nets = nn.ModuleList()
         features = 0
         for i, stage in enumerate(self.stages):
@@ -200,6 +208,14 @@ class GRM(CompressionModel):
 
     # -- training ---------------------------------------------------------------------------
 
+    def pull_new_channels(self, n: int, m: int, factor: float) -> None:
+        """Scale the rate's gradient to the encoder on the latent channels from ``m`` (y) and ``n`` (z) on by
+        ``factor`` (values and the entropy model's own gradients are unchanged). Channels that widening
+        (``models.widen``) adds start at 0 under entropy parameters of the smallest scale, where any value costs
+        many bits: with the full pull they never leave 0. ``refcodec train --grow-warmup`` ramps it from 0 to 1."""
+        self.rate_pull.fill_(1.0)[:, m:] = factor
+        self.z_rate_pull.fill_(1.0)[:, n:] = factor
+
     def forward(self, x: torch.Tensor, quality: torch.Tensor | None = None) -> dict:
         """Reconstruction and likelihoods; a variable-rate model takes a quality per image (N,)."""
         y = self.g_a(x)
@@ -208,13 +224,13 @@ class GRM(CompressionModel):
         y_gain, y_inverse = self.y_gain(self._qualities(quality, n, x)) if self.levels else ones
         y = y * y_gain
         y_hat = ste_round(y)
-        y_rate = add_noise(y) if self.training else torch.round(y)
+        y_rate = add_noise(_pulled(y, self.rate_pull)) if self.training else torch.round(y)
         out = {"likelihoods": {}}
         hyper = None
         if self.hyperprior:
             z_gain, z_inverse = self.z_gain(self._qualities(quality, n, x)) if self.levels else ones
             z = self.h_a(y) * z_gain
-            z_rate = add_noise(z) if self.training else torch.round(z)
+            z_rate = add_noise(_pulled(z, self.z_rate_pull)) if self.training else torch.round(z)
             out["likelihoods"]["z"] = self.density.likelihood(z_rate)
             hyper = self.h_s(ste_round(z) * z_inverse)
         rows = _rows(y_rate)

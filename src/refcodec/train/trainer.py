@@ -36,7 +36,7 @@ from ..errors import RefcodecError
 from ..layers import gain
 from ..metrics import MS_SSIM_MIN_SIDE
 from ..models import convert, registry
-from ..models.base import ALIGNMENT
+from ..models.base import ALIGNMENT, CompressionModel
 from . import checkpoint, distributed
 from .checkpoint import logged_time
 from .data import ImageFolder, batches
@@ -69,6 +69,19 @@ def training_layout(x: torch.Tensor) -> torch.Tensor:
     """A batch as training takes it: channels-last on a CPU, so that every convolution runs channels-last
     (a variable-rate grm step 1.83 -> 1.35 s on 2 threads, ``benchmarks/train_step.py``)."""
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+
+
+def growth(args, source, step: int) -> dict | None:
+    """The rate-pull ramp of a widened model (``--grow-warmup``): the size it grew from and the ramp's steps."""
+    if not args.grow_warmup:
+        return None
+    if args.grown_from:
+        n, m = (int(v) for v in args.grown_from.lower().split("x"))
+    elif isinstance(source, CompressionModel) and (source.N, source.M) != (registry.PRESETS[args.preset]["N"], registry.PRESETS[args.preset]["M"]):
+        n, m = source.N, source.M
+    else:
+        raise SystemExit("refcodec train: --grow-warmup needs --init of a narrower model, or --grown-from NxM")
+    return {"N": n, "M": m, "start": step, "steps": args.grow_warmup}
 
 
 def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, warm: bool, metric: str = "mse",
@@ -222,6 +235,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
     p.add_argument("--compile", action="store_true", help="torch.compile the model's forward (CPU, 2 threads: 0.82 instead of 1.03 s per step, after ~90 s of compiling)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
+    p.add_argument("--grow-warmup", type=int, default=0, metavar="STEPS",
+                   help="after widening (--init of a narrower model, or --grown-from): ramp the rate's pull on the new latent "
+                   "channels from 0 to 1 over STEPS steps, so that they leave 0 (GRM.pull_new_channels); kept in the weights' config")  # fmt: skip
+    p.add_argument("--grown-from", metavar="NxM", help="with --grow-warmup, where --init is already wide: the size it was widened from")
     p.add_argument("--init", help="start from weights: a model id or .safetensors of this architecture or of its GDN "
                    "version (two-stage init, section 5.3), or a CompressAI mbt2018 checkpoint")
     args = p.parse_args(argv)
@@ -277,6 +294,8 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         elapsed = state.get("elapsed", logged_time(out / "log.csv"))
         if "init" in state.get("config", {}):  # where the run started, whatever this command line says
             config["init"] = state["config"]["init"]
+        if "grow" in state.get("config", {}):
+            config["grow"] = state["config"]["grow"]
     elif args.init:  # weights only, fresh optimizer; the step count continues from refcodec weights
         foreign = Path(args.init).is_file() and Path(args.init).suffix != ".safetensors"  # a CompressAI checkpoint
         source = args.init if foreign else registry.load_model(args.init)
@@ -286,6 +305,9 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         elapsed = prior.get("wall_seconds", 0.0)
         config["init"] = {"source": args.init, "id": prior.get("id"), "steps": base, "how": how,
                           "hardware": prior.get("hardware"), "wall_seconds": prior.get("wall_seconds")}  # fmt: skip
+        grow = growth(args, source, base) or prior.get("grow")  # a ramp started by an earlier run goes on
+        if grow:
+            config["grow"] = grow
         if ctx.main:
             print(how)
     warmup = config["warmup_steps"] = warmup_steps(args.warmup_steps, args.steps, base)
@@ -324,6 +346,9 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     last = min(args.steps, args.stop_at or args.steps)
     deadline = math.inf if args.time_limit is None else time.time() + args.time_limit
     while step < last:
+        if "grow" in config:
+            g = config["grow"]
+            model.pull_new_channels(g["N"], g["M"], min(1.0, max(0.0, (step - g["start"]) / g["steps"])))
         x = training_layout(next(stream).to(ctx.device, non_blocking=True))
         drawn += 1
         if args.variable_rate:  # drawn on the CPU generator, which the checkpoint restores
