@@ -59,9 +59,11 @@ def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path)
     assert registry.read_config(carried)["steps"] == base + 3
 
 
-def test_the_wide_model_starts_from_the_widened_shipped_one(datasets, tmp_path):
+def test_the_wide_model_starts_from_the_widened_shipped_one(datasets, tmp_path, monkeypatch):
     """--preset medium: before a carried or shipped grm/medium/vr exists, the run widens grm/small/vr (issue 36)."""
     script = load_script("continue_training")
+    shipped = registry.weights_path
+    monkeypatch.setattr(registry, "weights_path", lambda ref: tmp_path / "none.safetensors" if ref == "grm/medium/vr" else shipped(ref))
     carried = tmp_path / "training" / "grm-medium-vr.safetensors"
     assert script.carried_path(preset="medium").name == carried.name
     assert script.initial_weights(carried=carried, preset="medium") == "grm/small/vr"

@@ -75,8 +75,10 @@ def candidates(model: CompressionModel | str | None, preset: str | None = None, 
             raise TargetError("rate control needs a variable-rate model or a model name with several shipped qualities")
         return [(model, q / QUALITY_GRID, q / QUALITY_GRID) for q in range((model.levels - 1) * QUALITY_GRID + 1)]
     name = model or DEFAULT_MODEL
+    if "/" in name or name.endswith(".safetensors"):  # a model id or a weights file
+        return candidates(load_model(name, metric=metric))
     preset = preset or default_preset(name, metric)
-    if "/" in name or name.endswith(".safetensors") or model_id(name, preset, None, metric) in shipped_ids():
+    if model_id(name, preset, None, metric) in shipped_ids():
         return candidates(load_model(name, preset=preset, metric=metric), preset)
     fixed = {i: model_id(name, preset, i, metric) for i in range(max(LAMBDAS) + 1)}
     qualities = [q for q, i in fixed.items() if i in shipped_ids()]
