@@ -18,7 +18,8 @@ replace, ``ship_weights.release_commit``), or a model HEAD did not ship (a new o
    per-quality models and the newest kept release of the MSE model;
 6. draws the README's figure and table, ``results/kodak/current/``: the shipped models and the classical codecs only
    (past releases are in the learning curve of step 4);
-7. prints what the README takes: the model card's table, the BD-rates of the new and the replaced
+7. rewrites the history of releases, ``docs/history.md`` (``scripts/history.py``);
+8. prints what the README takes: the model card's table, the BD-rates of the new and the replaced
    weights over their whole range and over qualities 1-4 (``learning_curve.within``), the steps added.
 """
 
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     version = version_of(INIT.read_text())
     if not args.skip_conformance:
         if subprocess.run([sys.executable, str(ROOT / "scripts" / "conformance.py")]).returncode:
-            raise SystemExit("release: scripts/conformance.py refused (above): steps 3-7 not done")
+            raise SystemExit("release: scripts/conformance.py refused (above): steps 3-8 not done")
     point = LEARNING_CURVE / f"kodak-{curve_file(model_id).stem}-{steps}.json"
     point.write_text(curve_file(model_id).read_text())
     kodak_plot(kodak_points(LEARNING_CURVE, KODAK), LEARNING_CURVE)
@@ -193,6 +194,7 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(io.StringIO()):  # the tables go to bdrate*.md
             compare.main(command + ["--metric", metric])
     current_figure()
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "history.py")], check=True)
     print(f"\nrelease {version}: {model_id} at {steps:,} steps ({steps - old_steps:,} more than {replaced})")
     print(f"{'kept ' + str(before) if old_text else 'new model'}, wrote {point} and {LEARNING_CURVE}/kodak.png; BD tables in "
           f"{KODAK}/bdrate.md and bdrate-ms-ssim.md; the README's figure and table in {CURRENT}/")  # fmt: skip
