@@ -1,5 +1,7 @@
-"""refcodec compare --visual: same-bitrate matching, the crop, and the page in a real browser."""
+"""refcodec compare --visual: same-bitrate matching, the files, achieved bitrates, and the page in a real browser."""
 
+import html
+import json
 import os
 import re
 import shutil
@@ -11,11 +13,12 @@ from conftest import natural_image, save_tiny
 from PIL import Image
 
 from refcodec import cli
-from refcodec.eval import visual
+from refcodec.eval import compare, visual
 from refcodec.sample import sample_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 TARGETS = "0.001,0.002,0.5,50"  # below the tiny model's range (twice), inside it, above it
+SIZES = {"a.png": (200, 168), "b.png": (128, 96)}
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +47,52 @@ def test_closest_size_by_bisection():
     assert [visual._closest(sizes.__getitem__, 5, t) for t in (5, 29, 31, 100, 500)] == [0, 1, 2, 3, 4]
 
 
-def test_page_matches_sizes_and_flags_what_is_off(report):
+def test_page_links_its_files_and_works_offline(report):
     text = (report / "index.html").read_text()
-    sources = re.findall(r'<img[^>]* src="([^"]+)"', text) + re.findall(r'<option value="([^"]+)"', text)
-    assert sources and all((report / s).is_file() for s in sources)
-    assert not re.search(r'(src|href)="(https?:)?//', text) and "<script src" not in text  # works offline
-    for name in ("a.png", "b.png"):
-        assert {p.name for p in (report / "crops" / name.replace(".", "-")).iterdir()} >= {"original.png", "where.png", "0.5-refcodec.png",
-                                                                         "0.5-jpeg.png", "50-webp.png"}  # fmt: skip
-        assert Image.open(report / "crops" / name.replace(".", "-") / "0.5-jpeg.png").size == (48, 48)
-    assert text.count("target 0.001 bpp is out of range") == 2 and text.count("target 50 bpp is out of range") == 2
-    assert "the lowest quality is shown" in text and "the highest quality is shown" in text
-    assert text.count("refcodec makes the same file as at 0.001 bpp: shown there") == 2  # 0.002 bpp: not again
-    assert not list(report.glob("crops/*/0.002-*"))
-    assert "rd-psnr.png" in text and "MS-SSIM" in text and (report / "refcodec.json").is_file()
-    rows = re.findall(r"<b>(refcodec|JPEG|WebP)</b><br>[^<]*<br>([0-9.]+) bpp", text)
-    ours = [float(bpp) for codec, bpp in rows if codec == "refcodec"]
-    assert len(rows) == 2 * 3 * 3 and all(0 < b < 50 for b in ours)
+    links = re.findall(r'<img[^>]* src="([^"]+)"', text) + re.findall(r'<option value="([^"]+)"', text)
+    links += re.findall(r'<a[^>]* href="([^"#]+)"', text)
+    assert links and all((report / s).is_file() for s in links)
+    assert not re.search(r'(src|href)="(https?:)?//', text) and "<script src" not in text and "fetch(" not in text
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in text
+    for name, size in SIZES.items():
+        folder = report / "files" / name.replace(".", "-")
+        names = {p.name for p in folder.iterdir()}
+        assert names >= {"original.png", "0.5-refcodec.rfc", "0.5-refcodec.png", "0.5-jpeg.jpg", "0.5-jpeg.png", "50-webp.webp"}
+        assert Image.open(folder / "0.5-jpeg.png").size == size  # the full decoded image
+        assert np.array_equal(np.asarray(Image.open(folder / "0.5-jpeg.jpg").convert("RGB")), np.asarray(Image.open(folder / "0.5-jpeg.png")))
+        assert not any(n.startswith("0.002-") for n in names)  # 0.002 bpp gives 0.001's file: not again
+    jpeg, webp = compare.jpeg(1), compare.webp(1)
+    assert all(html.escape(s) in text for s in (jpeg.settings, jpeg.library, webp.settings, "grm/test/vr", "BD against JPEG"))
+
+
+def _rows(text: str):
+    """(image, target, heading bpp, [(codec, caption bpp, caption bytes, file)]) of each row of views."""
+    for section in re.findall(r'<section class="image".*?</section>', text, re.S):
+        image = re.search(r"<h2[^>]*>([^ ]+) ", section)[1]
+        for target, heading, body in re.findall(r'<div class="row" data-target="([^"]+)"><h3[^>]*>refcodec ([0-9.]+) bpp(.*?)</div></div>',
+                                                section, re.S):  # fmt: skip
+            shots = re.findall(r"<b>([^<]+)</b><br>[^<]*<br>([0-9.]+) bpp, ([0-9,]+) bytes.*?href=\"([^\"]+)\"", body)
+            yield image, float(target), float(heading), shots
+
+
+def test_headings_and_captions_give_the_achieved_bitrates(report):
+    text = (report / "index.html").read_text()
+    rows = list(_rows(text))
+    assert len(rows) == 2 * 3  # 0.002 bpp gives 0.001's file, shown once
+    for image, target, heading, shots in rows:
+        pixels = SIZES[image][0] * SIZES[image][1]
+        assert [s[0] for s in shots] == ["refcodec", "JPEG", "WebP"]
+        for codec, bpp, size, file in shots:
+            real = (report / file).stat().st_size
+            assert int(size.replace(",", "")) == real and float(bpp) == round(8 * real / pixels, 3), (image, codec, file)
+        assert heading == float(shots[0][1])  # refcodec's achieved rate, from its file's size
+    for section in re.findall(r'<section class="image".*?</section>', text, re.S):
+        assert "target 0.001 bpp is out of range" in section and "target 50 bpp is out of range" in section
+        assert "the lowest quality is shown" in section and "the highest quality is shown" in section
+    assert text.count("refcodec makes the same file as at target 0.001 bpp: shown there") == 2
+    summary = text[text.index("<h2>Summary") : text.index('<section class="image"')]
+    assert summary.count("target missed on 2 of 2") == 3  # 0.001, 0.002 and 50 bpp; the mean of 0.5 bpp is within 10%
+    assert "(target 0.5)" in summary and "&#9888; missed" in summary
 
 
 def test_a_given_crop_is_used_and_checked(report, tmp_path, capsys):
@@ -68,8 +100,9 @@ def test_a_given_crop_is_used_and_checked(report, tmp_path, capsys):
     weights = report.parent / "vr.safetensors"
     common = ["compare", str(folder), "-o", str(tmp_path), "--codecs", "none", "--visual", "--model", str(weights), "--targets", "0.5"]
     assert cli.main(common + ["--crop", "4,8,20,10"]) == 0
-    assert Image.open(tmp_path / "crops" / "b-png" / "0.5-refcodec.png").size == (20, 10)
-    assert "Crop 20x10 at (4, 8), given by --crop" in (tmp_path / "index.html").read_text()
+    text = (tmp_path / "index.html").read_text()
+    assert "The views open on the 20x10 window at (4, 8), given by --crop" in text
+    assert 'data-w="128" data-z="6.4000" data-cx="0.1094" data-cy="0.1354"' in text  # b.png: 128/20 wide, centred on the window
     capsys.readouterr()
     assert cli.main(common + ["--crop", "120,0,20,10"]) == 1
     assert capsys.readouterr().err.strip() == "refcodec: error: --crop 120,0,20,10 does not fit in b.png (128x96)"
@@ -89,23 +122,37 @@ def _chromium(*args, cwd):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=180)
 
 
+PROBE = """<script>addEventListener('load', () => {
+  const bad = [...document.images].filter(i => !i.complete || !i.naturalWidth).map(i => i.getAttribute('src'));
+  const sec = document.querySelector('section.image'), flip = sec.querySelector('.flipper'), view = flip.querySelector('.view');
+  const key = k => view.dispatchEvent(new KeyboardEvent('keydown', {key: k, bubbles: true}));
+  const scales = () => [...sec.querySelectorAll('.view')].map(v => +(v.querySelector('img').getBoundingClientRect().width / v.clientWidth).toFixed(3));
+  const shown = () => flip.querySelector('.shown').textContent;
+  document.documentElement.style.width = '420px';  // headless Chromium's window is at least 500 px wide
+  const boxes = [...document.body.querySelectorAll('*')].filter(e => !e.parentElement.closest('.scroll, .view'));
+  const r = {images: document.images.length, bad, width: Math.max(...boxes.map(e => e.getBoundingClientRect().right)),
+             full: [...sec.querySelectorAll('.view img')].map(i => i.naturalWidth === +sec.dataset.w), before: shown()};
+  key('f'); r.after = shown(); r.tag = flip.querySelector('.tag').textContent;
+  key('0'); r.fit = scales(); key('+'); r.zoomed = scales();
+  const b = flip.querySelectorAll('select')[1]; b.value = b.options[0].value; b.dispatchEvent(new Event('input')); r.original = shown();
+  document.title = JSON.stringify(r);
+});</script></body>"""
+
+
 def test_page_in_headless_chromium(report, tmp_path):
-    """Every <img> loads, and the page is not blank."""
-    probe = report / "probe.html"  # the page with a script that lists the images that failed to load, then flips
-    probe.write_text((report / "index.html").read_text().replace("</body>", "<script>addEventListener('load', () => {"
-        "const bad = [...document.images].filter(i => !i.complete || !i.naturalWidth).map(i => i.getAttribute('src'));"
-        "const f = document.querySelector('.flip'), a = f.querySelector('select'), s = f.querySelector('input');"
-        "a.value = a.options[0].value; s.value = 20; a.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('input'));"
-        "const [ia, ib] = f.querySelectorAll('img');"
-        "document.title = `images ${document.images.length} broken ${bad.length} ${bad.join(' ')} "
-        "flip ${ia.getAttribute('src')} ${ib.style.clipPath}`; });</script></body>"))  # fmt: skip
-    dom = _chromium("--dump-dom", probe.as_uri(), cwd=tmp_path).stdout
-    title = re.search(r"<title>images (\d+) broken (\d+)(.*?) flip (\S+) (.*?)</title>", dom)
-    assert title, dom[:500]
-    assert int(title[1]) > 20 and title[2] == "0", title[0]
-    assert title[4] == "crops/a-png/original.png" and title[5] == "inset(0px 0px 0px 20%)"  # the flip's A and slider act
+    """Every <img> loads; the views are full images zooming together; F flips A and B, labelled; 420 px fits."""
+    probe = report / "probe.html"
+    probe.write_text((report / "index.html").read_text().replace("</body>", PROBE))
+    dom = _chromium("--dump-dom", "--window-size=500,2000", probe.as_uri(), cwd=tmp_path).stdout
+    r = json.loads(html.unescape(re.search(r"<title>(\{.*?\})</title>", dom, re.S)[1]))
+    assert r["images"] > 20 and r["bad"] == [] and all(r["full"]) and len(r["full"]) == 2 + 3 * 4  # A, B; 3 rows of 4 views
+    assert r["width"] <= 420  # nothing wider than a phone: the tables scroll in their own box
+    assert r["before"].startswith("showing A: refcodec ") and r["after"].startswith("showing B: JPEG ") and r["after"].endswith(" bpp")
+    assert r["tag"] == f"A: {r['before'][len('showing A: '):]}B: {r['after'][len('showing B: '):]}"  # both named on the image
+    assert set(r["fit"]) == {1} and set(r["zoomed"]) == {1.5}  # every view of the image zooms with the others
+    assert r["original"] == "showing B: original"
     shot = tmp_path / "page.png"
     _chromium(f"--screenshot={shot}", "--window-size=1280,1600", (report / "index.html").as_uri(), cwd=tmp_path)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     background = np.bincount(pixels.astype(np.int64).ravel()).argmax()
-    assert pixels.shape == (1600, 1280) and pixels.std() > 20 and np.mean(np.abs(pixels - background) > 30) > 0.05  # measured: std 45, 9% ink
+    assert pixels.shape == (1600, 1280) and pixels.std() > 20 and np.mean(np.abs(pixels - background) > 30) > 0.05

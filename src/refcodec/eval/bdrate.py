@@ -164,6 +164,14 @@ def table(curves: list[Curve], anchors: list[Curve]) -> dict:
     return {a.name: {c.name: delta(a, c) for c in curves if c is not a} for a in anchors}
 
 
+def cells(d: dict) -> list[str]:
+    """BD-rate, BD-PSNR (or BD-MS-SSIM), common range and note of one curve's deltas, as printed."""
+    rate = "n/a" if math.isnan(d["bd_rate"]) else f"{d['bd_rate']:+.1f}%"
+    psnr = "n/a" if math.isnan(d["bd_psnr"]) else f"{d['bd_psnr']:+.2f} dB"
+    span = "-" if d["psnr_range"] is None else f"{d['psnr_range'][0]:.2f}-{d['psnr_range'][1]:.2f} dB ({d['psnr_overlap']:.0%})"
+    return [rate, psnr, span, d["note"]]
+
+
 def markdown(deltas: dict, curves: list[Curve] = (), metric: str = "psnr") -> str:
     """One Markdown table per anchor (deltas in ``metric``, ``in_metric``), then the curves' descriptions."""
     parts, axis = [], "PSNR" if metric == "psnr" else "MS-SSIM"
@@ -174,11 +182,7 @@ def markdown(deltas: dict, curves: list[Curve] = (), metric: str = "psnr") -> st
             f"| curve | BD-rate | BD-{axis} | common {axis} range | note |",
             "|---|---|---|---|---|",
         ]
-        for name, d in rows.items():
-            rate = "n/a" if math.isnan(d["bd_rate"]) else f"{d['bd_rate']:+.1f}%"
-            psnr = "n/a" if math.isnan(d["bd_psnr"]) else f"{d['bd_psnr']:+.2f} dB"
-            span = "-" if d["psnr_range"] is None else f"{d['psnr_range'][0]:.2f}-{d['psnr_range'][1]:.2f} dB ({d['psnr_overlap']:.0%})"
-            lines.append(f"| {name} | {rate} | {psnr} | {span} | {d['note']} |")
+        lines += [f"| {name} | {' | '.join(cells(d))} |" for name, d in rows.items()]
         parts.append("\n".join(lines))
     if curves:
         parts.append("\n".join(["### Curves", ""] + [f"- **{c.name}**: {c.description or '(no description)'}" for c in curves]))

@@ -41,6 +41,7 @@ class Unavailable(Exception):
 class Codec:
     """A classical codec: how it is called, what its quality parameter means, and its default sweep."""
     name: str  # reduces to its key in CODECS (bdrate.key)
+    suffix: str  # of its files
     library: str  # libraries and versions
     settings: str  # fixed encoder settings
     quality: str  # what the swept parameter means
@@ -69,7 +70,7 @@ def _pillow(feature: str) -> str:
 def jpeg(threads: int) -> Codec:
     lib = f"libjpeg-turbo {features.version('libjpeg_turbo')}" if features.check_feature("libjpeg_turbo") else "libjpeg"
     return Codec(
-        "JPEG", f"{_pillow('jpg')}, {lib}", "4:2:0, baseline, optimize=True (optimized Huffman tables)",
+        "JPEG", ".jpg", f"{_pillow('jpg')}, {lib}", "4:2:0, baseline, optimize=True (optimized Huffman tables)",
         "Pillow quality 0-100", (5, 10, 20, 30, 45, 60, 75, 85),
         lambda im, q: _save(im, "JPEG", quality=int(q), subsampling="4:2:0", optimize=True), _open,
     )  # fmt: skip
@@ -77,7 +78,7 @@ def jpeg(threads: int) -> Codec:
 
 def webp(threads: int) -> Codec:
     return Codec(
-        "WebP", f"{_pillow('webp')}, libwebp {features.version('webp')}", "lossy (4:2:0), method=4 (Pillow's default)",
+        "WebP", ".webp", f"{_pillow('webp')}, libwebp {features.version('webp')}", "lossy (4:2:0), method=4 (Pillow's default)",
         "Pillow quality 0-100", (0, 10, 25, 45, 65, 80, 90),
         lambda im, q: _save(im, "WEBP", quality=int(q), method=4), _open,
     )  # fmt: skip
@@ -85,7 +86,7 @@ def webp(threads: int) -> Codec:
 
 def jpeg2000(threads: int) -> Codec:
     return Codec(
-        "JPEG 2000", f"{_pillow('jpg_2000')}, OpenJPEG {features.version('jpg_2000')}",
+        "JPEG 2000", ".j2k", f"{_pillow('jpg_2000')}, OpenJPEG {features.version('jpg_2000')}",
         "J2K codestream, irreversible 9/7 wavelet, YCbCr transform (mct=1), one layer rate-controlled to 24/q:1",
         "target bpp", (0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.1, 1.5),
         lambda im, q: _save(im, "JPEG2000", quality_mode="rates", quality_layers=[24 / q], irreversible=True, mct=1,
@@ -101,7 +102,7 @@ def avif(threads: int) -> Codec:
 
         AvifImagePlugin.DEFAULT_MAX_THREADS = threads
         return Codec(
-            "AVIF", f"Pillow {PIL.__version__}, libavif {features.version('avif')} ({_avif.codec_versions()})",
+            "AVIF", ".avif", f"Pillow {PIL.__version__}, libavif {features.version('avif')} ({_avif.codec_versions()})",
             "4:2:0, speed=6, full range", "Pillow quality 0-100", sweep,
             lambda im, q: _save(im, "AVIF", quality=int(q), subsampling="4:2:0", speed=6, max_threads=threads), _open,
         )  # fmt: skip
@@ -111,7 +112,7 @@ def avif(threads: int) -> Codec:
     if not info.get("AVIF"):
         raise Unavailable("neither Pillow nor pillow-heif has an AVIF encoder")
     return Codec(
-        "AVIF", f"pillow-heif {pillow_heif.__version__}, libheif {info['libheif']}, {info['AVIF']}", "4:2:0 (chroma=420)",
+        "AVIF", ".avif", f"pillow-heif {pillow_heif.__version__}, libheif {info['libheif']}, {info['AVIF']}", "4:2:0 (chroma=420)",
         "libheif quality 0-100", sweep, lambda im, q: _heif_save(im, "AVIF", quality=int(q), chroma=420), _heif_open,
     )  # fmt: skip
 
@@ -140,7 +141,7 @@ def hevc(threads: int) -> Codec:
     pillow_heif.options.DECODE_THREADS = threads
     params = {"tune": "psnr", "x265:pools": str(threads)}
     return Codec(
-        "HEVC", f"pillow-heif {pillow_heif.__version__}, libheif {info['libheif']}, {info['HEIF']}, "
+        "HEVC", ".heic", f"pillow-heif {pillow_heif.__version__}, libheif {info['libheif']}, {info['HEIF']}, "
                 f"{info['decoders'].get('libde265', 'libde265')}",
         "HEIF, 4:2:0 (chroma=420), BT.601 full range, x265 preset slow (libheif's default), tune=psnr",
         "libheif quality 0-100", (5, 12, 20, 28, 36, 44, 52, 58),
@@ -154,7 +155,7 @@ def jpegxl(threads: int) -> Codec:
     if not imagecodecs.JPEGXL.available:
         raise Unavailable(f"imagecodecs {imagecodecs.__version__} was built without JPEG XL")
     return Codec(
-        "JPEG XL", f"imagecodecs {imagecodecs.__version__}, {imagecodecs.jpegxl_version()}",
+        "JPEG XL", ".jxl", f"imagecodecs {imagecodecs.__version__}, {imagecodecs.jpegxl_version()}",
         "effort=7 (default), XYB (lossy default)",
         "Butteraugli distance (lower is better)", (20, 12, 7, 4.5, 3, 2, 1.4, 1),
         lambda im, q: imagecodecs.jpegxl_encode(np.asarray(im), distance=q, effort=7, numthreads=threads),
@@ -288,9 +289,9 @@ def run_efforts(efforts: list[str], model: str, qualities: list[float], folder: 
     return curves
 
 
-def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: Path, title: str, metric: str = "psnr") -> None:
+def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: Path, title: str, metric: str = "psnr") -> dict:
     """BD tables against each anchor in ``metric`` (bdrate.json and bdrate.md, or bdrate-ms-ssim.*; printed)
-    and the plots."""
+    and the plots; the tables ({anchor: {curve: deltas}})."""
     found = []  # the index of each anchor's curve
     for a in anchors:
         match = [i for i, c in enumerate(curves) if bdrate.key(c.name) == bdrate.key(a)]
@@ -312,6 +313,7 @@ def report(curves: list[bdrate.Curve], anchors: list[str], skipped: dict, out: P
     print(md, end="")
     if anchor_curves:
         plot.savings_plot(measured, anchor_curves[0], out / f"rate-savings{suffix}.png", title, metric)
+    return deltas
 
 
 def main(argv=None) -> int:
@@ -362,8 +364,9 @@ def main(argv=None) -> int:
         extra.append(visual.refcodec_curve(args, out))
     model_qualities = qualities.pop(MODEL, None) or args.model_qualities or (1, 2, 3, 4)
     curves += run_efforts(args.effort, args.model, list(model_qualities), args.folder, args.threads, out)
-    report(curves + extra, anchors, skipped, out, Path(args.folder).name if args.folder else "", args.metric)
+    deltas = report(curves + extra, anchors, skipped, out, Path(args.folder).name if args.folder else "", args.metric)
     if args.visual:
-        print(f"wrote {visual.write(args, {n: CODECS[n](args.threads) for n in names if n not in skipped}, skipped, out)}")
+        classical = {n: CODECS[n](args.threads) for n in names if n not in skipped}
+        print(f"wrote {visual.write(args, classical, skipped, deltas, out)}")
     print(f"wrote {out}")
     return 0
