@@ -9,6 +9,8 @@ includes the decode it makes of the file it returns, so the target reads: search
 
     python benchmarks/rate_control.py ../shared/datasets/kodak --targets 0.25 0.5 0.75 --threads 2 \\
         -o results/bench/rate-control.json
+    ATEN_CPU_CAPABILITY=avx2 python benchmarks/rate_control.py ../shared/datasets/kodak --no-mkldnn ... \\
+        -o results/bench/rate-control-avx2.json     # how torch runs on a CPU without AVX-512 VNNI
 """
 
 from __future__ import annotations
@@ -65,9 +67,11 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=24, help="the first N images")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2, help="runs of the plain encode and decode (their best counts)")
+    p.add_argument("--no-mkldnn", action="store_true", help="turn oneDNN off (with ATEN_CPU_CAPABILITY=avx2: an AVX2-only CPU)")
     p.add_argument("-o", "--output", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.backends.mkldnn.enabled = not args.no_mkldnn
     model = registry.load_model(args.model or registry.DEFAULT_MODEL)
     rows = [r for f in find_images(args.images)[: args.limit] for r in measure(model, f, args.targets, args.repeat)]
     inside = [r for r in rows if not r["out_of_range"]]
@@ -77,7 +81,7 @@ def main(argv=None) -> None:
                "max_in_encodes": max(r["in_encodes"] for r in inside)} if inside else {}  # fmt: skip
     report = {"model": model.id, "images": str(args.images), "targets": args.targets, "threads": args.threads,
               "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, "
-              f"{torch.backends.cpu.get_cpu_capability()}", "load_average": round(os.getloadavg()[0], 1),
+              f"{torch.backends.cpu.get_cpu_capability()}, oneDNN {'on' if torch.backends.mkldnn.enabled else 'off'}", "load_average": round(os.getloadavg()[0], 1),
               "summary": summary, "rows": rows}  # fmt: skip
     print(json.dumps(summary, indent=1))
     if args.output:
