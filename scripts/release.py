@@ -11,23 +11,17 @@ replace, ``ship_weights.release_commit``), or a model HEAD did not ship (a new o
    ``<model id>-<version>.json`` named "refcodec <model id> (<version>)" (a new model replaces none);
 2. bumps the minor version (``src/refcodec/__init__.py``), unless HEAD's was already bumped;
 3. writes the new weights' conformance files (``scripts/conformance.py``);
-4. keeps the new curve as a learning-curve point, ``results/learning-curve/kodak-<name>-<preset>-<steps>.json``,
-   and redraws the Kodak learning curve (``learning_curve.py --kodak``: ``kodak.json``, ``kodak.png``);
-5. remakes the Kodak BD tables and plots in PSNR and in MS-SSIM (``refcodec compare --codecs none``) over
-   every curve of ``results/kodak``, anchored on HEVC, WebP, JPEG, the shipped MSE model, the retired
-   per-quality models and the newest kept release of the MSE model;
-6. draws the README's figure and table, ``results/kodak/current/``: the shipped models and the classical codecs only
-   (past releases are in the learning curve of step 4);
-7. rewrites the history of releases, ``docs/history.md`` (``scripts/history.py``);
-8. prints what the README takes: the model card's table, the BD-rates of the new and the replaced
+4. keeps the new curve as a learning-curve point, ``results/learning-curve/kodak-<name>-<preset>-<steps>.json``;
+5. rebuilds every figure and table of the results (``scripts/figures.py``): the Kodak learning curve, the BD
+   tables and plots over every curve, the README's figure of the shipped models and the classical codecs only
+   (past releases are in the learning curve), the history of releases;
+6. prints what the README takes: the model card's table, the BD-rates of the new and the replaced
    weights over their whole range and over qualities 1-4 (``learning_curve.within``), the steps added.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import re
@@ -35,22 +29,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from refcodec.eval import bdrate, compare
+from refcodec.eval import bdrate
 from refcodec.models import registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curve import LOW_QUALITIES, bd_rates, kodak_plot, kodak_points, within  # noqa: E402  (a script beside this one)
+from figures import CURRENT, KODAK, LEARNING_CURVE, anchors, compare_curves, curve_file, rebuild  # noqa: E402  (scripts beside this one)
+from learning_curve import LOW_QUALITIES, bd_rates, within  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 INIT = Path("src/refcodec/__init__.py")
-KODAK = Path("results/kodak")
-LEARNING_CURVE = Path("results/learning-curve")
-CLASSICAL = ("jpeg", "webp", "jpeg2000", "avif", "hevc", "jpegxl")  # refcodec compare's curves, in its order
-CURRENT = KODAK / "current"  # the README's figure: the shipped models against the classical codecs
-CURRENT_CLASSICAL = ("jpeg", "webp", "avif", "hevc", "jpegxl")
-ANCHORS = ("hevc", "webp", "jpeg")  # then every shipped MSE variable-rate model, the retired per-quality ones and the newest kept release
-RETIRED_ANCHOR = "refcodec grm/small/q1-q4 (0.2.0)"
-KEPT = re.compile(r"-(\d+)\.(\d+)\.(\d+)\.json$")  # a kept release's curve: <model id>-<version>.json
 
 
 def git(*args: str) -> subprocess.CompletedProcess:
@@ -88,13 +75,6 @@ def bumped(version: str) -> str:
     return f"{major}.{minor + 1}.0"
 
 
-def curve_file(model_id: str) -> Path:
-    """The Kodak curve ``ship_weights.write_curve`` writes for a shipped model (``<name>-<preset>[-<metric>].json``)."""
-    name, preset, rest = model_id.split("/")
-    metric = rest.partition("-")[2]
-    return KODAK / f"{name}-{preset}{'-' + metric if metric else ''}.json"
-
-
 def keep_replaced(model_id: str, version: str, steps: int) -> Path:
     """Step 1: HEAD's curve of ``model_id`` (the release being replaced), named for its version."""
     old = at_head(curve_file(model_id))
@@ -106,36 +86,6 @@ def keep_replaced(model_id: str, version: str, steps: int) -> Path:
     out = KODAK / f"{model_id.replace('/', '-')}-{version}.json"
     out.write_text(json.dumps(curve, indent=2) + "\n")
     return out
-
-
-def kept_version(path: Path) -> tuple[int, ...]:
-    return tuple(int(x) for x in KEPT.search(path.name).groups())
-
-
-def compare_curves(folder: Path = KODAK) -> list[Path]:
-    """Every curve of ``folder``: the classical codecs, the shipped models, the kept releases (newest first), the rest."""
-    files = sorted(p for p in folder.glob("*.json") if not p.name.startswith("bdrate"))
-    classical = [folder / f"{c}.json" for c in CLASSICAL if (folder / f"{c}.json").is_file()]
-    kept = sorted((p for p in files if KEPT.search(p.name)), key=kept_version, reverse=True)
-    shipped = [p for p in map(curve_file, registry.shipped_ids()) if p.is_file()]
-    return classical + shipped + kept + [p for p in files if p not in classical + shipped + kept]
-
-
-def anchors(curves: list[Path]) -> list[str]:
-    """``ANCHORS``, every shipped MSE variable-rate model, the retired per-quality models (where their curve is
-    kept) and the newest kept release of the MSE model, where there is one."""
-    names = [json.loads(p.read_text())["name"] for p in curves]
-    shipped = [f"refcodec {i}" for i in registry.shipped_ids() if i.endswith(f"/{registry.VARIABLE}")]
-    mse = [p for p in curves if re.fullmatch(r"grm-small-vr-\d+\.\d+\.\d+\.json", p.name)]
-    return list(ANCHORS) + shipped + [RETIRED_ANCHOR] * (RETIRED_ANCHOR in names) + ([json.loads(mse[0].read_text())["name"]] if mse else [])
-
-
-def current_figure() -> None:
-    """Step 6: the README's RD plots and BD table (``refcodec compare``), the shipped models and the classical codecs."""
-    shipped = [p for p in map(curve_file, registry.shipped_ids()) if p.is_file()]
-    curves = [KODAK / f"{c}.json" for c in CURRENT_CLASSICAL if (KODAK / f"{c}.json").is_file()] + shipped
-    with contextlib.redirect_stdout(io.StringIO()):
-        compare.main(["--codecs", "none", "-o", str(CURRENT), "--anchor", "hevc,webp", "--curves", *map(str, curves)])
 
 
 def bd_rows(curves: list[Path], targets: list[Path], metric: str = "psnr", against: tuple[str, ...] = ("jpeg", "webp", "hevc")) -> list[str]:
@@ -184,17 +134,11 @@ def main(argv=None) -> int:
     version = version_of(INIT.read_text())
     if not args.skip_conformance:
         if subprocess.run([sys.executable, str(ROOT / "scripts" / "conformance.py")]).returncode:
-            raise SystemExit("release: scripts/conformance.py refused (above): steps 3-8 not done")
+            raise SystemExit("release: scripts/conformance.py refused (above): steps 3-6 not done")
     point = LEARNING_CURVE / f"kodak-{curve_file(model_id).stem}-{steps}.json"
     point.write_text(curve_file(model_id).read_text())
-    kodak_plot(kodak_points(LEARNING_CURVE, KODAK), LEARNING_CURVE)
+    rebuild()  # the learning curve, the BD tables and plots, the README's figure, the history (scripts/figures.py)
     curves = compare_curves()
-    command = ["--codecs", "none", "-o", str(KODAK), "--anchor", ",".join(anchors(curves)), "--curves", *map(str, curves)]
-    for metric in ("psnr", "ms-ssim"):
-        with contextlib.redirect_stdout(io.StringIO()):  # the tables go to bdrate*.md
-            compare.main(command + ["--metric", metric])
-    current_figure()
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "history.py")], check=True)
     print(f"\nrelease {version}: {model_id} at {steps:,} steps ({steps - old_steps:,} more than {replaced})")
     print(f"{'kept ' + str(before) if old_text else 'new model'}, wrote {point} and {LEARNING_CURVE}/kodak.png; BD tables in "
           f"{KODAK}/bdrate.md and bdrate-ms-ssim.md; the README's figure and table in {CURRENT}/")  # fmt: skip

@@ -301,7 +301,7 @@ def test_each_metric_of_a_model_has_its_own_rd_curve(tmp_path, monkeypatch):
 def test_release_keeps_the_replaced_curve_and_remakes_the_tables_over_every_curve(tmp_path, monkeypatch):
     """scripts/release.py: HEAD's curve is kept under the replaced release's version, versions sort as numbers
     (0.10.0 after 0.9.0), the newest kept MSE release is an anchor, and the BD rows cover both ranges."""
-    release = load_script("release")
+    release, figures = load_script("release"), load_script("figures")
     monkeypatch.chdir(tmp_path)
     kodak = tmp_path / "results" / "kodak"
     kodak.mkdir(parents=True)
@@ -325,17 +325,17 @@ def test_release_keeps_the_replaced_curve_and_remakes_the_tables_over_every_curv
     monkeypatch.setattr(registry, "shipped_ids", lambda: ["grm/small/vr", "grm/small/vr-ms-ssim"])
 
     kept = release.keep_replaced("grm/small/vr", "0.10.0", 57701)
-    assert kept == release.KODAK / "grm-small-vr-0.10.0.json"
+    assert kept == figures.KODAK / "grm-small-vr-0.10.0.json"
     curve = json.loads(kept.read_text())
     assert curve["name"] == "refcodec grm/small/vr (0.10.0)" and "57,701 steps" in curve["description"]
     assert curve["results"] == json.loads(shipped)["results"]
     with pytest.raises(SystemExit, match="HEAD has no"):
         release.keep_replaced("grm/small/vr-ms-ssim", "0.10.0", 1)
 
-    curves = release.compare_curves()
+    curves = figures.compare_curves()
     assert [p.stem for p in curves] == ["jpeg", "webp", "hevc", "grm-small", "grm-small-ms-ssim", "grm-small-vr-0.10.0",
                                         "grm-small-vr-0.9.0", "grm-small-q1-q4"]  # fmt: skip
-    assert release.anchors(curves) == [*release.ANCHORS, "refcodec grm/small/vr", release.RETIRED_ANCHOR, "refcodec grm/small/vr (0.10.0)"]
+    assert figures.anchors(curves) == [*figures.ANCHORS, "refcodec grm/small/vr", figures.RETIRED_ANCHOR, "refcodec grm/small/vr (0.10.0)"]
     assert release.bumped("0.10.0") == "0.11.0" and release.version_of('x = 1\n__version__ = "0.10.0"\n') == "0.10.0"
     assert release.within(json.loads(shipped))["results"]["bpp"] == [b / 2 for b in anchor[1:5]]
     rows = release.bd_rows(curves, [release.curve_file("grm/small/vr"), kept], against=("webp",))
@@ -345,13 +345,13 @@ def test_release_keeps_the_replaced_curve_and_remakes_the_tables_over_every_curv
     # a new model (the wide one) beside the small one: an anchor too, and with it in the README's figure, not the releases
     (kodak / "grm-medium.json").write_text(write("refcodec grm/medium/vr", [b / 4 for b in anchor], qualities=qualities))
     monkeypatch.setattr(registry, "shipped_ids", lambda: ["grm/medium/vr", "grm/small/vr", "grm/small/vr-ms-ssim"])
-    curves = release.compare_curves()
+    curves = figures.compare_curves()
     assert [p.stem for p in curves][3:6] == ["grm-medium", "grm-small", "grm-small-ms-ssim"]
-    assert release.anchors(curves)[3:5] == ["refcodec grm/medium/vr", "refcodec grm/small/vr"]
-    release.current_figure()
-    table = json.loads((release.CURRENT / "bdrate.json").read_text())["anchors"]
+    assert figures.anchors(curves)[3:5] == ["refcodec grm/medium/vr", "refcodec grm/small/vr"]
+    figures.current_figure()
+    table = json.loads((figures.CURRENT / "bdrate.json").read_text())["anchors"]
     assert set(table) == {"HEVC", "WebP"} and table["WebP"]["refcodec grm/medium/vr"]["bd_rate"] == pytest.approx(-75)
-    assert not any("(0.10.0)" in name for name in table["WebP"]) and (release.CURRENT / "rd-psnr.png").is_file()
+    assert not any("(0.10.0)" in name for name in table["WebP"]) and (figures.CURRENT / "rd-psnr.png").is_file()
 
 
 def test_kodak_learning_curve_gives_each_kept_release_its_bd_rates(tmp_path):
