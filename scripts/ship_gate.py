@@ -22,7 +22,8 @@ under a hash of the weights, images and settings. Every verdict goes to
 ``results/gate/verdicts.json``. With ``--ship``, an accepted candidate is written into the
 package by ``scripts/ship_weights.py`` (which measures Kodak for the model card and the README:
 reported, never used to choose). Every judged candidate, shipped or not, is a point of the
-learning-curve log ``results/learning-curve/gate-log.json``. The first variable-rate model to pass retires the
+learning-curve log ``results/learning-curve/gate-log.json``, and the history page ``docs/history.md`` is remade
+(``scripts/history.py``) where that log is the repository's. The first variable-rate model to pass retires the
 per-quality ``grm/small`` and ``joint/small`` models (``registry.retire``: their files are then
 refused with a line that names the release that decodes them). Shipping also removes the carried run
 (``training/``, see ``scripts/continue_training.py``) that it supersedes.
@@ -53,6 +54,7 @@ from refcodec.models import registry
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ship_weights import release_commit  # noqa: E402  (a script beside this one)
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path("results/gate")
 CURVE = Path("results/learning-curve/gate-log.json")  # every judged candidate: the learning curve
 ANCHORS = ("webp", "hevc")
@@ -224,6 +226,8 @@ def main(argv=None) -> int:
     config = registry.read_config(args.candidate)
     shipping = verdict["accepted"] and args.ship
     _append(CURVE, curve_point(verdict, config, shipping))
+    if Path.cwd().resolve() == ROOT:  # the repository's log (not a test's folder): the history page lists every verdict
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "history.py")], check=True)
     if not verdict["accepted"]:
         return 1
     if shipping:
@@ -234,7 +238,7 @@ def main(argv=None) -> int:
             commits = {release_commit(registry.weights_path(i)) for i in fixed}  # HEAD, which must hold each as released
             registry.retire(fixed, refcodec.__version__, commits.pop())
             print(f"retired {', '.join(fixed)} (their files name refcodec {refcodec.__version__}); bump the version")
-        carried = Path(__file__).resolve().parent.parent / "training" / (config["id"].replace("/", "-") + ".safetensors")
+        carried = ROOT / "training" / (config["id"].replace("/", "-") + ".safetensors")
         if carried.is_file() and registry.read_config(carried).get("steps", 0) <= config.get("steps", 0):
             carried.unlink()  # scripts/continue_training.py's carried run is now the shipped model: it continues from that
             print(f"removed {carried.name} from training/: the next session continues the shipped model")
