@@ -20,7 +20,7 @@ user gets.
 
 from __future__ import annotations
 
-import bisect
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -92,16 +92,21 @@ def scale(kind: str, value: float) -> float:
     return {"bpp": math.log, "psnr": float, "ms-ssim": lambda m: -10 * math.log10(max(1 - m, 1e-12))}[kind](value)
 
 
+@functools.lru_cache(maxsize=None)
+def card_points(model_ref: str) -> tuple[dict, ...] | None:
+    """The Kodak points of a shipped model's card (read once per process); None without one."""
+    try:
+        return tuple(json.loads(weights_path(model_ref).with_suffix(".json").read_text())["evaluation"]["qualities"])
+    except (OSError, KeyError, ValueError, TypeError, RefcodecError):  # no card, another card, or no model id
+        return None
+
+
 def prior(options: Candidates, kind: str):
     """The model's mean curve on Kodak (its card's qualities), on the ``scale`` axis, as a function of quality;
     None for a model without a card (a user's weights file) or a list of fixed-rate models."""
     nets = {id(net): net for net, _, _ in options}
-    if len(nets) != 1 or not next(iter(nets.values())).levels:
-        return None
-    try:
-        card = json.loads(weights_path(next(iter(nets.values())).id).with_suffix(".json").read_text())
-        points = card["evaluation"]["qualities"]
-    except (OSError, KeyError, ValueError, TypeError):
+    points = card_points(next(iter(nets.values())).id) if len(nets) == 1 and next(iter(nets.values())).levels else None
+    if not points:
         return None
     qualities = [p["quality"] for p in points]
     values = [scale(kind, p[CARD_KEYS[kind]]) for p in points]
