@@ -112,8 +112,9 @@ def train_args(args: argparse.Namespace) -> list[str]:
     argv += ["--time-limit", str(args.minutes * 60)]
     if (Path(args.out) / "checkpoint.pt").is_file():
         return argv + ["--resume"]
-    if args.grow_warmup:  # a new ramp; one that the initial weights record goes on by itself
+    if args.grow_warmup or args.grow_reseed:  # a new ramp; one that the initial weights record goes on by itself
         argv += ["--grow-warmup", str(args.grow_warmup)] + (["--grown-from", args.grown_from] if args.grown_from else [])
+        argv += ["--grow-reseed", str(args.grow_reseed)] if args.grow_reseed else []
     return argv + ["--init", args.init or initial_weights(args.metric, args.carry, args.preset)]
 
 
@@ -152,7 +153,10 @@ def main(argv=None) -> None:
     p.add_argument("--grow-warmup", type=int, default=0, metavar="STEPS",
                    help="a new run of the wide model: ramp the rate's pull on its grown latent channels from 0 to 1 over STEPS "
                    "(refcodec train --grow-warmup; without it they stay at 0)")  # fmt: skip
-    p.add_argument("--grown-from", metavar="NxM", help="with --grow-warmup from already widened weights: the size they grew from")
+    p.add_argument("--grow-reseed", type=int, default=0, metavar="HOLD",
+                   help="a new run of the wide model: re-initialize its grown latent channels and hold their rows of g_a "
+                   "for HOLD steps before the --grow-warmup ramp (refcodec train --grow-reseed)")  # fmt: skip
+    p.add_argument("--grown-from", metavar="NxM", help="with --grow-warmup or --grow-reseed from already widened weights: the size they grew from")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--ema", type=float, default=EMA, help="decay of the weight average that is exported (0: none)")
     p.add_argument("--threads", type=int, default=1)

@@ -250,3 +250,32 @@ def test_rate_control_benchmark_counts_encodes_against_a_plain_encode_and_decode
     assert inside["bpp"] <= 0.3 and not inside["out_of_range"] and beyond["out_of_range"] and beyond["quality"] == 8
     assert report["summary"]["in_range"] == 1 and report["summary"]["mean_encodes"] == inside["encodes"] >= 2
     assert inside["in_encodes"] == pytest.approx((inside["seconds"] - inside["decode_s"]) / inside["encode_s"])
+
+
+def test_grown_channels_tells_dead_channels_from_reseeded_ones(tmp_path):
+    """A freshly widened model's new channels are 0 (no rate, no PSNR); reseeded ones round to nonzero and cost
+    bits, and before training g_s does not read them yet: no gain."""
+    from refcodec.models import widen
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sample_image(160, 160, seed=3).save(folder / "a.png")
+    wide = widen.grown(registry.load_model("grm/small/vr"), "medium")
+    registry.save(wide, tmp_path / "dead.safetensors", wide.config)
+    widen.reseed(wide, 96)
+    registry.save(wide, tmp_path / "reseeded.safetensors", wide.config)
+
+    def run(name, *extra):
+        out = tmp_path / f"{name}.json"
+        cmd = [sys.executable, str(BENCHMARKS / "grown_channels.py"), str(tmp_path / f"{name}.safetensors"), str(folder),
+               "--crop", "128", "--qualities", "1", "7", "-o", str(out), *extra]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        return done if done.returncode else json.loads(out.read_text())["qualities"]
+
+    dead, reseeded = run("dead", "--grown-from", "96"), run("reseeded", "--grown-from", "96")
+    assert all(r["nonzero"] == 0 and r["rate_share"] < 0.01 and r["psnr"] == r["psnr_without"] for r in dead)
+    low, high = reseeded
+    assert 0 < low["nonzero"] < high["nonzero"] and high["rate_share"] > 0.1
+    assert all(r["psnr"] == r["psnr_without"] for r in reseeded)  # zero reads: the pixels do not change yet
+    bad = run("dead", "--grown-from", "192")
+    assert bad.returncode != 0 and "below it" in bad.stderr.strip().splitlines()[-1]

@@ -118,20 +118,21 @@ def test_continue_training_compiles_the_model_unless_told_not_to(tmp_path, monke
 
 
 def test_continue_training_passes_a_grow_warmup_to_a_new_run_only(tmp_path, monkeypatch):
-    """--grow-warmup starts the wide model's rate-pull ramp in a new run; a resumed run keeps its own."""
+    """--grow-warmup (and --grow-reseed) start the wide model's ramp in a new run; a resumed run keeps its own."""
     script = load_script("continue_training")
     commands = []
     monkeypatch.setattr(script.trainer, "main", commands.append)
     monkeypatch.setattr(script, "carry", lambda run, path: None)
     run = tmp_path / "run"
-    grow = ["--preset", "medium", "--grow-warmup", "1000", "--grown-from", "64x96", "--init", "w.safetensors"]
+    grow = ["--preset", "medium", "--grow-warmup", "1000", "--grow-reseed", "200", "--grown-from", "64x96", "--init", "w.safetensors"]
     script.main(["--minutes", "1", "--out", str(run), "--nice", "0", *grow])
     run.mkdir()
     (run / "checkpoint.pt").touch()
     script.main(["--minutes", "1", "--out", str(run), "--nice", "0", *grow])
     new, resumed = commands
     assert new[new.index("--grow-warmup") + 1] == "1000" and new[new.index("--grown-from") + 1] == "64x96"
-    assert "--grow-warmup" not in resumed and "--resume" in resumed
+    assert new[new.index("--grow-reseed") + 1] == "200"
+    assert "--grow-warmup" not in resumed and "--grow-reseed" not in resumed and "--resume" in resumed
 
 
 def test_gpu_upload_fits_and_the_run_trains(datasets, tmp_path, monkeypatch):

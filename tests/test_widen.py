@@ -135,3 +135,52 @@ def test_training_with_a_grow_warmup_records_and_continues_the_ramp(small, tmp_p
     assert registry.read_config(second / "weights.safetensors")["grow"] == grow
     with pytest.raises(SystemExit, match="--grown-from"):
         trainer.main(common + ["--out", str(tmp_path / "third"), "--init", str(first / "weights.safetensors"), "--grow-warmup", "5"])
+
+
+def test_the_reseed_wakes_the_new_channels_and_keeps_the_pixels(small, wide):
+    """``widen.reseed``: the grown channels carry nonzero values after rounding at the top qualities, while the
+    pixels, z and the old channels' stage-1 predictions stay as they were (every reader of y reads them with 0)."""
+    model = widen.grown(small, "medium")
+    widen.reseed(model, small.M, seed=3)
+    x = codec.image_to_tensor(natural_image(128, 128, seed=4))
+    q = torch.tensor([7.0])
+    with torch.no_grad():
+        before, after = wide(x, q), model(x, q)
+        y = model.g_a(x) * model.y_gain(q)[0]
+    assert (torch.round(y[:, small.M :]) != 0).float().mean() > 0.3  # rounding keeps most of them
+    assert torch.equal(after["x_hat"], before["x_hat"])
+    torch.testing.assert_close(after["likelihoods"]["z"], before["likelihoods"]["z"], rtol=1e-6, atol=0)
+    torch.testing.assert_close(after["likelihoods"]["y"][0][:, : small.M], before["likelihoods"]["y"][0][:, : small.M], rtol=1e-5, atol=0)
+    assert torch.equal(model.y_gain.log_gain[:, small.M :], model.y_gain.log_gain[:, : small.M].mean(1, keepdim=True).expand(-1, small.M))
+    # the zero reads learn at once: g_s's gradient to them is nonzero from the first step
+    model.train()
+    out = model(x, q)
+    (out["x_hat"] - x).square().mean().backward()
+    assert model.g_s[0].weight.grad[small.M :].abs().max() > 0
+
+
+def test_training_with_a_grow_reseed_holds_the_new_rows_then_ramps(small, tmp_path):
+    """``refcodec train --grow-reseed HOLD``: the grown channels are reseeded once, g_a's rows of them stay fixed
+    for HOLD steps (the old rows train), the rate's pull ramps after them, and the config records both."""
+    from refcodec.train import trainer
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        natural_image(96, 96, seed=i).save(folder / f"{i}.png")
+    common = ["--data", str(folder), "--preset", "medium", "--variable-rate", "--batch", "1", "--crop", "64", "--threads", "1",
+              "--val-every", "1000", "--save-every", "1", "--ema", "0"]  # fmt: skip
+    base = small.config["steps"]
+    run = tmp_path / "run"
+    model = trainer.train(trainer.parse_args(common + ["--out", str(run), "--init", "grm/small/vr", "--grow-reseed", "2",
+                                                       "--grow-warmup", "10", "--stop-at", str(base + 2)]))  # fmt: skip
+    grow = registry.read_config(run / "weights.safetensors")["grow"]
+    assert grow == {"N": small.N, "M": small.M, "start": base + 2, "steps": 10, "reseeded": base, "held_until": base + 2}
+    start = widen.grown(small, "medium")
+    widen.reseed(start, small.M, seed=0)  # the trainer's --seed 0: the same rows
+    rows = model.g_a[-1].weight.detach()
+    assert torch.equal(rows[small.M :], start.g_a[-1].weight[small.M :])  # held
+    assert not torch.equal(rows[: small.M], start.g_a[-1].weight[: small.M])  # trained
+    resumed = trainer.train(trainer.parse_args(common + ["--out", str(run), "--resume", "--stop-at", str(base + 3)]))
+    assert not torch.equal(resumed.g_a[-1].weight.detach()[small.M :], rows[small.M :])  # free after the hold
+    assert registry.read_config(run / "weights.safetensors")["grow"] == grow

@@ -168,6 +168,31 @@ def widen(old: GRM, new: GRM) -> None:
     new.update()
 
 
+@torch.no_grad()
+def reseed(model: GRM, m: int, seed: int = 0) -> None:
+    """Re-initialize the latent channels of y from ``m`` on, in place, so that they carry information from the start.
+
+    :func:`widen` starts them at 0 with random reads, the orientation of Net2Net, and rounding keeps them at 0:
+    g_s's reads of them never see a nonzero value, so they never learn, and the channels stay dead
+    (``docs/training.md``). Here the orientation is reversed, as a quantized bottleneck needs: g_a's rows of the
+    new channels are random at the scale of its old rows (at quality 7 about 77% of the new values round to
+    nonzero), and every network that reads y (g_s, h_a, the context and reference convolutions) reads them with
+    zero weights, which learn at once since their input is nonzero. So the pixels, z and every old prediction are
+    unchanged; the new channels cost their own bits until the entropy model learns them, and the global reference,
+    whose search compares all M channels, may pick other positions. Their gains take the old channels' mean per
+    level. ``refcodec train --grow-reseed`` holds the new rows fixed while the decoder learns them."""
+    generator = torch.Generator().manual_seed(seed)
+    last = model.g_a[-1]
+    last.weight[m:] = torch.randn(last.weight[m:].shape, generator=generator) * last.weight[:m].std()
+    last.bias[m:] = 0
+    model.g_s[0].weight[m:] = 0  # a transposed convolution: (in, out, k, k)
+    for conv in [model.context] + [model.h_a[0]] * model.hyperprior + [model.transfer] * model.reference:
+        conv.weight[:, m:] = 0
+    if model.levels:
+        for table in (model.y_gain.log_gain, model.y_gain.log_inverse):
+            table[:, m:] = table[:, :m].mean(1, keepdim=True)
+
+
 def grown(source: GRM, preset: str, seed: int = 0) -> GRM:
     """A ready-to-code model of ``preset``'s size widened from the loaded model ``source`` (:func:`widen`),
     with the id of ``preset`` and the source's config (its training record, the new size), at the

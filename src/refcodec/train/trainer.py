@@ -35,7 +35,7 @@ from .. import codec
 from ..errors import RefcodecError
 from ..layers import gain
 from ..metrics import MS_SSIM_MIN_SIDE
-from ..models import convert, registry
+from ..models import convert, registry, widen
 from ..models.base import ALIGNMENT, CompressionModel
 from . import checkpoint, distributed
 from .checkpoint import logged_time
@@ -72,16 +72,29 @@ def training_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 def growth(args, source, step: int) -> dict | None:
-    """The rate-pull ramp of a widened model (``--grow-warmup``): the size it grew from and the ramp's steps."""
-    if not args.grow_warmup:
+    """The rate-pull ramp of a widened model (``--grow-warmup``): the size it grew from and the ramp's steps;
+    with ``--grow-reseed HOLD``, the step of the reseed and the ramp after the HOLD steps that hold the new rows."""
+    if not args.grow_warmup and not args.grow_reseed:
         return None
     if args.grown_from:
         n, m = (int(v) for v in args.grown_from.lower().split("x"))
     elif isinstance(source, CompressionModel) and (source.N, source.M) != (registry.PRESETS[args.preset]["N"], registry.PRESETS[args.preset]["M"]):
         n, m = source.N, source.M
     else:
-        raise SystemExit("refcodec train: --grow-warmup needs --init of a narrower model, or --grown-from NxM")
-    return {"N": n, "M": m, "start": step, "steps": args.grow_warmup}
+        raise SystemExit("refcodec train: --grow-warmup and --grow-reseed need --init of a narrower model, or --grown-from NxM")
+    if not args.grow_reseed:
+        return {"N": n, "M": m, "start": step, "steps": args.grow_warmup}
+    hold = step + args.grow_reseed
+    return {"N": n, "M": m, "start": hold, "steps": max(1, args.grow_warmup), "reseeded": step, "held_until": hold}
+
+
+def hold_new_rows(model, grow: dict, step: int) -> None:
+    """Zero the gradient of g_a's rows of the grown latent channels before ``grow["held_until"]`` (``--grow-reseed``):
+    their random values stay while g_s and the entropy model learn to read them (``widen.reseed``)."""
+    if step < grow.get("held_until", step):
+        for p in (model.g_a[-1].weight, model.g_a[-1].bias):
+            if p.grad is not None:
+                p.grad[grow["M"]:] = 0
 
 
 def rate_distortion(out: dict, x: torch.Tensor, lmbda: float | torch.Tensor, warm: bool, metric: str = "mse",
@@ -238,6 +251,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grow-warmup", type=int, default=0, metavar="STEPS",
                    help="after widening (--init of a narrower model, or --grown-from): ramp the rate's pull on the new latent "
                    "channels from 0 to 1 over STEPS steps, so that they leave 0 (GRM.pull_new_channels); kept in the weights' config")  # fmt: skip
+    p.add_argument("--grow-reseed", type=int, default=0, metavar="HOLD",
+                   help="after widening: re-initialize the grown latent channels with random rows of g_a and zero reads "
+                   "(models.widen.reseed), hold those rows for HOLD steps while the decoder and entropy model learn them, "
+                   "then ramp the rate's pull over --grow-warmup steps; kept in the weights' config")  # fmt: skip
     p.add_argument("--grown-from", metavar="NxM", help="with --grow-warmup, where --init is already wide: the size it was widened from")
     p.add_argument("--init", help="start from weights: a model id or .safetensors of this architecture or of its GDN "
                    "version (two-stage init, section 5.3), or a CompressAI mbt2018 checkpoint")
@@ -308,6 +325,8 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         grow = growth(args, source, base) or prior.get("grow")  # a ramp started by an earlier run goes on
         if grow:
             config["grow"] = grow
+        if args.grow_reseed:
+            widen.reseed(model, grow["M"], args.seed)
         if ctx.main:
             print(how)
     warmup = config["warmup_steps"] = warmup_steps(args.warmup_steps, args.steps, base)
@@ -361,6 +380,8 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         metrics = rate_distortion(prediction, x, step_lambda, warm=step < warmup, metric=args.metric, balance=balance)
         optimizer.zero_grad(set_to_none=True)
         metrics["loss"].backward()  # with several processes, this averages the gradients
+        if "grow" in config:
+            hold_new_rows(model, config["grow"], step)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         scalars = ctx.mean({**{k: metrics[k] for k in logged}, "grad_norm": grad_norm})
         if not all(map(math.isfinite, scalars.values())):  # non-finite in any process: all processes skip
