@@ -255,6 +255,7 @@ def test_rate_control_benchmark_counts_encodes_against_a_plain_encode_and_decode
 def test_grown_channels_tells_dead_channels_from_reseeded_ones(tmp_path):
     """A freshly widened model's new channels are 0 (no rate, no PSNR); reseeded ones round to nonzero and cost
     bits, and before training g_s does not read them yet: no gain."""
+    from refcodec import codec
     from refcodec.models import widen
 
     folder = tmp_path / "images"
@@ -262,7 +263,7 @@ def test_grown_channels_tells_dead_channels_from_reseeded_ones(tmp_path):
     sample_image(160, 160, seed=3).save(folder / "a.png")
     wide = widen.grown(registry.load_model("grm/small/vr"), "medium")
     registry.save(wide, tmp_path / "dead.safetensors", wide.config)
-    widen.reseed(wide, 96)
+    widen.reseed(wide, 96, torch.cat([codec.image_to_tensor(sample_image(256, 256, seed=s)) for s in range(14)]))
     registry.save(wide, tmp_path / "reseeded.safetensors", wide.config)
 
     def run(name, *extra):

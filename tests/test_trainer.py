@@ -144,8 +144,9 @@ def test_resume_is_exact(tmp_path, metric):
 
 
 def test_weight_average_is_exported_and_resumes_exactly(tmp_path):
-    """--ema: the exported weights are the average (decay d: a <- d a + (1 - d) w after every step, starting from
-    the weights after the first step), the raw weights keep training, and a resumed run continues the average."""
+    """--ema: the exported weights are the average (a <- d a + (1 - d) w after every step, starting from the weights
+    after the first step, d warmed up to the decay: ema_decay), the raw weights keep training, and a resumed run
+    continues the average."""
     data = _images(tmp_path / "images", 5)
     run = lambda out, *extra: trainer.main(_args(data, tmp_path / out, 4, "--lr-warmup", "1", "--val-images", "1",
                                                  "--save-every", "1", "--ema", "0.5", *extra))  # fmt: skip
@@ -162,7 +163,9 @@ def test_weight_average_is_exported_and_resumes_exactly(tmp_path):
     assert torch.equal(exported.state_dict()["g_a.0.weight"], average)
     assert not torch.allclose(average, raw)
     previous = torch.load(tmp_path / "straight" / "checkpoint.prev.pt", weights_only=False)  # the step before
-    expected = 0.5 * previous["ema"]["module.g_a.0.weight"] + 0.5 * raw
+    d = trainer.ema_decay(0.5, 3)  # the 4th update: 4 / 13
+    assert d == pytest.approx(4 / 13) and trainer.ema_decay(0.5, 100) == 0.5 and trainer.ema_decay(0.999, 0) == 0.1
+    expected = d * previous["ema"]["module.g_a.0.weight"] + (1 - d) * raw
     assert torch.allclose(average, expected, rtol=1e-6, atol=1e-8)
     with pytest.raises(SystemExit):
         trainer.parse_args(["--data", "d", "--out", "o", "--ema", "1"])

@@ -138,16 +138,27 @@ def test_training_with_a_grow_warmup_records_and_continues_the_ramp(small, tmp_p
 
 
 def test_the_reseed_wakes_the_new_channels_and_keeps_the_pixels(small, wide):
-    """``widen.reseed``: the grown channels carry nonzero values after rounding at the top qualities, while the
-    pixels, z and the old channels' stage-1 predictions stay as they were (every reader of y reads them with 0)."""
+    """``widen.reseed``: the grown channels carry nonzero values after rounding at the top qualities, uncorrelated
+    with the old ones (residual principal components) at their spread, while the pixels, z and the old channels'
+    stage-1 predictions stay as they were (every reader of y reads them with 0)."""
     model = widen.grown(small, "medium")
-    widen.reseed(model, small.M, seed=3)
-    x = codec.image_to_tensor(natural_image(128, 128, seed=4))
+    crops = torch.cat([codec.image_to_tensor(natural_image(256, 256, seed=s)) for s in range(14)])  # 3,584 positions
+    widen.reseed(model, small.M, crops)
+    x = codec.image_to_tensor(natural_image(128, 128, seed=9))
     q = torch.tensor([7.0])
     with torch.no_grad():
         before, after = wide(x, q), model(x, q)
         y = model.g_a(x) * model.y_gain(q)[0]
+        seen = model.g_a(crops).double()
     assert (torch.round(y[:, small.M :]) != 0).float().mean() > 0.3  # rounding keeps most of them
+    rows = seen.permute(0, 2, 3, 1).reshape(-1, model.M)
+    rows -= rows.mean(0)
+    corr = torch.corrcoef(rows.T)
+    assert corr[small.M :, : small.M].abs().max() < 1e-3  # on the crops they were chosen on
+    spread = rows.std(0)
+    assert torch.allclose(spread[small.M :], spread[: small.M].mean().expand(small.M), rtol=1e-3)
+    with pytest.raises(ValueError, match="at least 3200 positions"):  # fewer samples than the patch has features
+        widen.reseed(widen.grown(small, "medium"), small.M, crops[:4])
     assert torch.equal(after["x_hat"], before["x_hat"])
     torch.testing.assert_close(after["likelihoods"]["z"], before["likelihoods"]["z"], rtol=1e-6, atol=0)
     torch.testing.assert_close(after["likelihoods"]["y"][0][:, : small.M], before["likelihoods"]["y"][0][:, : small.M], rtol=1e-5, atol=0)
@@ -169,18 +180,18 @@ def test_training_with_a_grow_reseed_holds_the_new_rows_then_ramps(small, tmp_pa
     for i in range(2):
         natural_image(96, 96, seed=i).save(folder / f"{i}.png")
     common = ["--data", str(folder), "--preset", "medium", "--variable-rate", "--batch", "1", "--crop", "64", "--threads", "1",
-              "--val-every", "1000", "--save-every", "1", "--ema", "0"]  # fmt: skip
+              "--val-every", "1000", "--save-every", "1", "--ema", "0", "--out", str(tmp_path / "run")]  # fmt: skip
     base = small.config["steps"]
-    run = tmp_path / "run"
-    model = trainer.train(trainer.parse_args(common + ["--out", str(run), "--init", "grm/small/vr", "--grow-reseed", "2",
-                                                       "--grow-warmup", "10", "--stop-at", str(base + 2)]))  # fmt: skip
-    grow = registry.read_config(run / "weights.safetensors")["grow"]
+
+    def rows(*extra):
+        model = trainer.train(trainer.parse_args(common + list(extra)))
+        return model.g_a[-1].weight.detach().clone()
+
+    first = rows("--init", "grm/small/vr", "--grow-reseed", "2", "--grow-warmup", "10", "--stop-at", str(base + 1))
+    grow = registry.read_config(tmp_path / "run" / "weights.safetensors")["grow"]
     assert grow == {"N": small.N, "M": small.M, "start": base + 2, "steps": 10, "reseeded": base, "held_until": base + 2}
-    start = widen.grown(small, "medium")
-    widen.reseed(start, small.M, seed=0)  # the trainer's --seed 0: the same rows
-    rows = model.g_a[-1].weight.detach()
-    assert torch.equal(rows[small.M :], start.g_a[-1].weight[small.M :])  # held
-    assert not torch.equal(rows[: small.M], start.g_a[-1].weight[: small.M])  # trained
-    resumed = trainer.train(trainer.parse_args(common + ["--out", str(run), "--resume", "--stop-at", str(base + 3)]))
-    assert not torch.equal(resumed.g_a[-1].weight.detach()[small.M :], rows[small.M :])  # free after the hold
-    assert registry.read_config(run / "weights.safetensors")["grow"] == grow
+    assert first[small.M :].std() > 0.5 * first[: small.M].std()  # reseeded: widening leaves them 0
+    held, free = rows("--resume", "--stop-at", str(base + 2)), rows("--resume", "--stop-at", str(base + 3))
+    assert torch.equal(held[small.M :], first[small.M :]) and not torch.equal(held[: small.M], first[: small.M])
+    assert not torch.equal(free[small.M :], held[small.M :])  # free after the hold
+    assert registry.read_config(tmp_path / "run" / "weights.safetensors")["grow"] == grow
