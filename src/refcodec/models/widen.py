@@ -198,7 +198,8 @@ def reseed(model: GRM, m: int, crops: torch.Tensor) -> None:
     patches -= centre
     cov = patches.T @ patches / len(patches)
     old = last.weight[:m].flatten(1).double()
-    cross, gram = old @ cov, old @ cov @ old.T
+    cross = old @ cov
+    gram = cross @ old.T
     residual = cov - cross.T @ torch.linalg.solve(gram, cross)  # of the patches less their regression on the old channels
     top = torch.linalg.eigh(residual).eigenvectors[:, -(model.M - m) :].flip(1).T
     rows = top - torch.linalg.solve(gram, cross @ top.T).T @ old  # rows . patch = top . residual patch

@@ -108,7 +108,7 @@ def ema_decay(decay: float, averaged: int) -> float:
 
 def hold_new_rows(model, grow: dict, step: int) -> None:
     """Zero the gradient of g_a's rows of the grown latent channels before ``grow["held_until"]`` (``--grow-reseed``):
-    their random values stay while g_s and the entropy model learn to read them (``widen.reseed``)."""
+    their reseeded values stay while g_s and the entropy model learn to read them (``widen.reseed``)."""
     if step < grow.get("held_until", step):
         for p in (model.g_a[-1].weight, model.g_a[-1].bias):
             if p.grad is not None:
@@ -270,10 +270,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="after widening (--init of a narrower model, or --grown-from): ramp the rate's pull on the new latent "
                    "channels from 0 to 1 over STEPS steps, so that they leave 0 (GRM.pull_new_channels); kept in the weights' config")  # fmt: skip
     p.add_argument("--grow-reseed", type=int, default=0, metavar="HOLD",
-                   help="after widening: re-initialize the grown latent channels with random rows of g_a and zero reads "
-                   "(models.widen.reseed), hold those rows for HOLD steps while the decoder and entropy model learn them, "
+                   help="after widening: re-initialize the grown latent channels (g_a's rows: residual principal components; "
+                   "zero reads: models.widen.reseed), hold those rows for HOLD steps while the decoder and entropy model learn them, "
                    "then ramp the rate's pull over --grow-warmup steps; kept in the weights' config")  # fmt: skip
-    p.add_argument("--grown-from", metavar="NxM", help="with --grow-warmup, where --init is already wide: the size it was widened from")
+    p.add_argument("--grown-from", metavar="NxM", help="with --grow-warmup or --grow-reseed, where --init is already wide: the size it was widened from")
     p.add_argument("--init", help="start from weights: a model id or .safetensors of this architecture or of its GDN "
                    "version (two-stage init, section 5.3), or a CompressAI mbt2018 checkpoint")
     args = p.parse_args(argv)
