@@ -1,10 +1,12 @@
 """refcodec bench: per-stage times, peak memory and decode steps, each coding step in a fresh process."""
 
 import json
+import shutil
 
 import pytest
 
 from refcodec import cli, profiling
+from refcodec.models import registry
 from refcodec.schedule import Schedule
 
 
@@ -38,3 +40,22 @@ def test_bench_bad_size_is_one_line(capsys):
         cli.main(["bench", "--sizes", "huge"])
     assert exit.value.code == 2
     assert "size 'huge'" in capsys.readouterr().err
+
+
+def test_bench_measures_a_weights_file(tmp_path):
+    weights = tmp_path / "run.safetensors"
+    shutil.copy(registry.weights_path(registry.resolve_id("grm", 3, "small")), weights)
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--weights", str(weights), "--sizes", "64x64", "--threads", "1", "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["model"], report["preset"], report["weights"]) == ("grm", "small", str(weights))
+    (run,) = report["runs"]
+    assert run["decompress"]["weights"] == str(weights) and run["decompress"]["psnr"] > 20
+
+
+def test_bench_refuses_a_bad_weights_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not weights")
+    assert cli.main(["bench", "--weights", str(bad), "--sizes", "64x64"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not usable refcodec weights" in err

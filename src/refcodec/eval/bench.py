@@ -1,6 +1,7 @@
 """Coding speed and memory per stage and image size (the paper's Table 3, measured): ``refcodec bench``.
 
     refcodec bench --model grm --preset paper --sizes 240p 480p 720p 1080p 4k --threads 2 -o bench.json
+    refcodec bench --weights runs/NAME/weights.safetensors --sizes 4k     # a trained run's own weights
 
 Every (size, schedule) is compressed in one fresh process and decompressed in another, so
 that each reports its own peak memory (``ru_maxrss``). Each prints the wall time of every
@@ -46,11 +47,12 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def build_model(name: str, preset: str, quality: float, schedule: str):
-    """Shipped weights if there are any for (name, preset, quality), else seeded random weights."""
+def build_model(name: str, preset: str, quality: float, schedule: str, path: str | None = None):
+    """The weights file ``path``, else shipped weights if there are any for (name, preset, quality), else
+    seeded random weights."""
     try:
-        model = registry.load_model(name, quality, preset)
-        weights = model.id
+        model = registry.load_model(path or name, quality, preset)
+        weights = path or model.id
     except registry.ModelNotFoundError:
         torch.manual_seed(0)
         model = registry.build(name, preset).eval()
@@ -65,7 +67,7 @@ def build_model(name: str, preset: str, quality: float, schedule: str):
 def child(args) -> dict:
     """One compress or decompress in this process; returns its measurements."""
     torch.set_num_threads(args.threads)
-    model, weights = build_model(args.model, args.preset, args.quality, args.schedule)
+    model, weights = build_model(args.model, args.preset, args.quality, args.schedule, args.weights)
     image = Image.open(args.image).convert("RGB") if args.image else sample_image(*args.size)
     start = time.perf_counter()
     with profiling.record() as seconds:
@@ -99,6 +101,7 @@ def run(args, size: tuple[int, int] | None, schedule: str, workdir: Path) -> dic
     base = [sys.executable, "-m", "refcodec.eval.bench", "--model", args.model, "--preset", args.preset,
             "--quality", str(args.quality), "--threads", str(args.threads), "--schedule", schedule, "--file", str(file)]  # fmt: skip
     base += ["--image", str(args.image)] if args.image else ["--size", f"{size[0]}x{size[1]}"]
+    base += ["--weights", args.weights] if args.weights else []
     out = {}
     for step in ("compress", "decompress"):
         done = subprocess.run(base + ["--child", step], capture_output=True, text=True)
@@ -114,7 +117,8 @@ def main(argv=None) -> None:
     p.add_argument("--preset", choices=sorted(registry.PRESETS),
                    help="model size (default: the shipped default's, as everywhere, registry.default_preset); shipped weights if any, else seeded "
                    "random ones (the output says which)")  # fmt: skip
-    p.add_argument("--quality", type=float, default=3, help="quality of the shipped weights to use (default 3)")
+    p.add_argument("--weights", help="a weights file (.safetensors, a training run's or your own) instead of --model and --preset")
+    p.add_argument("--quality", type=float, default=3, help="quality of the weights to use (default 3)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[SIZES["kodak"]], help=f"WxH or {', '.join(SIZES)}")
     p.add_argument("--image", type=Path, help="an image file instead of generated ones")
     p.add_argument("--schedules", nargs="+", default=["wavefront"], choices=["wavefront", "raster"],
@@ -127,11 +131,14 @@ def main(argv=None) -> None:
     p.add_argument("--file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.preset = args.preset or registry.default_preset(args.model)
+    if args.weights:  # the file names the architecture and size; a bad file is refused (ModelNotFoundError) before any run
+        config = registry.load_model(args.weights, args.quality).config
+        args.model, args.preset = config["name"], config.get("preset", args.preset)
     if args.child:
         print(json.dumps(child(args)))
         return
     report = {
-        "model": args.model, "preset": args.preset, "quality": args.quality, "threads": args.threads,
+        "model": args.model, "preset": args.preset, "weights": args.weights, "quality": args.quality, "threads": args.threads,
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}",
         "load_average": round(os.getloadavg()[0], 1), "runs": [],
     }  # fmt: skip
