@@ -3,9 +3,9 @@
 A model widened from M0 latent channels codes as the narrow one until its new channels carry values that
 rounding keeps and g_s reads. For center crops of a folder of images, at each quality, this gives for the
 channels from M0 on: their mean |y| after the quality's gain, the share that rounds to nonzero, their share
-of the coding stage's rate (the model's estimate on rounded latents, ``GRM.forward`` in eval mode), and what
-they are worth to the decoder: the PSNR of g_s(y_hat) against g_s with those channels set to 0. A gain of
-0 dB there means the channels are dead, whatever they cost:
+of the coding stage's rate of y (the model's estimate on rounded latents, ``GRM.forward`` in eval mode), that
+rate (theirs, and all channels'), and what they are worth to the decoder: the PSNR of g_s(y_hat) against
+g_s with those channels set to 0. A gain of 0 dB there means the channels are dead, whatever they cost:
 
     python benchmarks/grown_channels.py training/grm-medium-vr.safetensors ../shared/datasets/photos/val \\
         --grown-from 96 -o results/bench/grown-channels.json
@@ -39,6 +39,7 @@ def measure(model, x: torch.Tensor, m0: int, quality: float) -> dict:
         "mean_abs_y": float(y[:, m0:].abs().mean()),
         "nonzero": float((y_hat[:, m0:] != 0).float().mean()),
         "rate_share": float(bits[:, m0:].sum() / bits.sum()),
+        "bpp": float(bits.sum() / (len(x) * x.shape[2] * x.shape[3])),
         "bpp_grown": float(bits[:, m0:].sum() / (len(x) * x.shape[2] * x.shape[3])),
         "psnr": psnr(model.g_s(y_hat * inverse), x),
         "psnr_without": psnr(model.g_s(without * inverse), x),
@@ -65,9 +66,9 @@ def main(argv=None) -> None:
     x = torch.stack([folder[i] for i in range(len(folder))])
     rows = [measure(model, x, m0, q) for q in args.qualities]
     print(f"{model.id}, {model.config.get('steps')} steps: channels {m0}-{model.M - 1} of {len(x)} crops of {args.crop} px")
-    print("quality  |y|    nonzero  rate share  bpp   PSNR    without  gain")
+    print("quality  |y|    nonzero  rate share  bpp (all)      PSNR    without  gain")
     for r in rows:
-        print(f"{r['quality']:7g}  {r['mean_abs_y']:.3f}  {r['nonzero']:6.1%}   {r['rate_share']:6.1%}   {r['bpp_grown']:.3f}  "
+        print(f"{r['quality']:7g}  {r['mean_abs_y']:.3f}  {r['nonzero']:6.1%}   {r['rate_share']:6.1%}   {r['bpp_grown']:.3f} ({r['bpp']:.3f})  "
               f"{r['psnr']:.3f}  {r['psnr_without']:.3f}  {r['psnr'] - r['psnr_without']:+.3f} dB")  # fmt: skip
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -277,6 +277,7 @@ def test_grown_channels_tells_dead_channels_from_reseeded_ones(tmp_path):
     assert all(r["nonzero"] == 0 and r["rate_share"] < 0.01 and r["psnr"] == r["psnr_without"] for r in dead)
     low, high = reseeded
     assert 0 < low["nonzero"] < high["nonzero"] and high["rate_share"] > 0.1
+    assert all(r["bpp_grown"] == pytest.approx(r["rate_share"] * r["bpp"]) for r in reseeded)
     assert all(r["psnr"] == r["psnr_without"] for r in reseeded)  # zero reads: the pixels do not change yet
     bad = run("dead", "--grown-from", "192")
     assert bad.returncode != 0 and "below it" in bad.stderr.strip().splitlines()[-1]
