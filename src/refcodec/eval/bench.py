@@ -131,12 +131,12 @@ def main(argv=None) -> None:
     p.add_argument("--file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.preset = args.preset or registry.default_preset(args.model)
-    if args.weights:  # the file names the architecture and size; a bad file is refused (ModelNotFoundError) before any run
-        config = registry.load_model(args.weights, args.quality).config
-        args.model, args.preset = config["name"], config.get("preset", args.preset)
     if args.child:
         print(json.dumps(child(args)))
         return
+    if args.weights:  # the file names the architecture and size; a bad file is refused (ModelNotFoundError) before any run
+        config = registry.load_model(args.weights, args.quality).config  # here only: a child's peak memory holds one model
+        args.model, args.preset = config["name"], config.get("preset", args.preset)
     report = {
         "model": args.model, "preset": args.preset, "weights": args.weights, "quality": args.quality, "threads": args.threads,
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}",
