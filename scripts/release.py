@@ -50,14 +50,32 @@ def at_head(path: Path) -> str | None:
     return shown.stdout if shown.returncode == 0 else None
 
 
+def in_head(path: Path) -> bool:
+    """Whether HEAD holds ``path`` (any file, binary weights too: ``at_head`` reads text)."""
+    return git("cat-file", "-e", f"HEAD:{path.as_posix()}").returncode == 0
+
+
 def shipped_release() -> str:
     """The id of the shipped model whose weights the working tree changed or added (what ``ship_gate.py --ship`` wrote)."""
-    changed = [i for i in registry.shipped_ids() if at_head(weights_file(i)) is None
+    changed = [i for i in registry.shipped_ids() if not in_head(weights_file(i))
                or git("diff", "--quiet", "HEAD", "--", str(registry.weights_path(i))).returncode]  # fmt: skip
     if len(changed) != 1:
         raise SystemExit("release: " + (f"{', '.join(changed)} all changed; release one model at a time" if changed else
                                         "no shipped weights differ from HEAD's; ship first (scripts/ship_gate.py --ship)"))  # fmt: skip
     return changed[0]
+
+
+def grown_from(model_id: str) -> str:
+    """The shipped model a new one was grown from (issue 36): the preset of the size its config's ``grow``
+    records (``models.widen``), of the same name and metric; its training runs may have started from
+    each other's carried weights since, so their ``init`` names the new model itself."""
+    config = registry.read_config(registry.weights_path(model_id))
+    size = {k: config.get("grow", {}).get(k) for k in ("N", "M")}
+    preset = next((p for p, s in registry.PRESETS.items() if s == size), None)
+    origin = preset and registry.model_id(config["name"], preset, None, config.get("metric", "mse"))
+    if origin not in registry.shipped_ids():
+        raise SystemExit(f"release: {model_id} is a new model grown from no shipped one (its config's grow: {config.get('grow')})")
+    return origin
 
 
 def weights_file(model_id: str) -> Path:
@@ -121,9 +139,9 @@ def main(argv=None) -> int:
     steps = new_card["training"]["steps"]
     released = version_of(at_head(INIT))
     if old_text is None:  # a new model: the one it was grown from stays shipped, and is what it is measured against
-        grown_from = new_card["training"]["initialized_from"]
-        old_steps, before = steps - new_card["training"]["steps_from_init"], curve_file(grown_from)
-        replaced = f"{grown_from}'s {old_steps:,}, which it was grown from"
+        origin = grown_from(model_id)
+        old_steps, before = json.loads(registry.weights_path(origin).with_suffix(".json").read_text())["training"]["steps"], curve_file(origin)
+        replaced = f"{origin}'s {old_steps:,}, which it was grown from"
     else:
         old_steps = json.loads(old_text)["training"]["steps"]
         before = keep_replaced(model_id, released, old_steps)

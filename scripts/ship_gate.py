@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--ship", action="store_true", help="ship an accepted candidate (scripts/ship_weights.py)")
     p.add_argument("--run", type=Path, help="with --ship: the training run folder of the candidate")
     p.add_argument("--eval", default="../shared/datasets/kodak", help="with --ship: images for the model card (reported only)")
+    p.add_argument("--recipe", help="with --ship: how the candidate was trained, for the model card (ship_weights.py --recipe)")
     args = p.parse_args(argv)
     if len(args.qualities) < 5 or min(args.qualities) > 1 or max(args.qualities) < 8:
         p.error("--qualities: at least five, spanning 1-8")
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
         return 1
     if shipping:
         subprocess.run([sys.executable, str(Path(__file__).parent / "ship_weights.py"), str(args.run), "--eval", args.eval,
-                        "--weights", str(args.candidate)], check=True)  # fmt: skip
+                        "--weights", str(args.candidate), *(["--recipe", args.recipe] if args.recipe else [])], check=True)  # fmt: skip
         fixed = [i for i in registry.shipped_ids() if "/q" in i]  # the per-quality grm and joint models leave the package
         if fixed and not verdict["shipped"][0].endswith(f"/{registry.VARIABLE}"):
             commits = {release_commit(registry.weights_path(i)) for i in fixed}  # HEAD, which must hold each as released

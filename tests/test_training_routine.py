@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,6 +211,23 @@ def test_ship_gate_judges_against_the_shipped_model(datasets, tmp_path, monkeypa
         gate.main([str(candidate), "--qualities", "1", "2", "3"])  # fewer than five qualities
 
 
+def test_ship_gate_passes_the_recipe_to_the_model_card(tmp_path, monkeypatch):
+    """--ship with --recipe: an accepted candidate goes to ship_weights.py with its recipe (the card's "Recipe" line)."""
+    gate = load_script("ship_gate")
+    candidate = tmp_path / "candidate.safetensors"
+    model = registry.load_model("grm/small/vr")
+    registry.save(model, candidate, model.config)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gate, "ROOT", tmp_path)  # no carried run of the repository's is touched
+    monkeypatch.setattr(gate, "judge", lambda *args: {"accepted": True, "shipped": ["grm/small/vr"], "sets": {}})
+    monkeypatch.setattr(gate, "report", lambda verdict: "accepted")
+    calls = []
+    monkeypatch.setattr(gate.subprocess, "run", lambda command, check: calls.append(command))
+    assert gate.main([str(candidate), "--ship", "--run", "runs/x", "--recipe", "grown from grm/small/vr"]) == 0
+    assert Path(calls[-1][1]).name == "ship_weights.py" and calls[-1][-2:] == ["--recipe", "grown from grm/small/vr"]
+    assert json.loads((tmp_path / "results/gate/verdicts.json").read_text())[-1]["accepted"]
+
+
 def test_the_gate_sees_the_whole_curve():
     """Issue 36: a candidate that gains at the top but loses more than 1% below the shipped model's top is
     refused, and so is one whose top is lower; BD-rate below the top is that of the range below it."""
@@ -353,6 +371,22 @@ def test_release_keeps_the_replaced_curve_and_remakes_the_tables_over_every_curv
     table = json.loads((figures.CURRENT / "bdrate.json").read_text())["anchors"]
     assert set(table) == {"HEVC", "WebP"} and table["WebP"]["refcodec grm/medium/vr"]["bd_rate"] == pytest.approx(-75)
     assert not any("(0.10.0)" in name for name in table["WebP"]) and (figures.CURRENT / "rd-psnr.png").is_file()
+
+
+def test_release_finds_the_new_model_and_the_shipped_one_it_was_grown_from(monkeypatch):
+    """release.py on the repository's own git: HEAD's binary weights count as held (reading them as text failed
+    once), and a new wide model names the shipped small one its config's grow records, not its carried run."""
+    release = load_script("release")
+    assert release.in_head(release.weights_file("grm/small/vr"))
+    assert not release.in_head(Path("src/refcodec/models/weights/no-such-model.safetensors"))
+    configs = {"grm/medium/vr": {"name": "grm", "metric": "mse", "grow": {"N": 64, "M": 96, "start": 98451, "steps": 1500}},
+               "grm/medium/vr-ms-ssim": {"name": "grm", "metric": "ms-ssim", "grow": {"N": 64, "M": 96}},
+               "grm/paper/vr": {"name": "grm", "metric": "mse"}}  # fmt: skip
+    monkeypatch.setattr(registry, "read_config", lambda path: next(c for i, c in configs.items() if registry.weights_path(i) == path))
+    assert release.grown_from("grm/medium/vr") == "grm/small/vr"
+    assert release.grown_from("grm/medium/vr-ms-ssim") == "grm/small/vr-ms-ssim"
+    with pytest.raises(SystemExit, match="grown from no shipped one"):
+        release.grown_from("grm/paper/vr")
 
 
 def test_kodak_learning_curve_gives_each_kept_release_its_bd_rates(tmp_path):
