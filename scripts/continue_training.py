@@ -148,8 +148,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="patch side (the paper's 512 in a final phase)")
     p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="ms-ssim: the MS-SSIM model (use its own --out)")
-    p.add_argument("--preset", default="small", choices=sorted(registry.PRESETS), help="the model's size: small (grm/small/vr) or "
-                   "medium (the wide grm/medium/vr, started from the widened small model; use its own --out)")  # fmt: skip
+    p.add_argument("--preset", choices=sorted(registry.PRESETS), help="the model's size: small (grm/small/vr) or medium (the "
+                   "wide grm/medium/vr, started from the widened small model; use its own --out); default: the default model's "
+                   "(registry.default_preset: grm/medium/vr once shipped, else grm/small/vr), which takes the compute")  # fmt: skip
     p.add_argument("--grow-warmup", type=int, default=0, metavar="STEPS",
                    help="a new run of the wide model: ramp the rate's pull on its grown latent channels from 0 to 1 over STEPS "
                    "(refcodec train --grow-warmup; without it they stay at 0)")  # fmt: skip
@@ -172,6 +173,7 @@ def main(argv=None) -> None:
         p.error("give either --minutes (continue the run) or --cooldown (train its cooled-down branch)")
     if args.cooldown is not None and args.cooldown <= 0:
         p.error(f"--cooldown must be a positive number of steps, got {args.cooldown}")
+    args.preset = args.preset or registry.default_preset("grm", args.metric)
     args.carry = args.carry or carried_path(args.metric, args.preset)
     args.branch = args.branch or args.out.rstrip("/") + "-cooldown"
     os.nice(args.nice)

@@ -35,7 +35,7 @@ def test_continue_training_starts_variable_rate_then_resumes(datasets, tmp_path)
     script = load_script("continue_training")
     out = tmp_path / "run"
     common = ["--out", str(out), "--data-root", str(datasets), "--batch", "2", "--crop", "64", "--val-images", "1",
-              "--save-every", "1", "--nice", "0", "--threads", "1", "--no-compile"]  # fmt: skip
+              "--save-every", "1", "--nice", "0", "--threads", "1", "--no-compile", "--preset", "small"]  # fmt: skip
     carried = tmp_path / "training" / "grm-small-vr.safetensors"
     common = [*common, "--carry", str(carried)]
     assert script.initial_weights(carried=carried) == "grm/small/vr"  # nothing carried yet: the shipped model
@@ -86,7 +86,8 @@ def test_cooldown_branches_off_the_run_and_leaves_it_as_it_was(datasets, tmp_pat
     script = load_script("continue_training")
     out, branch = tmp_path / "run", tmp_path / "run-cooldown"
     common = ["--out", str(out), "--data-root", str(datasets), "--batch", "2", "--crop", "64", "--val-images", "1",
-              "--save-every", "1", "--nice", "0", "--threads", "1", "--no-compile", "--carry", str(tmp_path / "c.safetensors")]  # fmt: skip
+              "--save-every", "1", "--nice", "0", "--threads", "1", "--no-compile", "--preset", "small",
+              "--carry", str(tmp_path / "c.safetensors")]  # fmt: skip
     with pytest.raises(SystemExit, match="has no checkpoint"):
         script.main([*common, "--cooldown", "2"])
     script.main([*common, "--minutes", "0"])
@@ -116,6 +117,25 @@ def test_continue_training_compiles_the_model_unless_told_not_to(tmp_path, monke
     for extra in ([], ["--no-compile"]):
         script.main(["--minutes", "1", "--out", str(tmp_path / "run"), "--nice", "0", *extra])
     assert ["--compile" in c for c in commands] == [True, False]
+
+
+def test_continue_training_trains_the_default_model_unless_told_otherwise(tmp_path, monkeypatch):
+    """Without --preset the routine trains the default model's preset: the wide one once shipped (issue 36)."""
+    script = load_script("continue_training")
+    commands = []
+    monkeypatch.setattr(script.trainer, "main", commands.append)
+    monkeypatch.setattr(script, "carry", lambda run, path: None)
+    shipped = {"grm/small/vr", "grm/small/vr-ms-ssim"}
+    monkeypatch.setattr(registry, "weights_path", lambda i: tmp_path / ("shipped" if i in shipped else "absent") / "w.safetensors")
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "w.safetensors").touch()
+    run = ["--minutes", "1", "--out", str(tmp_path / "run"), "--nice", "0", "--init", "w.safetensors"]
+    script.main(run)
+    shipped.add("grm/medium/vr")
+    script.main(run)
+    script.main([*run, "--metric", "ms-ssim"])  # no wide MS-SSIM model is shipped
+    script.main([*run, "--preset", "small"])
+    assert [c[c.index("--preset") + 1] for c in commands] == ["small", "medium", "small", "small"]
 
 
 def test_continue_training_passes_a_grow_warmup_to_a_new_run_only(tmp_path, monkeypatch):
