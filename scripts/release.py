@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     released = version_of(at_head(INIT))
     if old_text is None:  # a new model: the one it was grown from stays shipped, and is what it is measured against
         origin = grown_from(model_id)
-        old_steps, before = json.loads(registry.weights_path(origin).with_suffix(".json").read_text())["training"]["steps"], curve_file(origin)
+        old_steps = json.loads(registry.weights_path(origin).with_suffix(".json").read_text())["training"]["steps"]
+        before = curve_file(origin)
         replaced = f"{origin}'s {old_steps:,}, which it was grown from"
     else:
         old_steps = json.loads(old_text)["training"]["steps"]
