@@ -70,8 +70,8 @@ def grown_from(model_id: str) -> str:
     records (``models.widen``), of the same name and metric; its training runs may have started from
     each other's carried weights since, so their ``init`` names the new model itself."""
     config = registry.read_config(registry.weights_path(model_id))
-    size = {k: config.get("grow", {}).get(k) for k in ("N", "M")}
-    preset = next((p for p, s in registry.PRESETS.items() if s == size), None)
+    grow = config.get("grow", {})
+    preset = registry.preset_of(grow.get("N"), grow.get("M"))
     origin = preset and registry.model_id(config["name"], preset, None, config.get("metric", "mse"))
     if origin not in registry.shipped_ids():
         raise SystemExit(f"release: {model_id} is a new model grown from no shipped one (its config's grow: {config.get('grow')})")

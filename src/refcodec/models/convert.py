@@ -378,7 +378,7 @@ def from_compressai_mbt2018(source: str | Path | dict, name: str = "joint", pres
     state = read_compressai(source)
     n, m = state["g_a.0.weight"].shape[0], state["g_a.6.weight"].shape[0]
     if preset is None:
-        preset = next((p for p, size in registry.PRESETS.items() if size == {"N": n, "M": m}), None)
+        preset = registry.preset_of(n, m)
     model = registry.build(name, preset) if preset else registry.MODELS[name](N=n, M=m)
     load_compressai_mbt2018(model, state, _label(source))
     model.update()

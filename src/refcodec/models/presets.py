@@ -1,4 +1,4 @@
-"""The zoo's sizes, qualities and defaults: plain data, without torch, so that the command line's parser
+"""The zoo's sizes, qualities and defaults: plain data (and the size's lookup), without torch, so that the command line's parser
 (and ``--help``, ``--version``, ``info``) starts at once; ``registry`` builds and loads the models."""
 
 PRESETS = {
@@ -8,6 +8,12 @@ PRESETS = {
     "mbt": {"N": 192, "M": 192},  # CompressAI's mbt2018 at qualities 1-4 (for --init from its checkpoints)
     "mbt-hq": {"N": 192, "M": 320},  # CompressAI's mbt2018 at qualities 5-8
 }
+
+
+def preset_of(N: int | None, M: int | None) -> str | None:
+    """The preset of size N x M, or None where no preset has that size."""
+    return next((p for p, size in PRESETS.items() if size == {"N": N, "M": M}), None)
+
 
 # MSE lambdas of CompressAI's zoo for qualities 1-8 (loss = R + lambda * 255^2 * MSE), and a quality 0
 # at half of quality 1's lambda (CompressAI's levels are about a factor 2 apart) for rates below 0.2 bpp.

@@ -24,7 +24,7 @@ from ..errors import RefcodecError
 from .base import CompressionModel
 from .baselines import FactorizedPrior, MeanScaleHyperprior
 from .grm import GRM
-from .presets import DEFAULT_MODEL, DEFAULT_PRESETS, DEFAULT_QUALITY, LAMBDAS, LAMBDAS_MS_SSIM, PRESETS, VARIABLE  # noqa: F401
+from .presets import DEFAULT_MODEL, DEFAULT_PRESETS, DEFAULT_QUALITY, LAMBDAS, LAMBDAS_MS_SSIM, PRESETS, VARIABLE, preset_of  # noqa: F401
 
 MODELS = {
     "factorized": FactorizedPrior,
