@@ -17,7 +17,7 @@ session commits: run folders are not kept between sessions, and a candidate the 
 otherwise be lost with its compute. Where the shipped weights leave no room for it within the
 repository's 40 MB (``WEIGHTS_BUDGET``; both shipped models take 13.3 MB), the run says so instead, and
 only the run folder, where the machine keeps it, carries the run. The optimizer's moments are not carried; Adam starts afresh
-with a short warm-up. The run trains on ``photos/train`` and BSDS500's train and test splits and validates
+with a short warm-up. The run trains on ``photos/train`` and BSDS500's train and test splits (``--data``: other folders) and validates
 on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
 ``scripts/ship_gate.py``. The learning rate stays near its peak (a schedule of a million steps):
 this run has no end, every session adds to it. What is validated, exported and carried is the average
@@ -100,7 +100,7 @@ def carry_note(path: Path, out: str) -> str:
 def train_args(args: argparse.Namespace) -> list[str]:
     """The ``refcodec train`` command line of this run (of its cooled-down branch with ``--cooldown``)."""
     root = Path(args.data_root)
-    data = [root / "photos" / "train", root / "bsds500" / "train", root / "bsds500" / "test"]
+    data = args.data or [root / "photos" / "train", root / "bsds500" / "train", root / "bsds500" / "test"]
     out = args.branch if args.cooldown else args.out
     argv = ["--data", *map(str, data), "--val", str(root / "photos" / "val"), "--val-images", str(args.val_images),
             "--out", out, "--model", "grm", "--preset", args.preset, "--variable-rate", "--steps", str(SCHEDULE_STEPS),
@@ -141,6 +141,8 @@ def main(argv=None) -> None:
                    "learning rate decaying linearly to 0, for the gate (OUT stays at its peak rate)")  # fmt: skip
     p.add_argument("--branch", help="with --cooldown: the branch's run folder (default: OUT-cooldown)")
     p.add_argument("--data-root", default="../shared/datasets", help="folder holding photos/ and bsds500/")
+    p.add_argument("--data", nargs="+", metavar="DIR", help="training folders instead of photos/train and bsds500's train "
+                   "and test under --data-root (a final phase at --crop 512: the folders whose images hold such a crop)")  # fmt: skip
     p.add_argument("--init", help="weights to start a new run from (default: the most trained of the carried and the "
                    "shipped grm/PRESET/vr; for medium, before either exists, grm/small/vr widened)")
     p.add_argument("--carry", type=Path, help="where the weights are carried at the end (default: training/grm-PRESET-vr"

@@ -113,6 +113,17 @@ def _images(folder, count, width=96, height=80):
     return folder
 
 
+def test_images_smaller_than_the_crop_are_upscaled_and_counted(tmp_path, capsys):
+    """A 512-px final phase (section 5.1) on 481x321 BSDS500 images would train on upscaled, blurred ones: said."""
+    folder = _images(tmp_path / "images", 3)  # 96x80
+    natural_image(160, 128, seed=9).save(folder / "large.png")
+    data = ImageFolder(folder, 96)
+    assert data.upscaled == 3 and all(d.shape == (3, 96, 96) for d in (data[0], data[3], data[1, 2]))
+    assert ImageFolder(folder, 64).upscaled == 0
+    trainer.main(_args(folder, tmp_path / "run", 1, "--crop", "128", "--val-images", "1"))
+    assert "3 of 4 training images are smaller than the 128-px crop and are upscaled (bicubic)" in capsys.readouterr().out
+
+
 def test_batches_are_a_pure_function_of_seed_position_and_rank(tmp_path):
     data = ImageFolder(_images(tmp_path / "images", 5), 64, seed=7)
     straight = list(itertools.islice(batches(data, 2), 6))

@@ -138,6 +138,21 @@ def test_continue_training_trains_the_default_model_unless_told_otherwise(tmp_pa
     assert [c[c.index("--preset") + 1] for c in commands] == ["small", "medium", "small", "small"]
 
 
+def test_continue_training_trains_on_other_folders_when_told(tmp_path, monkeypatch):
+    """--data replaces photos/train and BSDS500's splits: a 512-px final phase on the photos alone, whose images
+    hold such crops without upscaling."""
+    script = load_script("continue_training")
+    commands = []
+    monkeypatch.setattr(script.trainer, "main", commands.append)
+    monkeypatch.setattr(script, "carry", lambda run, path: None)
+    run = ["--minutes", "1", "--out", str(tmp_path / "run"), "--nice", "0", "--data-root", "root", "--init", "w.safetensors"]
+    script.main(run)
+    script.main([*run, "--data", "a", "b", "--crop", "512", "--batch", "2"])
+    folders = [c[c.index("--data") + 1 : c.index("--val")] for c in commands]
+    assert folders == [[str(Path("root", p)) for p in ("photos/train", "bsds500/train", "bsds500/test")], ["a", "b"]]
+    assert commands[1][commands[1].index("--crop") + 1] == "512" and commands[1][commands[1].index("--batch") + 1] == "2"
+
+
 def test_continue_training_passes_a_grow_warmup_to_a_new_run_only(tmp_path, monkeypatch):
     """--grow-warmup (and --grow-reseed) start the wide model's ramp in a new run; a resumed run keeps its own."""
     script = load_script("continue_training")

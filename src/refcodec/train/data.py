@@ -26,14 +26,16 @@ class ImageFolder(torch.utils.data.Dataset):
     ``folder[i]`` is the center crop of image i (validation). ``folder[i, epoch]`` is a random
     crop with random flips, drawn from a generator seeded by (seed, epoch, i), so that it does
     not depend on what was drawn before. Images smaller than the crop are upscaled (bicubic)
-    so that their short side fits. ``limit`` keeps only the first images.
+    so that their short side fits (``upscaled`` counts them). ``limit`` keeps only the first images.
     """
 
     def __init__(self, roots: str | Path | list, crop: int, seed: int = 0, limit: int | None = None):
         self.files = find_images(roots)[:limit]
         self.crop = crop
         self.seed = seed
-        self.images = [self._fit(np.asarray(read_rgb(p, drop_alpha=True))) for p in self.files]
+        images = [np.asarray(read_rgb(p, drop_alpha=True)) for p in self.files]
+        self.upscaled = sum(min(a.shape[:2]) < crop for a in images)
+        self.images = [self._fit(a) for a in images]
 
     def _fit(self, arr: np.ndarray) -> np.ndarray:
         h, w = arr.shape[:2]

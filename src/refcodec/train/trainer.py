@@ -372,6 +372,9 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
         config["cooldown"] = {"steps": args.cooldown, "until": args.stop_at}
 
     data = ImageFolder(args.data, args.crop, seed=args.seed)
+    if data.upscaled and ctx.main:
+        print(f"refcodec train: {data.upscaled} of {len(data)} training images are smaller than the {args.crop}-px crop "
+              "and are upscaled (bicubic) to hold it")  # fmt: skip
     val = ImageFolder(args.val, args.crop, limit=args.val_images) if args.val and ctx.main else None
     stream = batches(data, args.batch, ctx.rank, ctx.world, start=drawn, workers=args.workers, pin_memory=ctx.device.type == "cuda")
     forward = ctx.wrap(model)
