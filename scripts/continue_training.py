@@ -1,24 +1,25 @@
 """Continue training the shipped variable-rate model in the background, within a time limit.
 
-    python scripts/continue_training.py --minutes 150                 # CPU: nice, one thread
-    python scripts/continue_training.py --minutes 150 --preset medium --out runs/medium   # the wide model
+    python scripts/continue_training.py --minutes 150                 # CPU: nice, one thread; the default model
+    python scripts/continue_training.py --minutes 150 --preset small --out runs/small   # the fast model
     python scripts/continue_training.py --minutes 150 --out runs/continue --data-root ../shared/datasets
     python scripts/continue_training.py --minutes 150 --metric ms-ssim --out runs/continue-ms-ssim
 
 The first call starts OUT from the model with the most training steps among the carried
-candidate ``training/grm-small-vr.safetensors`` and the shipped ``grm/small/vr`` (``--init`` starts
-it from other weights; fixed-rate ones are turned into a variable-rate model: ``models.convert``);
-every later call with the same OUT resumes its checkpoint exactly (``refcodec train --resume``: the
-same batches, noise and qualities as one uninterrupted run), so a session can stop and restart it
-at will. ``--preset medium`` trains the wide model (issue 36) the same way: before a carried or shipped
-``grm/medium/vr`` exists, its run starts from the shipped ``grm/small/vr``, widened function-preservingly
-(``models.widen``: ``refcodec train --init`` of a narrower model). At the end, the weights are carried (float16, as they would ship) to ``--carry``, which the
-session commits: run folders are not kept between sessions, and a candidate the gate refuses would
-otherwise be lost with its compute. Where the shipped weights leave no room for it within the
-repository's 40 MB (``WEIGHTS_BUDGET``; both shipped models take 13.3 MB), the run says so instead, and
-only the run folder, where the machine keeps it, carries the run. The optimizer's moments are not carried; Adam starts afresh
-with a short warm-up. The run trains on ``photos/train`` and BSDS500's train and test splits (``--data``: other folders) and validates
-on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
+candidate ``training/grm-PRESET-vr.safetensors`` and the shipped ``grm/PRESET/vr`` of the default model's
+preset (``grm/medium/vr`` since 0.14.0; ``--preset`` names another; ``--init`` starts it from other weights;
+fixed-rate ones are turned into a variable-rate model: ``models.convert``); every later call with the same
+OUT resumes its checkpoint exactly (``refcodec train --resume``: the same batches, noise and qualities as one
+uninterrupted run), so a session can stop and restart it at will. Before a carried or shipped model of a wider
+preset exists, its run starts from the shipped ``grm/small/vr``, widened function-preservingly
+(``models.widen``: ``refcodec train --init`` of a narrower model; issue 36). At the end, the weights are
+carried (float16, as they would ship) to ``--carry``, which the session commits: run folders are not kept
+between sessions, and a candidate the gate refuses would otherwise be lost with its compute. Where the shipped
+weights leave no room for it within the repository's 40 MB (``WEIGHTS_BUDGET``; the three shipped models take
+39.7 MB), the run says so instead, and only the run folder, where the machine keeps it, carries the run: a
+session then cools its run down and ships it through the gate (``--cooldown``). The optimizer's moments are
+not carried; Adam starts afresh with a short warm-up. The run trains on ``photos/train`` and BSDS500's train
+and test splits (``--data``: other folders) and validates on ``photos/val``; the candidate it leaves in OUT/weights.safetensors goes to
 ``scripts/ship_gate.py``. The learning rate stays near its peak (a schedule of a million steps):
 this run has no end, every session adds to it. What is validated, exported and carried is the average
 of the weights over about the last 1,000 steps (``--ema``), whose scatter at that rate it smooths out.
