@@ -14,7 +14,7 @@ Attributes are imported on first use, so ``refcodec.bitstream`` loads without to
 from .errors import RefcodecError
 
 __all__ = ["RefcodecError", "compress", "decompress", "load_model", "register_pillow"]
-__version__ = "0.14.0"
+__version__ = "0.15.0"
 
 
 def __getattr__(name: str):
